@@ -1,0 +1,49 @@
+# featlab: the two commands a fresh machine needs are `make notebooks` and `make test`.
+# Both create .venv if missing. torch is pinned here (CI and this lab's machines); the
+# package itself only sets lower bounds (pyproject.toml).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+SHARED_DATA ?= ../shared/data/prepare.py
+# Data root: $FEATLAB_DATA if set; else .cache/data, written from ../shared/data when present
+# (offline lab machines), else downloaded by torchvision on first use.
+export FEATLAB_DATA ?= $(CURDIR)/.cache/data
+export MPLBACKEND ?= Agg
+
+.PHONY: setup data notebooks test test-fast lab bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[test]' $(TORCH_PIN)
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+data: setup
+	@if [ -f "$(SHARED_DATA)" ]; then $(PY) $(SHARED_DATA) "$(FEATLAB_DATA)"; \
+	else echo "no $(SHARED_DATA): featlab will download into $(FEATLAB_DATA) on first use"; fi
+
+## main job: execute every notebook with its default parameters -> build/*.ipynb and build/*.html
+notebooks: data
+	$(PY) -m featlab.notebooks --out build
+
+## tests (what .ci/run runs)
+test: data
+	$(PY) -m pytest -ra --durations=15
+
+test-fast: data
+	$(PY) -m pytest -ra -m "not slow"
+
+lab: data
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: data
+	$(PY) bench/attack_speed.py
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,18 @@
+"""featlab: a notebook-first lab for feature-level adversarial robustness in PyTorch.
+
+Pixels are always in [0, 1] (normalisation lives inside the models) and every ``eps`` is in
+pixel units (e.g. 0.3 on MNIST, 8/255 on CIFAR-10).
+
+    >>> import featlab
+    >>> x, y = featlab.data.load("mnist", "test", limit=100)
+    >>> model = featlab.models.create("mnist_cnn")
+"""
+from __future__ import annotations
+
+from ._utils import get_device, seed_everything
+from . import attacks, checkpoint, data, evaluate, models, train
+
+__version__ = "0.1.0"
+
+__all__ = ["attacks", "checkpoint", "data", "evaluate", "models", "train",
+           "get_device", "seed_everything", "__version__"]

@@ -1,0 +1,104 @@
+"""Small helpers shared by every module: seeding, device choice, argument checks."""
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so that a CPU run repeats exactly.
+
+    Args:
+        seed: a non-negative integer (default 0).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to use: ``device`` if given, else cuda > mps > cpu, whichever exists.
+
+    The environment variable ``FEATLAB_DEVICE`` overrides the automatic choice.
+    """
+    device = device if device not in (None, "auto") else os.environ.get("FEATLAB_DEVICE") or None
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available here; use 'cpu' or 'auto'")
+    return dev
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, integer: bool = False) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is a finite number in the range."""
+    ok_type = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value):
+        kind = "an int" if integer else "a finite number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        op = ">" if low_open else ">="
+        rng = f"{op} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ValueError(f"{name} must be {rng}, got {value!r}")
+    if high is not None and value > high:
+        rng = (f">= {low} and " if low is not None else "") + f"<= {high}"
+        raise ValueError(f"{name} must be {rng}, got {value!r}")
+
+
+def check_images(x: Any, *, name: str = "x", channels: int | None = None,
+                 size: tuple[int, int] | None = None) -> None:
+    """Check a batch of images: a float tensor N,C,H,W with N > 0, finite, in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); pass at least one image")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor with pixels in [0, 1], got dtype {x.dtype}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channel(s) for this model, got shape {tuple(x.shape)}")
+    if size is not None and tuple(x.shape[2:]) != tuple(size):
+        raise ValueError(f"{name} must be {size[0]}x{size[1]} pixels for this model, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values; pixels must be finite and in [0, 1]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{name} must have pixels in [0, 1] (featlab models normalise inside), "
+                         f"got values in [{lo:.4g}, {hi:.4g}]")
+
+
+def check_labels(y: Any, n: int, num_classes: int | None, *, name: str = "y") -> None:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match the images, got shape {tuple(y.shape)}")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"{name} must be an integer tensor of class indices, got dtype {y.dtype}")
+    if num_classes is not None and n > 0:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}], got values in [{lo}, {hi}]")

@@ -1,0 +1,97 @@
+"""The attack base class: one calling convention, ``attack(x, y) -> x_adv``.
+
+``__call__`` checks the inputs once, puts the model in eval mode (restoring its mode
+afterwards), moves the batch to the model's device, and runs the subclass's ``forward``.
+Gradients are taken with respect to the input only, so nothing accumulates in the model's
+parameters' ``.grad``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .._utils import check_images, check_labels
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_per_example(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default attack loss: cross-entropy of logits (N, K) against labels (N,), shape (N,)."""
+    return nn.functional.cross_entropy(output, y, reduction="none")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+class Attack:
+    """Base class. A subclass declares ``params`` and writes ``forward(x, y) -> x_adv``.
+
+    Args:
+        model: any ``nn.Module`` mapping images in [0, 1] (N, C, H, W) to an output the loss
+            understands (logits (N, K) by default).
+        loss_fn: ``loss_fn(output, y) -> (N,)`` per-example loss to *increase*
+            (default: cross-entropy). Replace it to attack a feature loss or a pipeline.
+    """
+
+    name = "attack"
+    norm = "linf"
+    params: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn | None = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(output, y), got {type(loss_fn).__name__}")
+        self.model = model
+        self.loss_fn: LossFn = loss_fn or cross_entropy_per_example
+
+    # -- the hook subclasses use ------------------------------------------------------------
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example loss (N,) of the model at x."""
+        out = self.loss_fn(self.model(x), y)
+        if out.dim() == 0:
+            raise ValueError("loss_fn must return one loss per example, shape (N,), not a scalar")
+        return out
+
+    def input_grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Gradient of the summed per-example loss with respect to x only."""
+        x = x.detach().requires_grad_(True)
+        loss = self.loss(x, y).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        return grad
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError("an Attack subclass must implement forward(x, y)")
+
+    # -- the calling convention -------------------------------------------------------------
+    def check_inputs(self, x: Any, y: Any) -> None:
+        check = getattr(self.model, "check_input", None)
+        if callable(check):
+            check(x)
+        else:
+            check_images(x)
+        check_labels(y, x.shape[0], getattr(self.model, "num_classes", None))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(x, y)
+        device = model_device(self.model)
+        x, y = x.detach().to(device), y.to(device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                x_adv = self.forward(x, y)
+        finally:
+            self.model.train(was_training)
+        return x_adv.detach()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{p}={getattr(self, p)!r}" for p in self.params)
+        return f"{type(self).__name__}({args})"

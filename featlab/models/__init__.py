@@ -1,0 +1,41 @@
+"""Model registry: ``create(name)`` returns a :class:`FeatureModel` (normalisation inside).
+
+    >>> model = create("mnist_cnn")
+    >>> model.tap_names
+    ('conv1', 'pool1', 'conv2', 'pool2', 'fc1', 'embedding', 'logits')
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import FeatureModel, L2Normalize, Normalize
+from .mnist import mnist_cnn, mnist_resnet
+from .resnet import preact_resnet18, resnet18
+
+# name -> (factory, dataset it is built for)
+MODELS: dict[str, tuple[Callable[..., FeatureModel], str]] = {
+    "mnist_cnn": (mnist_cnn, "mnist"),
+    "mnist_resnet": (mnist_resnet, "mnist"),
+    "resnet18": (resnet18, "cifar10"),
+    "preact_resnet18": (preact_resnet18, "cifar10"),
+}
+
+
+def create(name: str, num_classes: int | None = None, **kwargs: Any) -> FeatureModel:
+    """Build a registered model by name (see ``MODELS``); extra kwargs go to its factory."""
+    if name not in MODELS:
+        raise ValueError(f"name: unknown model {name!r}; allowed: {sorted(MODELS)}")
+    factory, _ = MODELS[name]
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return factory(**kwargs)
+
+
+def default_dataset(name: str) -> str:
+    if name not in MODELS:
+        raise ValueError(f"name: unknown model {name!r}; allowed: {sorted(MODELS)}")
+    return MODELS[name][1]
+
+
+__all__ = ["FeatureModel", "Normalize", "L2Normalize", "MODELS", "create", "default_dataset",
+           "mnist_cnn", "mnist_resnet", "resnet18", "preact_resnet18"]

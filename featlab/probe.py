@@ -1,0 +1,157 @@
+"""How far a perturbation travels: relative distortion of every feature tap.
+
+For clean inputs x and perturbed inputs x' the relative distortion at tap l is
+``||f_l(x') - f_l(x)|| / ||f_l(x)||`` per example (L2 and Linf over the tap's values),
+reported as mean and standard deviation over the batch. The tap ``"input"`` is the same
+ratio on the pixels, for reference. One forward pass per input set, no gradients.
+
+    >>> x_adv = PGD(model, eps=0.1, steps=20)(x, y)
+    >>> x_rnd = random_noise(x, eps=0.1, kind="sign")
+    >>> res = compare(model, x, {"adversarial": x_adv, "random": x_rnd})
+    >>> amplification(res["adversarial"], res["random"])     # per tap, adv / random
+
+Introduced in notebooks/01_feature_noise.ipynb.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ._utils import check_choice, check_images, check_number
+from .attacks.base import model_device
+
+INPUT_TAP = "input"
+
+
+@dataclass
+class Distortion:
+    """Per-tap relative distortions of one perturbed set. Each tensor has shape (N,)."""
+
+    l2: dict[str, torch.Tensor]
+    linf: dict[str, torch.Tensor]
+
+    @property
+    def taps(self) -> list[str]:
+        return list(self.l2)
+
+    def mean(self, norm: str = "l2") -> dict[str, float]:
+        return {k: float(v.mean()) for k, v in self._by(norm).items()}
+
+    def std(self, norm: str = "l2") -> dict[str, float]:
+        return {k: float(v.std()) if v.numel() > 1 else 0.0 for k, v in self._by(norm).items()}
+
+    def _by(self, norm: str) -> dict[str, torch.Tensor]:
+        check_choice("norm", norm, ("l2", "linf"))
+        return self.l2 if norm == "l2" else self.linf
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example relative L2 and Linf distance of b from a (a is the clean reference)."""
+    d = (b - a).flatten(1).float()
+    ref = a.flatten(1).float()
+    eps = torch.finfo(torch.float32).tiny
+    l2 = d.norm(dim=1) / ref.norm(dim=1).clamp_min(eps)
+    linf = d.abs().amax(dim=1) / ref.abs().amax(dim=1).clamp_min(eps)
+    return l2, linf
+
+
+@torch.no_grad()
+def _taps(model: nn.Module, x: torch.Tensor, layers: list[str] | None, batch_size: int) -> dict[str, torch.Tensor]:
+    outs: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(x), batch_size):
+        for k, v in model.features(x[i:i + batch_size], layers).items():
+            outs.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+@torch.no_grad()
+def compare(model: nn.Module, x: torch.Tensor, perturbed: Mapping[str, torch.Tensor],
+            layers: Iterable[str] | None = None, batch_size: int = 1000) -> dict[str, Distortion]:
+    """Relative distortion per tap for each perturbed set (clean taps computed once).
+
+    Args:
+        model: a featlab model (has ``features`` and ``tap_names``).
+        x: clean images (N, C, H, W) in [0, 1].
+        perturbed: name -> perturbed images, each shaped like x.
+        layers: taps to measure (default: all of ``model.tap_names``).
+        batch_size: images per forward pass (memory only; results do not depend on it).
+
+    Returns:
+        name -> :class:`Distortion`, taps ordered "input" then shallow to deep.
+    """
+    if not hasattr(model, "features"):
+        raise TypeError("model must be a featlab model with features(x, layers) and tap_names")
+    check_images(x, name="x")
+    if not perturbed:
+        raise ValueError("perturbed must map at least one name to perturbed images")
+    layers = None if layers is None else list(model._resolve(layers))
+    for name, xp in perturbed.items():
+        check_images(xp, name=f"perturbed[{name!r}]")
+        if xp.shape != x.shape:
+            raise ValueError(f"perturbed[{name!r}] must have the shape of x {tuple(x.shape)}, got {tuple(xp.shape)}")
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        clean = _taps(model, x.to(device), layers, batch_size)
+        out: dict[str, Distortion] = {}
+        for name, xp in perturbed.items():
+            pert = _taps(model, xp.to(device), layers, batch_size)
+            l2, linf = {}, {}
+            l2[INPUT_TAP], linf[INPUT_TAP] = _relative(x.cpu(), xp.cpu())
+            for k in clean:
+                l2[k], linf[k] = _relative(clean[k], pert[k])
+            out[name] = Distortion(l2, linf)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def distortion(model: nn.Module, x: torch.Tensor, x_perturbed: torch.Tensor,
+               layers: Iterable[str] | None = None, batch_size: int = 1000) -> Distortion:
+    """Relative distortion per tap of one perturbed set (see :func:`compare`)."""
+    return compare(model, x, {"perturbed": x_perturbed}, layers, batch_size)["perturbed"]
+
+
+def amplification(adversarial: Distortion, random: Distortion, norm: str = "l2") -> dict[str, float]:
+    """Per tap: mean adversarial distortion / mean random distortion ("input" included)."""
+    a, r = adversarial.mean(norm), random.mean(norm)
+    return {k: a[k] / r[k] if r[k] > 0 else float("inf") for k in a}
+
+
+def random_noise(x: torch.Tensor, eps: float, kind: str = "sign", norm: str = "linf",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random perturbation of the same size an attack with ``eps`` may use, clamped to [0, 1].
+
+    Args:
+        x: images (N, C, H, W) in [0, 1].
+        eps: size in pixel units.
+        kind: "sign" (each pixel +-eps: a corner of the Linf ball, as FGSM/PGD use) or
+            "gaussian" (Gaussian direction rescaled so each example's ``norm`` equals eps).
+        norm: "linf" or "l2" (for "sign" only "linf" applies).
+    """
+    check_images(x)
+    check_number("eps", eps, low=0.0, high=1.0 if norm == "linf" else None)
+    check_choice("kind", kind, ("sign", "gaussian"))
+    check_choice("norm", norm, ("linf", "l2"))
+    if kind == "sign" and norm != "linf":
+        raise ValueError("kind='sign' noise is an Linf-ball corner; use norm='linf' or kind='gaussian'")
+    g = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    if kind == "sign":
+        delta = eps * g.sign()
+    else:
+        size = g.flatten(1).abs().amax(1) if norm == "linf" else g.flatten(1).norm(dim=1)
+        delta = g * (eps / size).view(-1, 1, 1, 1)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def table(results: Mapping[str, Distortion], norm: str = "l2") -> list[dict[str, float | str]]:
+    """Rows {"set", tap: "mean +- std"...} for printing or a DataFrame."""
+    rows = []
+    for name, res in results.items():
+        m, s = res.mean(norm), res.std(norm)
+        rows.append({"set": name, **{k: f"{m[k]:.3f} ± {s[k]:.3f}" for k in m}})
+    return rows

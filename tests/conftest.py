@@ -1,0 +1,69 @@
+"""Shared fixtures: seeded RNG, tiny hand-built models, real MNIST subsets, a trained model."""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import featlab
+from featlab.models.base import FeatureModel, Normalize
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("FEATLAB_TEST", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    featlab.seed_everything(0)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
+
+
+def tiny_model(channels: int = 1, size: int = 8, num_classes: int = 3) -> FeatureModel:
+    """A deterministic 2-stage CNN small enough for property tests."""
+    torch.manual_seed(1)
+    enc = nn.Sequential(OrderedDict([
+        ("conv", nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU())),
+        ("flat", nn.Flatten()),
+    ]))
+    return FeatureModel(Normalize([0.5] * channels, [0.25] * channels), enc, nn.Linear(4 * size * size, num_classes),
+                        (channels, size, size), num_classes, name="tiny")
+
+
+@pytest.fixture
+def tiny():
+    return tiny_model()
+
+
+def have_data(name: str) -> bool:
+    ds = featlab.data.info(name)
+    root = featlab.data.data_root()
+    return all((root / ds.folder / f).is_file() for f in ds.files["train"] + ds.files["test"])
+
+
+needs_mnist = pytest.mark.skipif(not have_data("mnist"), reason="real MNIST not under FEATLAB_DATA (.ci/run writes it)")
+needs_cifar10 = pytest.mark.skipif(not have_data("cifar10"), reason="real CIFAR-10 not under FEATLAB_DATA")
+
+
+@pytest.fixture(scope="session")
+def mnist_small():
+    """(x_train, y_train, x_test, y_test): 10,000 train and 1,000 test images of real MNIST."""
+    if not have_data("mnist"):
+        pytest.skip("real MNIST not under FEATLAB_DATA")
+    x, y = featlab.data.load("mnist", "train", limit=10000)
+    xt, yt = featlab.data.load("mnist", "test", limit=1000)
+    return x, y, xt, yt
+
+
+@pytest.fixture(scope="session")
+def trained_mnist(mnist_small):
+    """The Madry CNN after one epoch of standard training on 10,000 real MNIST images (~10 s)."""
+    featlab.seed_everything(0)
+    x, y, xt, yt = mnist_small
+    model = featlab.models.create("mnist_cnn")
+    featlab.train.Trainer(model, epochs=1, device="cpu", progress=False).fit(x, y)
+    return model.eval()

@@ -1,0 +1,28 @@
+import json
+
+import pytest
+import torch
+
+import featlab
+from featlab.evaluate import RESULT_KEYS, accuracy, robust_accuracy, write_result
+from conftest import tiny_model
+
+
+def test_accuracy_counts_exactly():
+    m = tiny_model()
+    x = torch.rand(20, 1, 8, 8)
+    pred = m(x).argmax(1)
+    y = pred.clone()
+    y[:5] = (y[:5] + 1) % 3
+    assert accuracy(m, x, y, batch_size=7) == pytest.approx(75.0)
+    ident = lambda xb, yb: xb  # noqa: E731  (the "no attack" attack)
+    assert robust_accuracy(m, x, y, ident, batch_size=6, progress=False) == pytest.approx(75.0)
+
+
+def test_write_result_requires_schema(tmp_path):
+    rec = {k: 1 for k in RESULT_KEYS if k not in ("commit", "date", "command")}
+    p = write_result("run", rec, tmp_path)
+    d = json.loads(p.read_text())
+    assert set(RESULT_KEYS) <= set(d) and "torch" in d["versions"]
+    with pytest.raises(ValueError, match=r"missing required key\(s\) \['robust_acc'\]"):
+        write_result("bad", {k: v for k, v in rec.items() if k != "robust_acc"}, tmp_path)

@@ -1,0 +1,144 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+import featlab
+from featlab import checkpoint as ckpt
+from featlab.train import PGDAT, Standard, Trainer, create_objective
+from conftest import tiny_model
+
+
+def _toy(n=96):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    y = (x.mean((1, 2, 3)) * 3).long().clamp(0, 2)   # learnable labels
+    return x, y
+
+
+def _trainer(tmp_path=None, epochs=3, objective=None, name="ck.pt"):
+    m = tiny_model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    return Trainer(m, objective or PGDAT(eps=0.1, steps=2), epochs=epochs, batch_size=32, optimizer=opt,
+                   scheduler=sched, device="cpu", progress=False, seed=7,
+                   checkpoint=str(tmp_path / name) if tmp_path else None,
+                   eval_attack=lambda mm: featlab.attacks.PGD(mm, eps=0.1, steps=2))
+
+
+def test_device_is_cpu_here_and_validated():
+    assert featlab.get_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert featlab.get_device().type in ("cpu", "mps")
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            featlab.get_device("cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        featlab.get_device("tpu9")
+
+
+def test_same_seed_same_numbers():
+    x, y = _toy()
+    runs = []
+    for _ in range(2):
+        featlab.seed_everything(5)
+        t = _trainer(epochs=2)
+        runs.append((t.fit(x, y, eval_data=(x, y)), t.model.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    x, y = _toy()
+    featlab.seed_everything(1)
+    full = _trainer(tmp_path, name="full.pt")
+    h_full = full.fit(x, y, eval_data=(x, y))
+
+    featlab.seed_everything(1)
+    part = _trainer(tmp_path, name="part.pt")
+    part.fit(x, y, eval_data=(x, y), stop_after=1)            # "interrupted" after epoch 1
+    torch.manual_seed(12345)                                  # the crash scrambles the RNG...
+    resumed = _trainer(tmp_path, name="part.pt")              # ...a new process picks up the file
+    h_res = resumed.fit(x, y, eval_data=(x, y))
+    assert len(h_res) == 3 and resumed.start_epoch == 3
+    assert [h["loss"] for h in h_res] == [h["loss"] for h in h_full]
+    assert [h["robust_acc"] for h in h_res] == [h["robust_acc"] for h in h_full]
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")], "temp files left behind"
+
+
+def test_history_has_per_epoch_metrics():
+    x, y = _toy()
+    h = _trainer(epochs=2).fit(x, y, eval_data=(x, y))
+    assert [r["epoch"] for r in h] == [1, 2]
+    assert {"loss", "train_acc", "clean_acc", "robust_acc", "lr", "time_s", "eps"} <= set(h[0])
+    assert h[1]["lr"] == pytest.approx(h[0]["lr"] / 2)
+
+
+def test_pgd_at_eps_ramp():
+    o = PGDAT(eps=0.3, eps_start=0.1, ramp_epochs=2)
+    o.on_epoch_start(0, 5)
+    assert o.current_eps == pytest.approx(0.2)
+    o.on_epoch_start(3, 5)
+    assert o.current_eps == pytest.approx(0.3)
+
+
+def test_standard_training_learns_real_mnist(mnist_small, trained_mnist):
+    _, _, xt, yt = mnist_small
+    assert featlab.evaluate.accuracy(trained_mnist, xt, yt) > 95.0   # one epoch on 10k images
+
+
+def test_bad_trainer_arguments():
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        Trainer(tiny_model(), epochs=0)
+    with pytest.raises(ValueError, match="unknown objective 'adv'"):
+        create_objective("adv")
+    with pytest.raises(ValueError, match="x contains NaN"):
+        Trainer(tiny_model(), device="cpu", progress=False).fit(torch.full((4, 1, 8, 8), float("nan")),
+                                                                 torch.zeros(4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_checkpoint_roundtrip_atomic(tmp_path):
+    m = tiny_model()
+    p = ckpt.save({"model": m.state_dict(), "epoch": 3, "note": "x"}, tmp_path / "a" / "m.pt")
+    state = ckpt.load(p)
+    assert state["epoch"] == 3
+    m2 = tiny_model()
+    torch.nn.init.zeros_(m2.head.weight)
+    ckpt.load_model_weights(m2, p)
+    assert torch.equal(m2.head.weight, m.head.weight)
+    assert os.listdir(tmp_path / "a") == ["m.pt"]
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_malicious_checkpoint_is_refused_and_not_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": {}, "x": _Payload()}, bad)
+    with pytest.raises(ckpt.CheckpointError, match="path: .*refused"):
+        ckpt.load(bad)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+
+
+def test_truncated_and_tampered_checkpoints(tmp_path):
+    m = tiny_model()
+    p = ckpt.save({"model": m.state_dict()}, tmp_path / "m.pt")
+    raw = p.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupted"):
+        ckpt.load(tmp_path / "trunc.pt")
+    (tmp_path / "html.pt").write_text("<html>quota exceeded</html>")
+    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupted"):
+        ckpt.load(tmp_path / "html.pt")
+    with pytest.raises(ckpt.CheckpointError, match="sha256"):
+        ckpt.load_model_weights(m, p, expected_sha256="0" * 64)
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint file"):
+        ckpt.load(tmp_path / "missing.pt")
+    with pytest.raises(ckpt.CheckpointError, match="does not fit this model"):
+        ckpt.load_model_weights(featlab.models.create("mnist_cnn"), p)
