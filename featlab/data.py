@@ -179,6 +179,14 @@ def _expected_files_message(ds: DatasetInfo, split: str, root: Path, why: str) -
             f"Data root now: {root} (from {'FEATLAB_DATA' if os.environ.get('FEATLAB_DATA') else 'the default'}).")
 
 
+def available(name: str, split: str = "test", root: str | os.PathLike | None = None) -> bool:
+    """Whether a dataset's files for ``split`` are on disk (without verifying or downloading)."""
+    check_choice("name", name, DATASETS)
+    check_choice("split", split, SPLITS)
+    ds = DATASETS[name]
+    return all((data_root(root) / ds.folder / f).is_file() for f in ds.files[split])
+
+
 def _reachable(url: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to the URL's host opens within ``timeout`` s (DNS included)."""
     host = urlparse(url).hostname

@@ -155,3 +155,28 @@ def table(results: Mapping[str, Distortion], norm: str = "l2") -> list[dict[str,
         m, s = res.mean(norm), res.std(norm)
         rows.append({"set": name, **{k: f"{m[k]:.3f} ± {s[k]:.3f}" for k in m}})
     return rows
+
+
+def sweep(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps_list: Iterable[float],
+          attack_steps: int = 20, kinds: Iterable[str] = ("sign", "gaussian"), layers: Iterable[str] | None = None,
+          seed: int = 0) -> dict[str, dict[float, dict[str, Distortion]]]:
+    """For each model and eps: PGD (Linf, ``attack_steps``) vs random noise of the same Linf size.
+
+    Returns ``results[model_name][eps][set]`` with sets "adversarial" and "random-<kind>".
+    Noise is drawn from a generator seeded with ``seed``, so the same call repeats exactly.
+    """
+    from .attacks import PGD
+    from tqdm.auto import tqdm
+    eps_list = [float(e) for e in eps_list]
+    for e in eps_list:
+        check_number("eps_list[...]", e, low=0.0, high=1.0)
+    out: dict[str, dict[float, dict[str, Distortion]]] = {}
+    jobs = [(m, e) for m in models for e in eps_list]
+    for name, eps in tqdm(jobs, desc="probe sweep", leave=False):
+        model = models[name]
+        g = torch.Generator().manual_seed(seed)
+        sets = {"adversarial": PGD(model, eps=eps, steps=attack_steps, step_size=2.5 * eps / attack_steps)(x, y).cpu()}
+        for kind in kinds:
+            sets[f"random-{kind}"] = random_noise(x, eps, kind=kind, generator=g)
+        out.setdefault(name, {})[eps] = compare(model, x, sets, layers)
+    return out

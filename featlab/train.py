@@ -269,3 +269,26 @@ class Trainer:
             self.start_epoch = epoch + 1
         self.model.eval()
         return self.history
+
+
+def train_classifier(model_name: str, x: torch.Tensor, y: torch.Tensor, method: str = "standard", epochs: int = 1,
+                     batch_size: int = 128, lr: float = 1e-3, device: str | torch.device | None = "auto",
+                     eval_data: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0,
+                     checkpoint: str | None = None, progress: bool = True, num_classes: int | None = None,
+                     **objective_kwargs: Any):
+    """Build a registered model and train it with one objective (Adam); returns (model, history).
+
+    The notebooks' one-liner: ``model, hist = train_classifier("mnist_cnn", x, y, "pgd_at", epochs=2, eps=0.3)``.
+    """
+    from . import models
+    model = models.create(model_name, num_classes=num_classes)
+    objective = create_objective(method, **objective_kwargs)
+    eval_attack = None
+    if method == "pgd_at":
+        eps = objective.eps
+        eval_attack = lambda m: PGD(m, eps=eps, steps=10, step_size=2.5 * eps / 10)  # noqa: E731
+    trainer = Trainer(model, objective, epochs=epochs, batch_size=batch_size,
+                      optimizer=torch.optim.Adam(model.parameters(), lr=lr), device=device, seed=seed,
+                      checkpoint=checkpoint, eval_attack=eval_attack, progress=progress)
+    history = trainer.fit(x, y, eval_data=eval_data)
+    return trainer.model, history

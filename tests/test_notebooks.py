@@ -1,0 +1,40 @@
+"""Every notebook runs under papermill with small parameters; the numbers it records are checked."""
+import pytest
+
+from featlab import notebooks
+
+# CI parameters: a smoke run in well under a minute per notebook on a 2-core CPU
+CI_PARAMETERS = {
+    "01_feature_noise.ipynb": dict(N_IMAGES=100, TRAIN_LIMIT=3000, EPOCHS=1, AT_EPOCHS=1, AT_STEPS=3,
+                                   ATTACK_STEPS=10, CIFAR_LIMIT=256),
+}
+
+
+def test_every_notebook_has_ci_parameters():
+    assert {p.name for p in notebooks.list_notebooks()} == set(CI_PARAMETERS)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    cache = {}
+
+    def run(name):
+        if name not in cache:
+            cache[name] = notebooks.run(notebooks.NOTEBOOK_DIR / name, out, CI_PARAMETERS[name], cell_timeout=600)
+        return cache[name]
+    return run
+
+
+@pytest.mark.slow
+def test_01_feature_noise(executed):
+    r = executed("01_feature_noise.ipynb")
+    m = r["metrics"]
+    assert m["clean_acc/standard"] > 85, "a standard CNN on 3,000 MNIST images reaches > 85%"
+    for eps in (0.1, 0.2, 0.3):
+        adv = m[f"distortion/standard/eps{eps}/adversarial/embedding"]
+        rnd = m[f"distortion/standard/eps{eps}/random-sign/embedding"]
+        assert adv > 2 * rnd, f"eps {eps}: adversarial {adv:.3f} should exceed random {rnd:.3f} at the deepest tap"
+    assert m["robust_acc/standard/eps0.3"] < m["clean_acc/standard"]
+    if "cifar10/amplification_embedding" in m:
+        assert m["cifar10/amplification_embedding"] > 1

@@ -1,0 +1,94 @@
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import featlab
+from featlab import probe
+from featlab.models.base import FeatureModel, Normalize
+from conftest import tiny_model
+
+
+def linear_model():
+    """features: 'lin' = W x + b (identity normalisation), logits = V lin."""
+    torch.manual_seed(0)
+    enc = nn.Sequential(OrderedDict([("flat", nn.Flatten()), ("lin", nn.Linear(16, 5))]))
+    return FeatureModel(Normalize([0.0], [1.0]), enc, nn.Linear(5, 3), (1, 4, 4), 3, name="linear")
+
+
+def test_zero_perturbation_gives_zero_distortion(tiny):
+    x = torch.rand(5, 1, 8, 8)
+    d = probe.distortion(tiny, x, x.clone())
+    assert d.taps == ["input"] + list(tiny.tap_names)
+    for norm in ("l2", "linf"):
+        assert all(v == 0.0 for v in d.mean(norm).values())
+
+
+def test_linear_model_matches_closed_form():
+    m = linear_model().eval()
+    x = torch.rand(6, 1, 4, 4)
+    delta = 0.05 * torch.randn(6, 1, 4, 4)
+    xp = (x + delta).clamp(0, 1)
+    d = probe.distortion(m, x, xp, layers=["lin", "logits"])
+    W, b, V = m.encoder.lin.weight, m.encoder.lin.bias, m.head.weight
+    with torch.no_grad():
+        xf, df = x.flatten(1), (xp - x).flatten(1)
+        f = xf @ W.T + b
+        want_l2 = (df @ W.T).norm(dim=1) / f.norm(dim=1)
+        want_linf = (df @ W.T).abs().amax(1) / f.abs().amax(1)
+        g = f @ V.T + m.head.bias
+        want_logits = (df @ W.T @ V.T).norm(dim=1) / g.norm(dim=1)
+    assert torch.allclose(d.l2["lin"], want_l2, rtol=1e-4)
+    assert torch.allclose(d.linf["lin"], want_linf, rtol=1e-4)
+    assert torch.allclose(d.l2["logits"], want_logits, rtol=1e-4)
+    assert torch.allclose(d.l2["input"], df.norm(dim=1) / xf.norm(dim=1), rtol=1e-5)
+    assert d.mean()["lin"] == pytest.approx(float(want_l2.mean()), rel=1e-4)
+
+
+def test_unknown_tap_and_shape_errors(tiny):
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"unknown tap name\(s\) \['conv7'\].*allowed"):
+        probe.distortion(tiny, x, x, layers=["conv7"])
+    with pytest.raises(ValueError, match="must have the shape of x"):
+        probe.distortion(tiny, x, x[:1])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        probe.random_noise(x, 0.1, kind="pink")
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        probe.random_noise(x, -0.1)
+
+
+def test_batching_does_not_change_results(tiny):
+    x = torch.rand(10, 1, 8, 8)
+    xp = probe.random_noise(x, 0.1, generator=torch.Generator().manual_seed(0))
+    a = probe.distortion(tiny, x, xp, batch_size=3)
+    b = probe.distortion(tiny, x, xp, batch_size=100)
+    for k in a.taps:
+        assert torch.allclose(a.l2[k], b.l2[k], atol=1e-6)
+
+
+def test_random_noise_has_the_asked_size():
+    x = torch.full((4, 1, 8, 8), 0.5)
+    s = probe.random_noise(x, 0.1, kind="sign")
+    assert torch.allclose((s - x).abs(), torch.full_like(x, 0.1), atol=1e-6)
+    g = probe.random_noise(x, 0.1, kind="gaussian", norm="linf")
+    assert torch.allclose((g - x).flatten(1).abs().amax(1), torch.full((4,), 0.1), atol=1e-6)
+    g2 = probe.random_noise(x, 0.4, kind="gaussian", norm="l2")
+    assert torch.allclose((g2 - x).flatten(1).norm(dim=1), torch.full((4,), 0.4), atol=1e-5)
+
+
+def test_amplification_and_table(tiny):
+    x = torch.rand(8, 1, 8, 8)
+    y = torch.randint(0, 3, (8,))
+    res = probe.sweep({"tiny": tiny}, x, y, [0.1], attack_steps=3)["tiny"][0.1]
+    amp = probe.amplification(res["adversarial"], res["random-sign"])
+    assert set(amp) == set(res["adversarial"].taps)
+    rows = probe.table(res)
+    assert [r["set"] for r in rows] == ["adversarial", "random-sign", "random-gaussian"]
+
+
+def test_adversarial_beats_random_on_trained_mnist(trained_mnist, mnist_small):
+    _, _, xt, yt = mnist_small
+    res = probe.sweep({"m": trained_mnist}, xt[:200], yt[:200], [0.1], attack_steps=10)["m"][0.1]
+    amp = probe.amplification(res["adversarial"], res["random-sign"])
+    assert amp["embedding"] > 1.5 and amp["logits"] > amp["input"]
