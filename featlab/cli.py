@@ -26,8 +26,12 @@ from .evaluate import accuracy, device_description, robust_accuracy, write_resul
 from .train import Trainer, create_objective
 
 
+_ARGV: list[str] = []
+
+
 def _command() -> str:
-    return "featlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    """The command line that reproduces this call."""
+    return "featlab " + " ".join(shlex.quote(a) for a in _ARGV)
 
 
 def build_attack(spec: str, model: torch.nn.Module, eps: float, norm: str = "linf", seed: int = 0):
@@ -56,17 +60,36 @@ def build_attack(spec: str, model: torch.nn.Module, eps: float, norm: str = "lin
     raise ValueError(f"attacks: unknown attack spec {spec!r}; allowed: fgsm, pgdN (e.g. pgd40), pgdN_l2, autoattack, apgd")
 
 
+def _denoiser_parts(a: argparse.Namespace, device: torch.device):
+    from .defenses import DenoiserObjective, FeatureLoss, UNetDenoiser
+    if not a.classifier_run:
+        raise SystemExit("--classifier-run is required with --method denoiser (the frozen classifier to defend)")
+    classifier, ccfg = _load_run(Path(a.classifier_run), device)
+    taps = {t: 1.0 for t in a.feature_taps} if a.feature_taps is not None else None
+    loss = FeatureLoss(classifier, taps=taps, pixel_weight=a.pixel_weight)
+    objective = DenoiserObjective(classifier, loss, eps_range=(a.eps_min, a.eps), pgd_steps=a.attack_steps, seed=a.seed)
+    model = UNetDenoiser(channels=classifier.input_shape[0], width=a.width, depth=a.depth)
+    return model, objective, ccfg
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     seed_everything(a.seed)
     device = get_device(a.device)
-    dataset = a.dataset or models.default_dataset(a.model)
+    extra: dict[str, Any] = {}
+    if a.method == "denoiser":
+        model, objective, ccfg = _denoiser_parts(a, device)
+        dataset = ccfg["dataset"]
+        extra = {"classifier_run": a.classifier_run, "classifier_model": ccfg["model"], "width": a.width,
+                 "depth": a.depth}
+    else:
+        dataset = a.dataset or models.default_dataset(a.model)
+        model = models.create(a.model, num_classes=data.info(dataset).num_classes)
+        kwargs: dict[str, Any] = {}
+        if a.method == "pgd_at":
+            kwargs = dict(eps=a.eps, steps=a.attack_steps, eps_start=a.eps_start, ramp_epochs=a.ramp_epochs)
+        objective = create_objective(a.method, **kwargs)
     x, y = data.load(dataset, "train", limit=a.limit, seed=a.seed)
     xt, yt = data.load(dataset, "test", limit=a.eval_n, seed=a.seed)
-    model = models.create(a.model, num_classes=data.info(dataset).num_classes)
-    kwargs: dict[str, Any] = {}
-    if a.method == "pgd_at":
-        kwargs = dict(eps=a.eps, steps=a.attack_steps, eps_start=a.eps_start, ramp_epochs=a.ramp_epochs)
-    objective = create_objective(a.method, **kwargs)
     params = model.parameters()
     opt = (torch.optim.Adam(params, lr=a.lr) if a.optimizer == "adam"
            else torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=True))
@@ -75,9 +98,10 @@ def cmd_train(a: argparse.Namespace) -> None:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=a.milestones, gamma=0.1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"dataset": dataset, "model": a.model, "method": a.method, "epochs": a.epochs, "seed": a.seed,
-              "objective": objective.config(), "optimizer": a.optimizer, "lr": a.lr, "batch_size": a.batch_size,
-              "limit": a.limit, "command": _command(), "device": device_description(device)}
+    config = {"dataset": dataset, "model": a.model if a.method != "denoiser" else "unet_denoiser",
+              "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config(),
+              "optimizer": a.optimizer, "lr": a.lr, "batch_size": a.batch_size, "limit": a.limit,
+              "command": _command(), "device": device_description(device), **extra}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     eval_attack = None
     if a.method != "standard":
@@ -93,20 +117,37 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(json.dumps(history[-1]))
 
 
+def _load_run(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The trained module of a run folder (for a denoiser run: the denoiser) and its config."""
+    config = json.loads((run / "config.json").read_text())
+    if config["method"] == "denoiser":
+        from .defenses import UNetDenoiser
+        classifier, _ = _load_run(Path(config["classifier_run"]), device)
+        model = UNetDenoiser(channels=classifier.input_shape[0], width=config["width"], depth=config["depth"])
+    else:
+        model = models.create(config["model"], num_classes=data.info(config["dataset"]).num_classes)
+    ckpt.load_model_weights(model, run / "checkpoint.pt")
+    return model.to(device).eval(), config
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     seed_everything(a.seed)
     run = Path(a.run)
-    config = json.loads((run / "config.json").read_text())
-    dataset = config["dataset"]
     device = get_device(a.device)
-    model = models.create(config["model"], num_classes=data.info(dataset).num_classes)
-    ckpt.load_model_weights(model, run / "checkpoint.pt")
-    model.to(device).eval()
+    model, config = _load_run(run, device)
+    dataset = config["dataset"]
     state = ckpt.load(run / "checkpoint.pt")
     history = state.get("history", [])
     train_wall = sum(h.get("time_s", 0.0) for h in history)
     x, y = data.load(dataset, "test", limit=a.n_eval, seed=a.seed)
     t0 = time.time()
+    base = {"dataset": dataset, "model": config["model"], "method": config["method"], "n_eval": len(x),
+            "epochs": len(history), "seed": a.seed, "command": _command(), "train_command": config.get("command"),
+            "train_wall_s": round(train_wall, 1), "train_device": config.get("device"),
+            "device": device_description(device)}
+    if config["method"] == "denoiser":
+        _eval_denoiser(a, run, model, config, x, y, base)
+        return
     clean = accuracy(model, x, y)
     for spec in a.attacks:
         for eps in a.eps:
@@ -114,17 +155,71 @@ def cmd_eval(a: argparse.Namespace) -> None:
             atk = build_attack(spec, model, eps, norm=a.norm, seed=a.seed)
             rob = robust_accuracy(model, x, y, atk, batch_size=a.batch_size)
             norm = "l2" if spec.endswith("_l2") else a.norm
-            rec = {"dataset": dataset, "model": config["model"], "method": config["method"],
-                   "threat_model": "white-box", "norm": norm, "eps": eps, "attack": spec, "attack_repr": repr(atk),
-                   "n_eval": len(x), "clean_acc": round(clean, 2), "robust_acc": round(rob, 2),
-                   "epochs": len(history), "seed": a.seed, "command": _command(),
-                   "train_command": config.get("command"), "train_wall_s": round(train_wall, 1),
-                   "train_device": config.get("device"), "device": device_description(device),
+            rec = {**base, "threat_model": "white-box", "norm": norm, "eps": eps, "attack": spec,
+                   "attack_repr": repr(atk), "clean_acc": round(clean, 2), "robust_acc": round(rob, 2),
                    "wall_s": round(time.time() - t1, 1)}
             name = f"{run.name}_{spec}_{norm}_eps{eps:g}"
             path = write_result(name, rec, a.results_dir)
             print(f"{name}: clean {clean:.2f}%  robust {rob:.2f}%  -> {path}")
     print(f"eval wall {time.time() - t0:.1f}s")
+
+
+def _eval_denoiser(a, run: Path, denoiser, config: dict, x, y, base: dict) -> None:
+    """The three threat models (plus the undefended reference) with PGD-N from ``--attacks pgdN``."""
+    from .evaluate import preprocessing_defense
+    device = get_device(a.device)
+    classifier, _ = _load_run(Path(config["classifier_run"]), device)
+    spec = next((s for s in a.attacks if s.startswith("pgd")), "pgd40")
+    steps = int(spec[3:] or 40)
+    t1 = time.time()
+    rows = preprocessing_defense(denoiser, classifier, x, y, a.eps, steps=steps,
+                                 step_size=0.01 if steps == 40 and a.eps == [0.3] else None, batch_size=a.batch_size)
+    wall = round(time.time() - t1, 1)
+    records = [{**base, "threat_model": r["threat_model"], "norm": "linf", "eps": r["eps"],
+                "attack": {"none": spec, "oblivious": f"{spec} on the bare classifier, then denoised",
+                           "end-to-end": f"{spec} through denoiser+classifier", "bpda": f"bpda-{spec}"}[r["threat_model"]],
+                "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
+                "classifier_run": config["classifier_run"], "wall_s": wall} for r in rows]
+    for r in records:
+        print(f"{r['threat_model']:>10s} eps {r['eps']}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%")
+    print(f"-> {write_result(f'{run.name}_threat_models', records, a.results_dir)}")
+
+
+def cmd_probe(a: argparse.Namespace) -> None:
+    """Relative feature distortion per tap, adversarial vs random noise, for trained runs."""
+    from . import probe
+    seed_everything(a.seed)
+    device = get_device(a.device)
+    loaded = {Path(r).name: _load_run(Path(r), device) for r in a.run}
+    datasets = {c["dataset"] for _, c in loaded.values()}
+    if len(datasets) != 1:
+        raise SystemExit(f"run: all runs must share one dataset, got {sorted(datasets)}")
+    x, y = data.load(datasets.pop(), "test", limit=a.n_eval, seed=a.seed)
+    t0 = time.time()
+    res = probe.sweep({k: m for k, (m, _) in loaded.items()}, x, y, a.eps, attack_steps=a.steps, seed=a.seed)
+    records = []
+    for name, (model, config) in loaded.items():
+        clean = accuracy(model, x, y)
+        for eps in a.eps:
+            r = res[name][eps]
+            x_adv_acc = robust_accuracy(model, x, y, PGD(model, eps=eps, steps=a.steps, step_size=2.5 * eps / a.steps),
+                                        progress=False)
+            rec = {"dataset": config["dataset"], "model": config["model"], "method": config["method"],
+                   "threat_model": "white-box", "norm": "linf", "eps": eps, "attack": f"pgd{a.steps}",
+                   "n_eval": len(x), "clean_acc": round(clean, 2), "robust_acc": round(x_adv_acc, 2),
+                   "epochs": config["epochs"], "seed": a.seed, "command": _command(), "train_command": config["command"],
+                   "device": device_description(device), "wall_s": round(time.time() - t0, 1),
+                   "relative_l2_distortion": {s: {k: round(v, 4) for k, v in d.mean().items()} for s, d in r.items()},
+                   "relative_l2_std": {s: {k: round(v, 4) for k, v in d.std().items()} for s, d in r.items()},
+                   "amplification_adv_over_sign": {k: round(v, 3) for k, v in
+                                                   probe.amplification(r["adversarial"], r["random-sign"]).items()}}
+            records.append(rec)
+            print(f"\n{name} eps {eps}: clean {clean:.2f}%  PGD-{a.steps} {x_adv_acc:.2f}%")
+            taps = list(rec["relative_l2_distortion"]["adversarial"])
+            print("| set | " + " | ".join(taps) + " |")
+            for s_name, row in rec["relative_l2_distortion"].items():
+                print(f"| {s_name} | " + " | ".join(f"{row[t]:.3f}" for t in taps) + " |")
+    print(f"-> {write_result(a.name, records, a.results_dir)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train", help="train a model with one objective; resumable run folder")
     t.add_argument("--dataset", choices=sorted(data.DATASETS), default=None)
     t.add_argument("--model", choices=sorted(models.MODELS), default="mnist_cnn")
-    t.add_argument("--method", choices=["standard", "pgd_at"], default="standard")
+    t.add_argument("--method", choices=["standard", "pgd_at", "denoiser"], default="standard")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
@@ -145,6 +240,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--eps-start", type=float, default=None)
     t.add_argument("--ramp-epochs", type=int, default=0)
     t.add_argument("--limit", type=int, default=None, help="train on a stratified subset")
+    t.add_argument("--classifier-run", default=None, help="denoiser: run folder of the frozen classifier")
+    t.add_argument("--feature-taps", nargs="*", default=None,
+                   help="denoiser: taps of the feature loss (default: all spatial taps; none: pixel loss only)")
+    t.add_argument("--pixel-weight", type=float, default=0.0, help="denoiser: weight of the pixel MSE term")
+    t.add_argument("--eps-min", type=float, default=0.05, help="denoiser: low end of the training eps range")
+    t.add_argument("--width", type=int, default=16, help="denoiser: U-Net width")
+    t.add_argument("--depth", type=int, default=2, help="denoiser: U-Net depth")
     t.add_argument("--eval-n", type=int, default=1000)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
@@ -161,6 +263,18 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--results-dir", default="results")
     e.set_defaults(func=cmd_eval)
+    pr = sub.add_parser("probe", help="feature distortion per tap, adversarial vs random noise")
+    pr.add_argument("--run", action="append", required=True, help="a run folder (repeat for several)")
+    pr.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    pr.add_argument("--steps", type=int, default=40)
+    pr.add_argument("--n-eval", type=int, default=1000)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--name", default="probe")
+    pr.add_argument("--results-dir", default="results")
+    pr.set_defaults(func=cmd_probe)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _ARGV[:] = argv
     a = p.parse_args(argv)
     a.func(a)
 

@@ -60,6 +60,10 @@ class Objective:
         out.update({k: float(v) for k, v in logs.items()})
         return out
 
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The classifier whose accuracy the trainer reports (the denoiser objective wraps it)."""
+        return model
+
     def config(self) -> dict[str, Any]:
         return {"name": self.name}
 
@@ -255,9 +259,10 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step()
             if eval_data is not None:
-                record["clean_acc"] = accuracy(self.model, *eval_data)
+                evaluated = self.objective.evaluation_model(self.model)
+                record["clean_acc"] = accuracy(evaluated, *eval_data)
                 if self.eval_attack is not None:
-                    record["robust_acc"] = robust_accuracy(self.model, *eval_data, self.eval_attack(self.model),
+                    record["robust_acc"] = robust_accuracy(evaluated, *eval_data, self.eval_attack(evaluated),
                                                            progress=self.progress)
             record["time_s"] = time.perf_counter() - t0
             self.history.append(record)

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from .base import Attack, cross_entropy_per_example, model_device
+from .bpda import BPDA, IdentityBackward
 from .fgsm import FGSM
 from .pgd import PGD
 
@@ -26,4 +27,4 @@ def create(name: str, model: nn.Module, **kwargs: Any) -> Attack:
     return ATTACKS[name](model, **kwargs)
 
 
-__all__ = ["Attack", "FGSM", "PGD", "ATTACKS", "create", "cross_entropy_per_example", "model_device"]
+__all__ = ["Attack", "BPDA", "IdentityBackward", "FGSM", "PGD", "ATTACKS", "create", "cross_entropy_per_example", "model_device"]

@@ -1,0 +1,230 @@
+"""The feature-loss denoising autoencoder (Sivamani, "Feature Losses for Adversarial
+Robustness", https://arxiv.org/abs/1912.04497) and the pieces to train and attack it.
+
+A denoiser D is put in front of any classifier f; it is trained on (x_adv, x) pairs so that
+feature maps phi_l(D(x_adv)) of a frozen feature extractor match phi_l(x) (a perceptual loss),
+optionally plus a pixel term. At test time the defended model is f(D(x)).
+
+    >>> den = UNetDenoiser(channels=1)
+    >>> loss = FeatureLoss(classifier, taps={"conv1": 1.0, "conv2": 1.0}, pixel_weight=0.0)
+    >>> defended = Defended(den, classifier)            # an nn.Module: logits of f(D(x))
+
+Introduced in notebooks/02_feature_loss_denoiser.ipynb.
+"""
+from __future__ import annotations
+
+import random
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .._utils import check_images, check_number
+from ..attacks import FGSM, PGD
+from ..train import Objective
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    # no BatchNorm: the denoiser behaves the same in train and eval mode, for training and attacks alike
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class UNetDenoiser(nn.Module):
+    """A small U-Net (encoder-decoder with skip connections); output in [0, 1], same shape as input.
+
+    Args:
+        channels: image channels (1 MNIST, 3 CIFAR).
+        width: channels of the first level (doubles per level; default 16).
+        depth: number of down-sampling levels (default 2; input sides must divide 2**depth).
+
+    Shape: (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1] (a sigmoid output, so gradients
+    flow everywhere: end-to-end attacks are not blocked by clamping).
+    """
+
+    def __init__(self, channels: int = 1, width: int = 16, depth: int = 2):
+        super().__init__()
+        check_number("channels", channels, low=1, integer=True)
+        check_number("width", width, low=1, integer=True)
+        check_number("depth", depth, low=1, integer=True)
+        self.channels, self.width, self.depth = channels, width, depth
+        widths = [width * 2 ** i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_block(channels if i == 0 else widths[i - 1], widths[i]) for i in range(depth)])
+        self.pool = nn.MaxPool2d(2)
+        self.bottom = _block(widths[depth - 1], widths[depth])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))])
+        self.dec = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.out = nn.Conv2d(widths[0], channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"x must have shape (N, {self.channels}, H, W), got {tuple(x.shape)}")
+        side = 2 ** self.depth
+        if x.shape[2] % side or x.shape[3] % side:
+            raise ValueError(f"x: height and width must be multiples of {side} for depth {self.depth}, "
+                             f"got {tuple(x.shape[2:])}")
+        skips, h = [], x
+        for block in self.down:
+            h = block(h)
+            skips.append(h)
+            h = self.pool(h)
+        h = self.bottom(h)
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
+            h = dec(torch.cat([up(h), skip], dim=1))
+        return torch.sigmoid(self.out(h))
+
+
+class Defended(nn.Module):
+    """``classifier(denoiser(x))`` as one module: puts a denoiser in front of ANY classifier.
+
+    Exposes ``num_classes``, ``input_shape`` and ``check_input`` of the classifier, so featlab
+    attacks and evaluation treat it like any model (the end-to-end white-box threat model).
+    """
+
+    def __init__(self, denoiser: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.denoiser, self.classifier = denoiser, classifier
+        self.num_classes = getattr(classifier, "num_classes", None)
+        self.input_shape = getattr(classifier, "input_shape", None)
+
+    def check_input(self, x: torch.Tensor, name: str = "x") -> None:
+        check = getattr(self.classifier, "check_input", None)
+        check(x, name) if callable(check) else check_images(x, name=name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.denoiser(x))
+
+
+class FeatureLoss(nn.Module):
+    """Perceptual loss: sum_l w_l * mean (phi_l(x_hat) - phi_l(x))^2  +  pixel_weight * mean (x_hat - x)^2.
+
+    Args:
+        extractor: a featlab model whose ``features`` give phi (frozen here: no gradients reach
+            its parameters, and it is kept in eval mode).
+        taps: tap name -> weight w_l (default: every spatial tap of the extractor, weight 1).
+        pixel_weight: weight of the pixel MSE term (default 0).
+
+    ``forward(x_hat, x)`` returns the scalar loss; ``terms(x_hat, x)`` returns each term.
+    """
+
+    def __init__(self, extractor: nn.Module, taps: Mapping[str, float] | None = None, pixel_weight: float = 0.0):
+        super().__init__()
+        if not hasattr(extractor, "features"):
+            raise TypeError("extractor must be a featlab model with features(x, layers)")
+        check_number("pixel_weight", pixel_weight, low=0.0)
+        self.extractor = extractor.eval()
+        for p in self.extractor.parameters():
+            p.requires_grad_(False)
+        if taps is None:
+            c, h, w = extractor.input_shape
+            with torch.no_grad():
+                shapes = extractor.features(torch.zeros(1, c, h, w))
+            taps = {k: 1.0 for k, v in shapes.items() if v.dim() == 4}
+        taps = dict(taps)
+        if taps:
+            extractor._resolve(list(taps))      # unknown tap names raise a ValueError naming them
+        for k, w in taps.items():
+            check_number(f"taps[{k!r}]", w, low=0.0)
+        if not any(w > 0 for w in taps.values()) and pixel_weight == 0:
+            raise ValueError("taps/pixel_weight: FeatureLoss has no active term: give a tap a weight > 0 "
+                             "or pixel_weight > 0")
+        self.taps, self.pixel_weight = taps, float(pixel_weight)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.extractor.eval()                   # the feature extractor stays frozen
+        return self
+
+    def terms(self, x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        names = [k for k, w in self.taps.items() if w > 0]
+        out: dict[str, torch.Tensor] = {}
+        if names:
+            with torch.no_grad():
+                target = self.extractor.features(x, names)
+            got = self.extractor.features(x_hat, names)
+            for k in names:
+                out[f"feat/{k}"] = self.taps[k] * (got[k] - target[k]).pow(2).mean()
+        if self.pixel_weight > 0:
+            out["pixel"] = self.pixel_weight * (x_hat - x).pow(2).mean()
+        return out
+
+    def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack(list(self.terms(x_hat, x).values())).sum()
+
+
+class DenoiserObjective(Objective):
+    """Train a denoiser (the Trainer's model) on adversarial pairs made on the fly.
+
+    Per batch: pick eps uniformly in ``eps_range`` and an attack (FGSM or PGD, with probability
+    ``pgd_fraction``) against the frozen ``classifier``; x_adv = attack(x, y); minimise
+    ``loss(D(x_adv), x)``, plus the same loss on clean inputs (``clean_weight``) so the
+    denoiser leaves clean images alone.
+
+    Args:
+        classifier: the frozen target classifier (attacked to make the pairs).
+        loss: a :class:`FeatureLoss` (its extractor may be the classifier itself or another net).
+        eps_range: (low, high) Linf radii in pixel units (default (0.05, 0.3)).
+        pgd_steps: PGD steps when PGD is drawn (default 10).
+        pgd_fraction: probability of PGD instead of FGSM per batch (default 0.5).
+        clean_weight: weight of the clean-input term (default 0.5).
+    """
+
+    name = "denoiser"
+
+    def __init__(self, classifier: nn.Module, loss: FeatureLoss, eps_range: tuple[float, float] = (0.05, 0.3),
+                 pgd_steps: int = 10, pgd_fraction: float = 0.5, clean_weight: float = 0.5, seed: int = 0):
+        lo, hi = eps_range
+        check_number("eps_range[0]", lo, low=0.0, high=1.0)
+        check_number("eps_range[1]", hi, low=lo, high=1.0)
+        check_number("pgd_fraction", pgd_fraction, low=0.0, high=1.0)
+        check_number("clean_weight", clean_weight, low=0.0)
+        self.classifier, self.loss_fn = classifier.eval(), loss
+        for p in self.classifier.parameters():
+            p.requires_grad_(False)
+        self.eps_range, self.pgd_steps, self.pgd_fraction = (float(lo), float(hi)), int(pgd_steps), float(pgd_fraction)
+        self.clean_weight = float(clean_weight)
+        self.rng = random.Random(seed)
+
+    def bind(self, trainer) -> None:
+        super().bind(trainer)
+        self.classifier.to(trainer.device)
+        self.loss_fn.to(trainer.device)
+
+    def make_pairs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, str]:
+        eps = self.rng.uniform(*self.eps_range)
+        if self.rng.random() < self.pgd_fraction:
+            atk, kind = PGD(self.classifier, eps=eps, steps=self.pgd_steps, step_size=2.5 * eps / self.pgd_steps), "pgd"
+        else:
+            atk, kind = FGSM(self.classifier, eps=eps), "fgsm"
+        return atk(x, y), eps, kind
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        return Defended(model, self.classifier)
+
+    def loss(self, model, x, y):
+        x_adv, eps, kind = self.make_pairs(x, y)
+        denoised = model(x_adv)
+        terms = self.loss_fn.terms(denoised, x)
+        total = torch.stack(list(terms.values())).sum()
+        logs = {k: float(v) for k, v in terms.items()}
+        if self.clean_weight > 0:
+            clean_loss = self.loss_fn(model(x), x)
+            total = total + self.clean_weight * clean_loss
+            logs["clean_term"] = float(clean_loss)
+        with torch.no_grad():
+            logits = self.classifier(denoised)
+        logs.update(eps=eps, pgd=float(kind == "pgd"))
+        return total, logits, logs
+
+    def state_dict(self):
+        return {"rng": list(self.rng.getstate()[1]), "rng_version": self.rng.getstate()[0],
+                "rng_gauss": self.rng.getstate()[2]}
+
+    def load_state_dict(self, state):
+        if state:
+            self.rng.setstate((state["rng_version"], tuple(state["rng"]), state["rng_gauss"]))
+
+    def config(self):
+        return {"name": self.name, "eps_range": list(self.eps_range), "pgd_steps": self.pgd_steps,
+                "pgd_fraction": self.pgd_fraction, "clean_weight": self.clean_weight,
+                "taps": self.loss_fn.taps, "pixel_weight": self.loss_fn.pixel_weight}

@@ -1,0 +1,31 @@
+import json
+
+import pytest
+
+from featlab import cli
+from conftest import needs_mnist
+
+
+@needs_mnist
+def test_train_eval_probe_roundtrip(tmp_path):
+    run = tmp_path / "runs" / "tiny_std"
+    cli.main(["train", "--model", "mnist_cnn", "--epochs", "1", "--limit", "2000", "--eval-n", "200",
+              "--out", str(run), "--device", "cpu"])
+    assert (run / "checkpoint.pt").is_file() and json.loads((run / "config.json").read_text())["method"] == "standard"
+    res = tmp_path / "results"
+    cli.main(["eval", "--run", str(run), "--attacks", "fgsm", "pgd5", "--eps", "0.1", "0.3", "--n-eval", "200",
+              "--results-dir", str(res), "--device", "cpu"])
+    recs = {p.name: json.loads(p.read_text()) for p in res.glob("*.json")}
+    assert set(recs) == {f"tiny_std_{a}_linf_eps{e}.json" for a in ("fgsm", "pgd5") for e in ("0.1", "0.3")}
+    r = recs["tiny_std_pgd5_linf_eps0.3.json"]
+    assert r["clean_acc"] > 80 and r["robust_acc"] < r["clean_acc"] and r["n_eval"] == 200
+    assert r["command"].startswith("featlab eval") and r["train_command"].startswith("featlab train")
+    cli.main(["probe", "--run", str(run), "--eps", "0.1", "--steps", "5", "--n-eval", "100",
+              "--results-dir", str(res), "--name", "probe_tiny", "--device", "cpu"])
+    probe = json.loads((res / "probe_tiny.json").read_text())
+    assert probe[0]["amplification_adv_over_sign"]["embedding"] > 1
+
+
+def test_unknown_attack_spec():
+    with pytest.raises(ValueError, match="unknown attack spec 'cw'"):
+        cli.build_attack("cw", None, 0.3)

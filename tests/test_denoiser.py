@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+import featlab
+from featlab.attacks import BPDA, PGD
+from featlab.defenses import Defended, DenoiserObjective, FeatureLoss, UNetDenoiser
+from featlab.evaluate import preprocessing_defense
+from featlab.train import Trainer
+from conftest import tiny_model
+
+
+def test_denoiser_output_in_unit_range_and_shape_preserving():
+    for channels, side in ((1, 28), (3, 32)):
+        d = UNetDenoiser(channels=channels, width=8, depth=2)
+        x = torch.rand(3, channels, side, side)
+        out = d(x)
+        assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    with pytest.raises(ValueError, match="multiples of 4"):
+        UNetDenoiser(1, 8, 2)(torch.rand(1, 1, 30, 30))
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 3, H, W\)"):
+        UNetDenoiser(3, 8, 2)(torch.rand(1, 1, 32, 32))
+
+
+def test_feature_loss_zero_when_reconstruction_is_exact():
+    m = featlab.models.create("mnist_cnn")
+    loss = FeatureLoss(m, pixel_weight=1.0)
+    x = torch.rand(4, 1, 28, 28)
+    assert loss(x.clone(), x).item() == 0.0
+    assert set(loss.taps) == {"conv1", "pool1", "conv2", "pool2"}
+    assert float(loss(x.flip(0), x)) > 0
+    terms = loss.terms(x.flip(0), x)
+    assert set(terms) == {"feat/conv1", "feat/pool1", "feat/conv2", "feat/pool2", "pixel"}
+
+
+def test_feature_loss_keeps_extractor_frozen_and_checks_taps():
+    m = featlab.models.create("mnist_cnn")
+    loss = FeatureLoss(m, taps={"conv2": 1.0})
+    x_hat = torch.rand(2, 1, 28, 28, requires_grad=True)
+    loss(x_hat, torch.rand(2, 1, 28, 28)).backward()
+    assert x_hat.grad is not None and x_hat.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.parameters())
+    loss.train()
+    assert not m.training
+    with pytest.raises(ValueError, match="unknown tap name"):
+        FeatureLoss(m, taps={"conv9": 1.0})
+    with pytest.raises(ValueError, match="no active term"):
+        FeatureLoss(m, taps={})
+    assert FeatureLoss(m, taps={}, pixel_weight=1.0).taps == {}      # the pixel-loss ablation
+
+
+def test_defended_puts_denoiser_in_front_of_any_classifier():
+    den = UNetDenoiser(1, 8, 2)
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    for name in ("mnist_cnn", "mnist_resnet"):
+        clf = featlab.models.create(name).eval()
+        d = Defended(den, clf).eval()
+        assert torch.allclose(d(x), clf(den(x)))
+        assert d.num_classes == 10
+        x_adv = PGD(d, eps=0.1, steps=2)(x, y)       # featlab attacks take it like any model
+        assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+    with pytest.raises(ValueError, match="x must have 1 channel"):
+        PGD(Defended(den, clf), eps=0.1)(torch.rand(2, 3, 28, 28), y[:2])
+
+
+def test_bpda_gradient_is_identity_through_preprocessing():
+    clf = tiny_model()
+    scale = torch.nn.Sequential()                      # identity preprocess vs a gradient-blocking one
+
+    class Round(torch.nn.Module):
+        def forward(self, x):
+            return torch.round(x * 4) / 4              # zero gradient almost everywhere
+
+    x = torch.rand(4, 1, 8, 8)
+    y = torch.tensor([0, 1, 2, 0])
+    g_plain = PGD(clf, eps=0.1).input_grad(x, y)
+    g_bpda = BPDA(Round(), clf, eps=0.1).input_grad(x, y)
+    g_masked = PGD(Defended(Round(), clf), eps=0.1).input_grad(x, y)
+    assert g_masked.abs().sum() == 0, "rounding masks the gradient"
+    xr = Round()(x)
+    assert torch.allclose(g_bpda, PGD(clf, eps=0.1).input_grad(xr, y), atol=1e-6)
+    assert torch.allclose(BPDA(scale, clf, eps=0.1).input_grad(x, y), g_plain, atol=1e-6)
+
+
+def test_denoiser_objective_trains_only_the_denoiser(tmp_path):
+    clf = tiny_model().eval()
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    den = UNetDenoiser(1, 4, 1)
+    obj = DenoiserObjective(clf, FeatureLoss(clf, taps={"conv": 1.0}, pixel_weight=1.0), eps_range=(0.05, 0.2),
+                            pgd_steps=2)
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 3, (32,))
+    den_before = [p.clone() for p in den.parameters()]
+    h = Trainer(den, obj, epochs=2, batch_size=16, device="cpu", progress=False,
+                checkpoint=str(tmp_path / "d.pt")).fit(x, y, eval_data=(x, y))
+    assert {"feat/conv", "pixel", "clean_term", "eps", "clean_acc"} <= set(h[0])
+    assert all(torch.equal(v, before[k]) for k, v in clf.state_dict().items()), "the classifier must stay frozen"
+    assert any(not torch.equal(a, b) for a, b in zip(den_before, den.parameters()))
+    state = featlab.checkpoint.load(tmp_path / "d.pt")
+    assert "rng" in state["objective"]
+
+
+def test_three_threat_models_rows(mnist_small, trained_mnist):
+    _, _, xt, yt = mnist_small
+    den = UNetDenoiser(1, 8, 2)
+    rows = preprocessing_defense(den, trained_mnist, xt[:50], yt[:50], [0.1], steps=3, progress=False)
+    assert [r["threat_model"] for r in rows] == ["none", "oblivious", "end-to-end", "bpda"]
+    assert all(0 <= r["robust_acc"] <= 100 for r in rows)
