@@ -222,11 +222,13 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, x: torch.Tensor, y: torch.Tensor,
             eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-            stop_after: int | None = None) -> list[dict[str, float]]:
+            stop_after: int | None = None,
+            callback: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
         """Train on tensors x (N, C, H, W) in [0, 1], y (N,); return the per-epoch history.
 
         ``eval_data`` (x, y) gives clean (and, with ``eval_attack``, robust) accuracy per epoch.
         ``stop_after`` ends this call after that many epochs (to simulate an interruption).
+        ``callback(step, logs)`` is called after every batch (live plots, e.g. ``viz.LiveLoss``).
         """
         check_images(x, name="x")
         check_labels(y, len(x), getattr(self.model, "num_classes", None))
@@ -252,6 +254,8 @@ class Trainer:
                 logs = self.objective.train_step(xb, yb)
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
+                if callback is not None:
+                    callback(epoch * steps + i, logs)
                 if i % 10 == 0:
                     bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}")
             record = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},

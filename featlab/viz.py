@@ -71,3 +71,42 @@ def show_images(rows: Sequence[torch.Tensor], labels: Sequence[str], n: int = 8,
             axes[i][j].set_xticks([]), axes[i][j].set_yticks([])
         axes[i][0].set_ylabel(lab)
     return fig
+
+
+class LiveLoss:
+    """A Trainer callback that plots chosen logs per step, redrawn in place every ``every`` steps.
+
+        >>> live = LiveLoss(["loss", "feat/conv1"])
+        >>> trainer.fit(x, y, callback=live)
+    """
+
+    def __init__(self, keys: Sequence[str] | None = None, every: int = 25, title: str = ""):
+        self.keys, self.every, self.title = list(keys) if keys else None, every, title
+        self.steps: list[int] = []
+        self.values: dict[str, list[float]] = {}
+        self._handle = None
+
+    def __call__(self, step: int, logs: Mapping[str, float]) -> None:
+        keys = self.keys or [k for k in logs if k not in ("eps", "pgd", "train_acc")]
+        self.steps.append(step)
+        for k in keys:
+            self.values.setdefault(k, []).append(float(logs.get(k, float("nan"))))
+        if step % self.every == 0:
+            self.draw()
+
+    def figure(self):
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for k, v in self.values.items():
+            ax.plot(self.steps[-len(v):], v, label=k, lw=1)
+        ax.set_yscale("log"), ax.set_xlabel("step"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        ax.set_title(self.title)
+        return fig
+
+    def draw(self) -> None:
+        from IPython.display import display
+        fig = self.figure()
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        plt.close(fig)

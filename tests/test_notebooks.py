@@ -7,6 +7,8 @@ from featlab import notebooks
 CI_PARAMETERS = {
     "01_feature_noise.ipynb": dict(N_IMAGES=100, TRAIN_LIMIT=3000, EPOCHS=1, AT_EPOCHS=1, AT_STEPS=3,
                                    ATTACK_STEPS=10, CIFAR_LIMIT=256),
+    "02_feature_loss_denoiser.ipynb": dict(N_TRAIN=2000, CLASSIFIER_EPOCHS=1, EPOCHS=1, EPS_LIST=[0.1, 0.3],
+                                           N_EVAL=100, ATTACK_STEPS=5, WIDTH=8),
 }
 
 
@@ -38,3 +40,15 @@ def test_01_feature_noise(executed):
     assert m["robust_acc/standard/eps0.3"] < m["clean_acc/standard"]
     if "cifar10/amplification_embedding" in m:
         assert m["cifar10/amplification_embedding"] > 1
+
+
+@pytest.mark.slow
+def test_02_feature_loss_denoiser(executed):
+    m = executed("02_feature_loss_denoiser.ipynb")["metrics"]
+    assert m["classifier/clean_acc"] > 85
+    for name in ("feature loss", "pixel loss"):
+        assert m[f"{name}/oblivious/clean"] > 50, "a denoiser trained one short epoch keeps most digits readable"
+        # an attacker who sees the denoiser does at least as well as one who ignores it
+        assert m[f"{name}/end-to-end/eps0.3"] <= m[f"{name}/oblivious/eps0.3"] + 5
+        assert m[f"{name}/none/eps0.3"] <= m[f"{name}/none/clean"]
+    assert "resnet/denoiser + ResNet/oblivious" in m

@@ -38,8 +38,11 @@ class UNetDenoiser(nn.Module):
         width: channels of the first level (doubles per level; default 16).
         depth: number of down-sampling levels (default 2; input sides must divide 2**depth).
 
-    Shape: (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1] (a sigmoid output, so gradients
-    flow everywhere: end-to-end attacks are not blocked by clamping).
+    Output: per pixel a learned gate g in (0, 1) mixes the input with new content,
+    ``x * (1 - g) + g * sigmoid(c)``: always in [0, 1], close to the identity at initialisation
+    (gate bias -4), and smooth everywhere, so end-to-end attacks are not blocked by clamping.
+
+    Shape: (N, C, H, W) in [0, 1] -> (N, C, H, W) in [0, 1].
     """
 
     def __init__(self, channels: int = 1, width: int = 16, depth: int = 2):
@@ -54,7 +57,9 @@ class UNetDenoiser(nn.Module):
         self.bottom = _block(widths[depth - 1], widths[depth])
         self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))])
         self.dec = nn.ModuleList([_block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
-        self.out = nn.Conv2d(widths[0], channels, 1)
+        self.out = nn.Conv2d(widths[0], 2 * channels, 1)   # a gate and a content map per channel
+        with torch.no_grad():                                # start near the identity: gate ~ 0.018
+            self.out.bias[:channels].fill_(-4.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -71,7 +76,9 @@ class UNetDenoiser(nn.Module):
         h = self.bottom(h)
         for up, dec, skip in zip(self.up, self.dec, reversed(skips)):
             h = dec(torch.cat([up(h), skip], dim=1))
-        return torch.sigmoid(self.out(h))
+        gate, content = self.out(h).chunk(2, dim=1)
+        g = torch.sigmoid(gate)
+        return x * (1 - g) + g * torch.sigmoid(content)   # a convex mix of x and new content: in [0, 1]
 
 
 class Defended(nn.Module):
