@@ -131,7 +131,49 @@ class PGDAT(Objective):
                 "eps_start": self.eps_start, "ramp_epochs": self.ramp_epochs, "norm": self.norm}
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"standard": Standard, "pgd_at": PGDAT}
+class TRADES(Objective):
+    """TRADES (Zhang et al. 2019, https://arxiv.org/abs/1901.08573): clean cross-entropy plus
+    ``beta`` x KL(f(x) || f(x_adv)), where x_adv maximises that KL inside the Linf ball
+    (PGD started at x + 0.001 N(0, 1), as the authors do).
+
+    Args:
+        eps: Linf radius in pixel units (default 0.3).
+        steps: inner PGD steps (default 10); step_size default 2.5 * eps / steps.
+        beta: weight of the robustness term (default 6.0, the paper's choice).
+    """
+
+    name = "trades"
+
+    def __init__(self, eps: float = 0.3, steps: int = 10, step_size: float | None = None, beta: float = 6.0):
+        check_number("eps", eps, low=0.0, high=1.0)
+        check_number("steps", steps, low=1, integer=True)
+        check_number("beta", beta, low=0.0)
+        self.eps, self.steps, self.beta = float(eps), int(steps), float(beta)
+        self.step_size = step_size if step_size is not None else 2.5 * eps / steps
+
+    def loss(self, model, x, y):
+        with torch.no_grad():
+            model.eval()
+            p_clean = torch.softmax(model(x), dim=1)
+            model.train()
+
+        def kl(out: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+            return nn.functional.kl_div(torch.log_softmax(out, dim=1), p_clean, reduction="none").sum(1)
+
+        x_adv = PGD(model, eps=self.eps, steps=self.steps, step_size=self.step_size, random_start=0.001,
+                    loss_fn=kl)(x, y)
+        logits = model(x)
+        robust = nn.functional.kl_div(torch.log_softmax(model(x_adv), dim=1), torch.softmax(logits, dim=1),
+                                      reduction="batchmean")
+        natural = nn.functional.cross_entropy(logits, y)
+        return natural + self.beta * robust, logits, {"natural": float(natural), "robust_kl": float(robust)}
+
+    def config(self):
+        return {"name": self.name, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+                "beta": self.beta}
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"standard": Standard, "pgd_at": PGDAT, "trades": TRADES}
 
 
 def create_objective(name: str, **kwargs: Any) -> Objective:

@@ -26,7 +26,9 @@ class PGD(Attack):
         steps: number of gradient steps (default 40).
         step_size: step length in pixel units (default 2.5 * eps / steps).
         norm: "linf" (default) or "l2".
-        random_start: start from a uniform (Linf) or random-direction (L2) point in the ball (default True).
+        random_start: True: start from a uniform (Linf) or random-direction (L2) point in the
+            ball (default); False: start at x; a float s: start at x + s * N(0, 1) (TRADES uses 0.001),
+            projected onto the ball.
         restarts: independent runs; per example the one that misclassifies (else has the
             highest loss) is kept (default 1).
         loss_fn: per-example loss to increase, ``loss_fn(model(x_adv), y) -> (N,)``
@@ -45,7 +47,7 @@ class PGD(Attack):
     params = ("eps", "steps", "step_size", "norm", "random_start", "restarts", "targeted")
 
     def __init__(self, model: nn.Module, eps: float = 0.3, steps: int = 40, step_size: float | None = None,
-                 norm: str = "linf", random_start: bool = True, restarts: int = 1,
+                 norm: str = "linf", random_start: bool | float = True, restarts: int = 1,
                  loss_fn: LossFn | None = None, targeted: bool = False):
         super().__init__(model, loss_fn)
         check_choice("norm", norm, ("linf", "l2"))
@@ -56,13 +58,17 @@ class PGD(Attack):
             step_size = 2.5 * eps / steps
         check_number("step_size", step_size, low=0.0)
         self.eps, self.steps, self.step_size = float(eps), int(steps), float(step_size)
-        self.norm, self.random_start, self.restarts = norm, bool(random_start), int(restarts)
+        if not isinstance(random_start, bool):
+            check_number("random_start", random_start, low=0.0)
+        self.norm, self.random_start, self.restarts = norm, random_start, int(restarts)
         self.targeted = bool(targeted)
 
     # -- one run ----------------------------------------------------------------------------
     def _start(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.random_start:
+        if self.random_start is False:
             return x.clone()
+        if self.random_start is not True:          # Gaussian start of the given std
+            return self._project(x + float(self.random_start) * torch.randn_like(x), x)
         if self.norm == "linf":
             delta = torch.empty_like(x).uniform_(-self.eps, self.eps)
         else:

@@ -1,0 +1,212 @@
+"""Adversarial Feature Desensitization (Bashivan et al., NeurIPS 2021, https://arxiv.org/abs/2006.04621).
+
+A game between the classifier's encoder E and a discriminator D on the embedding: D learns to
+tell E(x) from E(x_adv); E learns to make E(x_adv) look clean, while E and the head C keep
+classifying clean inputs. Per batch (as in the authors' code, BashivanLab/afd):
+
+1. x_adv = attack(E + C) (eval mode; PGD by default, APGD-CE through torchattacks optional);
+2. update E and C with cross-entropy on CLEAN inputs;
+3. update D:  WGAN  mean D(E(x_adv), y) - mean D(E(x), y)   (or the BCE GAN loss);
+4. update E alone:  WGAN  -mean D(E(x_adv), y)   (or BCE towards "clean").
+
+    >>> afd = AFD(model, eps=0.3, steps=40, step_size=0.01)
+    >>> logs = afd.step(x, y)           # every loss term, D's accuracy, gradient norms
+    >>> Trainer(model, afd, epochs=100, optimizer=afd.optimizer_ec).fit(x_train, y_train)
+
+Introduced in notebooks/03_afd.ipynb.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from .._utils import check_choice, check_number
+from ..attacks import PGD
+from ..train import Objective
+
+
+class ProjectionDiscriminator(nn.Module):
+    """Spectral-normalised MLP on the embedding with a label-projection term (Miyato & Koyama 2018).
+
+    score(h, y) = w^T phi(h) + <embed(y), phi(h)>, phi = 3 SN-linear layers (d -> d -> d), LeakyReLU 0.2.
+
+    Args:
+        dim: embedding size d (64 for the MNIST small ResNet, 512 for ResNet-18).
+        num_classes: number of labels for the projection (default 10).
+    Shape: h (N, d), y (N,) -> scores (N,); higher means "clean".
+    """
+
+    def __init__(self, dim: int, num_classes: int = 10):
+        super().__init__()
+        check_number("dim", dim, low=1, integer=True)
+        check_number("num_classes", num_classes, low=2, integer=True)
+        act = nn.LeakyReLU(0.2)
+        self.phi = nn.Sequential(spectral_norm(nn.Linear(dim, dim)), act, spectral_norm(nn.Linear(dim, dim)), act,
+                                 spectral_norm(nn.Linear(dim, dim)), act)
+        self.linear = spectral_norm(nn.Linear(dim, 1))
+        self.embed = spectral_norm(nn.Embedding(num_classes, dim))
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        f = self.phi(h)
+        return self.linear(f).squeeze(1) + (self.embed(y) * f).sum(1)
+
+
+def _grad_norm(params) -> float:
+    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+class AFD(Objective):
+    """The AFD game as a Trainer objective, with a step-by-step API for teaching.
+
+    Args:
+        model: a featlab model (its ``encoder`` is E, its ``head`` is C).
+        eps: Linf radius in pixel units (default 0.3; CIFAR 8/255).
+        steps, step_size: the PGD used to make x_adv (default 40 and 0.01, the MNIST setting).
+        attack: "pgd" (default) or "apgd-ce" (torchattacks' APGD, the authors' default).
+        loss: "wgan" (default, as the reference code) or "bce" (standard GAN loss).
+        lr_ec, lr_e, lr_d: SGD learning rates of E+C, E alone, D (defaults 0.1, 0.5, 0.5: MNIST).
+        momentum: SGD momentum (0.9); weight_decay: on E+C only (1e-4).
+
+    ``optimizer_ec`` is meant to be the Trainer's optimiser (so LR schedules apply to it); the
+    objective owns ``optimizer_e`` and ``optimizer_d`` and checkpoints them with D.
+    """
+
+    name = "afd"
+
+    def __init__(self, model: nn.Module, eps: float = 0.3, steps: int = 40, step_size: float = 0.01,
+                 attack: str = "pgd", loss: str = "wgan", lr_ec: float = 0.1, lr_e: float = 0.5, lr_d: float = 0.5,
+                 momentum: float = 0.9, weight_decay: float = 1e-4):
+        for name in ("encoder", "head", "embed"):
+            if not hasattr(model, name):
+                raise TypeError(f"model must be a featlab model with encoder, head and embed; it has no {name!r}")
+        check_number("eps", eps, low=0.0, high=1.0)
+        check_number("steps", steps, low=1, integer=True)
+        check_choice("attack", attack, ("pgd", "apgd-ce"))
+        check_choice("loss", loss, ("wgan", "bce"))
+        for n, v in (("lr_ec", lr_ec), ("lr_e", lr_e), ("lr_d", lr_d)):
+            check_number(n, v, low=0.0, low_open=True)
+        self.model, self.eps, self.steps, self.step_size = model, float(eps), int(steps), float(step_size)
+        self.attack_name, self.loss_name = attack, loss
+        dim = model.head.in_features
+        self.discriminator = ProjectionDiscriminator(dim, model.num_classes)
+        self.optimizer_ec = torch.optim.SGD(model.parameters(), lr=lr_ec, momentum=momentum, weight_decay=weight_decay)
+        self.optimizer_e = torch.optim.SGD(model.encoder.parameters(), lr=lr_e, momentum=momentum)
+        self.optimizer_d = torch.optim.SGD(self.discriminator.parameters(), lr=lr_d, momentum=momentum)
+        self.hparams = dict(eps=eps, steps=steps, step_size=step_size, attack=attack, loss=loss, lr_ec=lr_ec,
+                            lr_e=lr_e, lr_d=lr_d, momentum=momentum, weight_decay=weight_decay)
+        self.device: torch.device | None = None
+
+    def __repr__(self) -> str:
+        return "AFD(" + ", ".join(f"{k}={v!r}" for k, v in self.hparams.items()) + ")"
+
+    def bind(self, trainer) -> None:
+        super().bind(trainer)
+        if trainer.model is not self.model:
+            raise ValueError("AFD must be given the same model as the Trainer")
+        self.discriminator.to(trainer.device)
+
+    # -- the pieces ---------------------------------------------------------------------------
+    def make_adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.attack_name == "pgd":
+            return PGD(self.model, eps=self.eps, steps=self.steps, step_size=self.step_size)(x, y)
+        import torchattacks
+        was = self.model.training
+        atk = torchattacks.APGD(self.model, norm="Linf", eps=self.eps, steps=self.steps, loss="ce", n_restarts=1)
+        x_adv = atk(x, y)
+        self.model.train(was)
+        return x_adv.detach()
+
+    def discriminator_losses(self, s_clean: torch.Tensor, s_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D's loss, E's adversarial loss) from D's scores on clean and adversarial embeddings."""
+        if self.loss_name == "wgan":
+            return s_adv.mean() - s_clean.mean(), -s_adv.mean()
+        bce = nn.functional.binary_cross_entropy_with_logits
+        d_loss = bce(s_clean, torch.ones_like(s_clean)) + bce(s_adv, torch.zeros_like(s_adv))
+        return d_loss, bce(s_adv, torch.ones_like(s_adv))
+
+    def classifier_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """(2) Update E and C with cross-entropy on clean inputs."""
+        self.model.train()
+        logits = self.model(x)
+        ce = nn.functional.cross_entropy(logits, y)
+        self.optimizer_ec.zero_grad(set_to_none=True)
+        ce.backward()
+        gn = _grad_norm(self.model.parameters())
+        self.optimizer_ec.step()
+        return {"ce_clean": ce.item(), "grad_norm_ec": gn,
+                "train_acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}
+
+    def discriminator_step(self, h_clean: torch.Tensor, h_adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """(3) Update D to score clean embeddings high and adversarial ones low (embeddings fixed).
+
+        D's accuracy uses the midpoint of the two mean scores as threshold (WGAN scores have no
+        fixed zero), measured before the update.
+        """
+        self.discriminator.train()
+        s_clean, s_adv = self.discriminator(h_clean.detach(), y), self.discriminator(h_adv.detach(), y)
+        d_loss, _ = self.discriminator_losses(s_clean, s_adv)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        gn = _grad_norm(self.discriminator.parameters())
+        self.optimizer_d.step()
+        with torch.no_grad():
+            thr = (s_clean.mean() + s_adv.mean()) / 2
+            acc_c, acc_a = (s_clean > thr).float().mean().item(), (s_adv < thr).float().mean().item()
+        return {"d_loss": d_loss.item(), "d_acc_clean": 100.0 * acc_c, "d_acc_adv": 100.0 * acc_a,
+                "d_score_gap": (s_clean.mean() - s_adv.mean()).item(), "grad_norm_d": gn}
+
+    def encoder_step(self, x_adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """(4) Update E alone so that D scores E(x_adv) as clean (D and C are not changed)."""
+        self.model.train()
+        for p in self.discriminator.parameters():
+            p.requires_grad_(False)
+        try:
+            _, e_loss = self.discriminator_losses(torch.zeros(1, device=x_adv.device),
+                                                  self.discriminator(self.model.embed(x_adv), y))
+            self.optimizer_e.zero_grad(set_to_none=True)
+            e_loss.backward()
+            gn = _grad_norm(self.model.encoder.parameters())
+            self.optimizer_e.step()
+        finally:
+            for p in self.discriminator.parameters():
+                p.requires_grad_(True)
+        self.model.head.zero_grad(set_to_none=True)
+        return {"e_adv_loss": e_loss.item(), "grad_norm_e": gn}
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One full AFD step on a batch; returns every loss term, D's accuracy and gradient norms."""
+        device = next(self.model.parameters()).device
+        self.discriminator.to(device)
+        x, y = x.to(device), y.to(device)
+        x_adv = self.make_adversarial(x, y)                                    # (1)
+        logs = self.classifier_step(x, y)                                      # (2)
+        self.model.train()
+        with torch.no_grad():
+            h_clean, h_adv = self.model.embed(x), self.model.embed(x_adv)
+        logs.update(self.discriminator_step(h_clean, h_adv, y))               # (3)
+        logs.update(self.encoder_step(x_adv, y))                              # (4)
+        with torch.no_grad():
+            logs["train_adv_acc"] = 100.0 * (self.model(x_adv).argmax(1) == y).float().mean().item()
+        logs["loss"] = logs["ce_clean"]
+        return logs
+
+    # -- Trainer protocol -------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return self.step(x, y)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"discriminator": self.discriminator.state_dict(), "optimizer_e": self.optimizer_e.state_dict(),
+                "optimizer_d": self.optimizer_d.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.optimizer_e.load_state_dict(state["optimizer_e"])
+            self.optimizer_d.load_state_dict(state["optimizer_d"])
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **self.hparams}

@@ -1,0 +1,120 @@
+import copy
+
+import pytest
+import torch
+
+import featlab
+from featlab.defenses import AFD, ProjectionDiscriminator
+from featlab.train import TRADES, Trainer
+
+
+def _snap(module):
+    """The module's parameters (the players' moves; BatchNorm running stats are not moves)."""
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _changed(before, module):
+    after = dict(module.named_parameters())
+    return {k for k, v in before.items() if not torch.equal(v, after[k])}
+
+
+def _batch(n=32):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_discriminator_accuracy_rises_on_fixed_embeddings():
+    featlab.seed_everything(0)
+    d = ProjectionDiscriminator(16, 10)
+    afd = AFD(featlab.models.create("mnist_resnet"), steps=1, loss="bce", lr_d=0.1)
+    afd.discriminator = d
+    afd.optimizer_d = torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9)
+    h_clean = torch.randn(256, 16)
+    h_adv = torch.randn(256, 16) + 0.5            # a shifted distribution D can learn to tell apart
+    y = torch.randint(0, 10, (256,))
+    first = afd.discriminator_step(h_clean, h_adv, y)
+    for _ in range(150):
+        last = afd.discriminator_step(h_clean, h_adv, y)
+    acc0 = (first["d_acc_clean"] + first["d_acc_adv"]) / 2
+    acc1 = (last["d_acc_clean"] + last["d_acc_adv"]) / 2
+    assert acc1 > acc0 + 15 and acc1 > 80, (acc0, acc1)
+    assert last["d_loss"] < first["d_loss"]
+
+
+@pytest.mark.parametrize("loss", ["wgan", "bce"])
+def test_each_part_of_the_game_moves_only_its_players(loss):
+    featlab.seed_everything(0)
+    model = featlab.models.create("mnist_resnet")
+    afd = AFD(model, steps=2, loss=loss)
+    x, y = _batch()
+    enc, head, disc = model.encoder, model.head, afd.discriminator
+
+    b = (_snap(enc), _snap(head), _snap(disc))
+    afd.classifier_step(x, y)
+    assert _changed(b[0], enc) and _changed(b[1], head) and not _changed(b[2], disc)
+
+    b = (_snap(enc), _snap(head), _snap(disc))
+    with torch.no_grad():
+        h_c, h_a = model.embed(x), model.embed((x + 0.1).clamp(0, 1))
+    afd.discriminator_step(h_c, h_a, y)
+    assert not _changed(b[0], enc) and not _changed(b[1], head) and _changed(b[2], disc)
+
+    b = (_snap(enc), _snap(head), _snap(disc))
+    afd.encoder_step((x + 0.1).clamp(0, 1), y)
+    changed_enc = _changed(b[0], enc)
+    assert any(".weight" in k for k in changed_enc), "E's weights move"
+    assert not _changed(b[1], head) and not _changed(b[2], disc)
+    assert all(p.requires_grad for p in disc.parameters())
+
+
+def test_full_step_reports_every_term_and_moves_all_three():
+    featlab.seed_everything(0)
+    model = featlab.models.create("mnist_resnet")
+    afd = AFD(model, steps=2)
+    b = (_snap(model.encoder), _snap(model.head), _snap(afd.discriminator))
+    logs = afd.step(*_batch())
+    assert {"ce_clean", "d_loss", "e_adv_loss", "d_acc_clean", "d_acc_adv", "grad_norm_ec", "grad_norm_d",
+            "grad_norm_e", "train_adv_acc"} <= set(logs)
+    assert _changed(b[0], model.encoder) and _changed(b[1], model.head) and _changed(b[2], afd.discriminator)
+
+
+def test_afd_in_the_shared_trainer_resumes(tmp_path):
+    x, y = _batch(64)
+    featlab.seed_everything(0)
+    m1 = featlab.models.create("mnist_resnet")
+    a1 = AFD(m1, steps=2)
+    Trainer(m1, a1, epochs=2, batch_size=32, optimizer=a1.optimizer_ec, device="cpu", progress=False,
+            checkpoint=str(tmp_path / "a.pt")).fit(x, y)
+    featlab.seed_everything(0)
+    m2 = featlab.models.create("mnist_resnet")
+    a2 = AFD(m2, steps=2)
+    Trainer(m2, a2, epochs=2, batch_size=32, optimizer=a2.optimizer_ec, device="cpu", progress=False,
+            checkpoint=str(tmp_path / "b.pt")).fit(x, y, stop_after=1)
+    m3 = featlab.models.create("mnist_resnet")
+    a3 = AFD(m3, steps=2)
+    Trainer(m3, a3, epochs=2, batch_size=32, optimizer=a3.optimizer_ec, device="cpu", progress=False,
+            checkpoint=str(tmp_path / "b.pt")).fit(x, y)
+    for k, v in m1.state_dict().items():
+        assert torch.equal(v, m3.state_dict()[k]), k
+    for k, v in a1.discriminator.state_dict().items():
+        assert torch.equal(v, a3.discriminator.state_dict()[k]), k
+
+
+def test_afd_bad_arguments():
+    m = featlab.models.create("mnist_resnet")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        AFD(m, loss="hinge")
+    with pytest.raises(ValueError, match="attack must be one of"):
+        AFD(m, attack="cw")
+    with pytest.raises(TypeError, match="featlab model"):
+        AFD(torch.nn.Linear(2, 2))
+
+
+def test_trades_step_and_attack_start():
+    featlab.seed_everything(0)
+    m = featlab.models.create("mnist_cnn")
+    x, y = _batch(16)
+    loss, logits, logs = TRADES(eps=0.3, steps=2).loss(m, x, y)
+    assert loss.requires_grad and logits.shape == (16, 10) and logs["robust_kl"] >= 0
+    x_adv = featlab.attacks.PGD(m, eps=0.1, steps=0 + 1, random_start=0.001)(x, y)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
