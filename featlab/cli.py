@@ -84,15 +84,27 @@ def cmd_train(a: argparse.Namespace) -> None:
     else:
         dataset = a.dataset or models.default_dataset(a.model)
         model = models.create(a.model, num_classes=data.info(dataset).num_classes)
-        kwargs: dict[str, Any] = {}
-        if a.method == "pgd_at":
-            kwargs = dict(eps=a.eps, steps=a.attack_steps, eps_start=a.eps_start, ramp_epochs=a.ramp_epochs)
-        objective = create_objective(a.method, **kwargs)
+        if a.method == "afd":
+            from .defenses import AFD
+            objective = AFD(model, eps=a.eps, steps=a.attack_steps, step_size=a.step_size or 2.5 * a.eps / a.attack_steps,
+                            loss=a.afd_loss, lr_ec=a.lr, lr_e=a.lr_e, lr_d=a.lr_d)
+        else:
+            kwargs: dict[str, Any] = {}
+            if a.method == "pgd_at":
+                kwargs = dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, eps_start=a.eps_start,
+                              ramp_epochs=a.ramp_epochs)
+            elif a.method == "trades":
+                kwargs = dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, beta=a.beta)
+            objective = create_objective(a.method, **kwargs)
     x, y = data.load(dataset, "train", limit=a.limit, seed=a.seed)
     xt, yt = data.load(dataset, "test", limit=a.eval_n, seed=a.seed)
     params = model.parameters()
-    opt = (torch.optim.Adam(params, lr=a.lr) if a.optimizer == "adam"
-           else torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=True))
+    if a.method == "afd":
+        opt = objective.optimizer_ec          # E + C: SGD as in the AFD code; the schedule applies to it
+    elif a.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=a.lr)
+    else:
+        opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=True)
     sched = None
     if a.milestones:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=a.milestones, gamma=0.1)
@@ -228,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("train", help="train a model with one objective; resumable run folder")
     t.add_argument("--dataset", choices=sorted(data.DATASETS), default=None)
     t.add_argument("--model", choices=sorted(models.MODELS), default="mnist_cnn")
-    t.add_argument("--method", choices=["standard", "pgd_at", "denoiser"], default="standard")
+    t.add_argument("--method", choices=["standard", "pgd_at", "trades", "afd", "denoiser"], default="standard")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
@@ -237,6 +249,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--milestones", type=int, nargs="*", default=[])
     t.add_argument("--eps", type=float, default=0.3)
     t.add_argument("--attack-steps", type=int, default=10)
+    t.add_argument("--step-size", type=float, default=None, help="attack step (default 2.5 * eps / steps)")
+    t.add_argument("--beta", type=float, default=6.0, help="trades: weight of the KL term")
+    t.add_argument("--afd-loss", choices=["wgan", "bce"], default="wgan", help="afd: discriminator loss")
+    t.add_argument("--lr-e", type=float, default=0.5, help="afd: learning rate of the encoder's adversarial step")
+    t.add_argument("--lr-d", type=float, default=0.5, help="afd: learning rate of the discriminator")
     t.add_argument("--eps-start", type=float, default=None)
     t.add_argument("--ramp-epochs", type=int, default=0)
     t.add_argument("--limit", type=int, default=None, help="train on a stratified subset")

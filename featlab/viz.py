@@ -80,8 +80,8 @@ class LiveLoss:
         >>> trainer.fit(x, y, callback=live)
     """
 
-    def __init__(self, keys: Sequence[str] | None = None, every: int = 25, title: str = ""):
-        self.keys, self.every, self.title = list(keys) if keys else None, every, title
+    def __init__(self, keys: Sequence[str] | None = None, every: int = 25, title: str = "", log: bool = True):
+        self.keys, self.every, self.title, self.log = list(keys) if keys else None, every, title, log
         self.steps: list[int] = []
         self.values: dict[str, list[float]] = {}
         self._handle = None
@@ -98,7 +98,9 @@ class LiveLoss:
         fig, ax = plt.subplots(figsize=(7, 3.2))
         for k, v in self.values.items():
             ax.plot(self.steps[-len(v):], v, label=k, lw=1)
-        ax.set_yscale("log"), ax.set_xlabel("step"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        if self.log:
+            ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel("step"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
         ax.set_title(self.title)
         return fig
 
@@ -110,3 +112,53 @@ class LiveLoss:
         else:
             self._handle.update(fig)
         plt.close(fig)
+
+
+def afd_diagram(ax=None):
+    """The AFD game as a box-and-arrow figure: x and x_adv -> encoder E -> head C / discriminator D."""
+    ax = ax or plt.subplots(figsize=(9, 3.2))[1]
+    boxes = {"x (clean)": (0.05, 0.72), "x_adv = PGD(E+C)": (0.05, 0.22), "encoder E": (0.38, 0.47),
+             "head C\n(cross-entropy on clean)": (0.72, 0.78), "discriminator D(h, y)\nclean or adversarial?": (0.72, 0.18)}
+    for text, (bx, by) in boxes.items():
+        ax.text(bx, by, text, ha="left", va="center", fontsize=10,
+                bbox=dict(boxstyle="round,pad=0.4", fc="#eef3fb" if "E" in text[:9] else "#f7f7f7", ec="#335"))
+    arrows = [((0.2, 0.72), (0.37, 0.52)), ((0.27, 0.22), (0.37, 0.43)), ((0.52, 0.52), (0.71, 0.76)),
+              ((0.52, 0.43), (0.71, 0.22))]
+    for start, end in arrows:
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="->", color="#335"))
+    ax.text(0.56, 0.05, "D: separate E(x) from E(x_adv)   |   E: make E(x_adv) look clean to D", fontsize=9,
+            ha="center", color="#a33")
+    ax.set_xlim(0, 1.05), ax.set_ylim(0, 1), ax.axis("off")
+    return ax
+
+
+@torch.no_grad()
+def plot_embeddings(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ax=None, title: str = ""):
+    """Clean (dots) and adversarial (crosses) embeddings in the 2-D PCA plane of the clean ones, by class."""
+    ax = ax or plt.subplots(figsize=(5, 4.5))[1]
+    was = model.training
+    model.eval()
+    h, ha = model.embed(x).float().cpu(), model.embed(x_adv).float().cpu()
+    model.train(was)
+    mean = h.mean(0, keepdim=True)
+    _, _, v = torch.pca_lowrank(h - mean, q=2, center=False)
+    p, pa = (h - mean) @ v, (ha - mean) @ v
+    for c in range(int(y.max()) + 1):
+        sel = (y == c).cpu()
+        ax.scatter(p[sel, 0], p[sel, 1], s=8, color=f"C{c % 10}", alpha=0.6)
+        ax.scatter(pa[sel, 0], pa[sel, 1], s=14, color=f"C{c % 10}", marker="x", alpha=0.6)
+    ax.set_title(title or "embeddings: clean (dots) vs adversarial (x)")
+    ax.set_xticks([]), ax.set_yticks([])
+    return ax
+
+
+def plot_history(histories: Mapping[str, Sequence[Mapping[str, float]]], keys: Sequence[str] = ("clean_acc", "robust_acc")):
+    """Per-epoch curves of a Trainer's history, one panel per key, one line per run."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, hist in histories.items():
+            pts = [(h["epoch"], h[key]) for h in hist if key in h]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xlabel("epoch"), ax.set_ylabel(key), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+    return fig

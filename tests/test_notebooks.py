@@ -9,6 +9,7 @@ CI_PARAMETERS = {
                                    ATTACK_STEPS=10, CIFAR_LIMIT=256),
     "02_feature_loss_denoiser.ipynb": dict(N_TRAIN=2000, CLASSIFIER_EPOCHS=1, EPOCHS=1, EPS_LIST=[0.1, 0.3],
                                            N_EVAL=100, ATTACK_STEPS=5, WIDTH=8),
+    "03_afd.ipynb": dict(N_TRAIN=1024, EPOCHS=1, ATTACK_STEPS=3, N_EVAL=100, EVAL_STEPS=5),
 }
 
 
@@ -52,3 +53,11 @@ def test_02_feature_loss_denoiser(executed):
         assert m[f"{name}/end-to-end/eps0.3"] <= m[f"{name}/oblivious/eps0.3"] + 5
         assert m[f"{name}/none/eps0.3"] <= m[f"{name}/none/clean"]
     assert "resnet/denoiser + ResNet/oblivious" in m
+
+
+@pytest.mark.slow
+def test_03_afd(executed):
+    m = executed("03_afd.ipynb")["metrics"]
+    for name in ("AFD", "PGD-AT", "TRADES"):
+        assert 0 <= m[f"{name}/pgd_acc"] <= m[f"{name}/clean_acc"] <= 100
+        assert m[f"{name}/pgd_acc"] <= m[f"{name}/fgsm_acc"] + 5
