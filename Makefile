@@ -10,7 +10,6 @@ SHARED_DATA ?= ../shared/data/prepare.py
 # Data root: $FEATLAB_DATA if set; else .cache/data, written from ../shared/data when present
 # (offline lab machines), else downloaded by torchvision on first use.
 export FEATLAB_DATA ?= $(CURDIR)/.cache/data
-export MPLBACKEND ?= Agg
 
 .PHONY: setup data notebooks test test-fast lab bench clean
 

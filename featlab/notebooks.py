@@ -51,8 +51,11 @@ def run(notebook: str | os.PathLike, out_dir: str | os.PathLike = "build", param
     metrics = out_dir / f"{nb.stem}.metrics.json"
     if metrics.exists():
         metrics.unlink()
+    # the kernel inherits these; MPLBACKEND is dropped so the kernel uses the inline backend and
+    # the executed notebook (and its HTML) keeps every figure
     env_before = {k: os.environ.get(k) for k in ("FEATLAB_METRICS", "FEATLAB_NOTEBOOK_RUN", "MPLBACKEND")}
-    os.environ.update(FEATLAB_METRICS=str(metrics.resolve()), FEATLAB_NOTEBOOK_RUN="1", MPLBACKEND="Agg")
+    os.environ.update(FEATLAB_METRICS=str(metrics.resolve()), FEATLAB_NOTEBOOK_RUN="1")
+    os.environ.pop("MPLBACKEND", None)
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(nb), str(out), parameters=parameters or {}, cwd=str(nb.parent),

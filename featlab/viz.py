@@ -11,15 +11,17 @@ from .probe import Distortion
 
 def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None, title: str | None = None,
                     styles: Mapping[str, dict] | None = None, log: bool = True):
-    """Relative distortion vs depth, one line per named curve, mean with a +-1 std band."""
+    """Relative distortion vs depth, one line per named curve: the mean, with a band from the
+    25th to the 75th percentile over images (robust on a log axis, unlike +-1 std)."""
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     for i, (name, d) in enumerate(curves.items()):
-        taps, m, s = d.taps, d.mean(norm), d.std(norm)
+        taps, m = d.taps, d.mean(norm)
+        per_image = d.l2 if norm == "l2" else d.linf
         xs = range(len(taps))
         kw = dict((styles or {}).get(name, {}))
         line, = ax.plot(xs, [m[t] for t in taps], marker="o", label=name, **kw)
-        lo = [max(m[t] - s[t], 1e-6) for t in taps]
-        ax.fill_between(xs, lo, [m[t] + s[t] for t in taps], alpha=0.12, color=line.get_color())
+        q = [torch.quantile(per_image[t].float(), torch.tensor([0.25, 0.75])).tolist() for t in taps]
+        ax.fill_between(xs, [a for a, _ in q], [b for _, b in q], alpha=0.12, color=line.get_color())
         ax.set_xticks(list(xs), taps, rotation=30)
     if log:
         ax.set_yscale("log")
@@ -48,9 +50,10 @@ def plot_feature_grid(clean: torch.Tensor, perturbed: torch.Tensor, channels: in
     axes = fig.subplots(3, n, squeeze=False)
     vmax = float(torch.maximum(clean[order].max(), perturbed[order].max()))
     for j, c in enumerate(order.tolist()):
-        for i, (img, label) in enumerate(((clean, "clean"), (perturbed, "perturbed"), (diff, "|diff|"))):
+        dmax = float(diff[order].max()) or 1.0
+        for i, (img, label) in enumerate(((clean, "clean"), (perturbed, "perturbed"), (diff, "|diff| (own scale)"))):
             ax = axes[i][j]
-            ax.imshow(img[c].cpu(), cmap="magma" if i == 2 else "viridis", vmin=0, vmax=vmax)
+            ax.imshow(img[c].cpu(), cmap="magma" if i == 2 else "viridis", vmin=0, vmax=dmax if i == 2 else vmax)
             ax.set_xticks([]), ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(label)
