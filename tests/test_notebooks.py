@@ -37,7 +37,7 @@ def test_01_feature_noise(executed):
     for eps in (0.1, 0.2, 0.3):
         adv = m[f"distortion/standard/eps{eps}/adversarial/embedding"]
         rnd = m[f"distortion/standard/eps{eps}/random-sign/embedding"]
-        assert adv > 2 * rnd, f"eps {eps}: adversarial {adv:.3f} should exceed random {rnd:.3f} at the deepest tap"
+        assert adv > 1.25 * rnd, f"eps {eps}: adversarial {adv:.3f} should exceed random {rnd:.3f} at the deepest tap"
     assert m["robust_acc/standard/eps0.3"] < m["clean_acc/standard"]
     if "cifar10/amplification_embedding" in m:
         assert m["cifar10/amplification_embedding"] > 1
