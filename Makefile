@@ -15,7 +15,6 @@ export FEATLAB_DATA ?= $(CURDIR)/.cache/data
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e '.[test]' $(TORCH_PIN)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
