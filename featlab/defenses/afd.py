@@ -130,15 +130,20 @@ class AFD(Objective):
 
     def classifier_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """(2) Update E and C with cross-entropy on clean inputs."""
+        return self._classifier_update(x, y)[0]
+
+    def _classifier_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         self.model.train()
-        logits = self.model(x)
+        h = self.model.embed(x)
+        logits = self.model.head(h)
         ce = nn.functional.cross_entropy(logits, y)
         self.optimizer_ec.zero_grad(set_to_none=True)
         ce.backward()
         gn = _grad_norm(self.model.parameters())
         self.optimizer_ec.step()
-        return {"ce_clean": ce.item(), "grad_norm_ec": gn,
+        logs = {"ce_clean": ce.item(), "grad_norm_ec": gn,
                 "train_acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}
+        return logs, h.detach()
 
     def discriminator_step(self, h_clean: torch.Tensor, h_adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """(3) Update D to score clean embeddings high and adversarial ones low (embeddings fixed).
@@ -159,14 +164,18 @@ class AFD(Objective):
         return {"d_loss": d_loss.item(), "d_acc_clean": 100.0 * acc_c, "d_acc_adv": 100.0 * acc_a,
                 "d_score_gap": (s_clean.mean() - s_adv.mean()).item(), "grad_norm_d": gn}
 
-    def encoder_step(self, x_adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """(4) Update E alone so that D scores E(x_adv) as clean (D and C are not changed)."""
+    def encoder_step(self, x_adv: torch.Tensor, y: torch.Tensor, h_adv: torch.Tensor | None = None) -> dict[str, float]:
+        """(4) Update E alone so that D scores E(x_adv) as clean (D and C are not changed).
+
+        ``h_adv``: E(x_adv) already computed with gradients (``step`` reuses it), else computed here.
+        """
         self.model.train()
+        if h_adv is None:
+            h_adv = self.model.embed(x_adv)
         for p in self.discriminator.parameters():
             p.requires_grad_(False)
         try:
-            _, e_loss = self.discriminator_losses(torch.zeros(1, device=x_adv.device),
-                                                  self.discriminator(self.model.embed(x_adv), y))
+            _, e_loss = self.discriminator_losses(torch.zeros(1, device=x_adv.device), self.discriminator(h_adv, y))
             self.optimizer_e.zero_grad(set_to_none=True)
             e_loss.backward()
             gn = _grad_norm(self.model.encoder.parameters())
@@ -174,23 +183,24 @@ class AFD(Objective):
         finally:
             for p in self.discriminator.parameters():
                 p.requires_grad_(True)
-        self.model.head.zero_grad(set_to_none=True)
         return {"e_adv_loss": e_loss.item(), "grad_norm_e": gn}
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """One full AFD step on a batch; returns every loss term, D's accuracy and gradient norms."""
+        """One full AFD step on a batch; returns every loss term, D's accuracy and gradient norms.
+
+        Cost: the attack plus two forward/backward passes (clean for E+C, adversarial for E);
+        E(x_adv) is computed once and serves both D's update (detached) and E's.
+        """
         device = next(self.model.parameters()).device
         self.discriminator.to(device)
         x, y = x.to(device), y.to(device)
         x_adv = self.make_adversarial(x, y)                                    # (1)
-        logs = self.classifier_step(x, y)                                      # (2)
-        self.model.train()
-        with torch.no_grad():
-            h_clean, h_adv = self.model.embed(x), self.model.embed(x_adv)
+        logs, h_clean = self._classifier_update(x, y)                          # (2)
+        h_adv = self.model.embed(x_adv)
         logs.update(self.discriminator_step(h_clean, h_adv, y))               # (3)
-        logs.update(self.encoder_step(x_adv, y))                              # (4)
+        logs.update(self.encoder_step(x_adv, y, h_adv))                       # (4)
         with torch.no_grad():
-            logs["train_adv_acc"] = 100.0 * (self.model(x_adv).argmax(1) == y).float().mean().item()
+            logs["train_adv_acc"] = 100.0 * (self.model.head(h_adv.detach()).argmax(1) == y).float().mean().item()
         logs["loss"] = logs["ce_clean"]
         return logs
 
