@@ -112,3 +112,219 @@ class FeatureNoiseExplorer:
             self.static()
         else:
             display(self.widget())
+
+
+ATTACK_CHOICES = ("FGSM", "PGD Linf", "PGD L2")
+
+
+class AttackExplorer:
+    """Pick an image, a model, an attack, eps and steps; see the attack succeed or fail.
+
+    Shows clean / adversarial / amplified perturbation, the top-5 class probabilities before and
+    after, the per-layer feature distortion (featlab.probe, for models with taps) and captum
+    attributions (Integrated Gradients and Saliency) for the clean and the adversarial image.
+    Results are cached per (model, attack, eps, steps, image), so moving back to a previous eps
+    is instant; sliders update on release (no work while dragging).
+    Introduced in notebooks/04_attack_explorer.ipynb.
+
+    Args:
+        models: name -> classifier on [0, 1] images (featlab models, ``Defended`` pipelines...).
+        x, y: candidate images (N, C, H, W) in [0, 1] and labels (N,).
+        classes: class names (default "0".."K-1").
+        eps_max: slider maximum in pixel units (0.5 for MNIST; CIFAR: 16/255, shown in /255).
+        cache_size: results kept (default 256).
+    """
+
+    def __init__(self, models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                 classes: Sequence[str] | None = None, eps_max: float = 0.5, cache_size: int = 256,
+                 ig_steps: int = 32):
+        if not models:
+            raise ValueError("models must name at least one model")
+        check_number("eps_max", eps_max, low=0.0, low_open=True, high=1.0)
+        self.models, self.x, self.y = dict(models), x.cpu(), y.cpu()
+        k = getattr(next(iter(self.models.values())), "num_classes", None) or int(y.max()) + 1
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(k)]
+        self.eps_max, self.cache_size, self.ig_steps = float(eps_max), cache_size, ig_steps
+        self.in_255 = eps_max < 0.2            # CIFAR-style budgets read better in /255
+        self._cache: "dict[tuple, dict]" = {}
+        self.computed = 0                      # how many results were computed (not served from cache)
+
+    # -- the work, without widgets (unit-testable) ------------------------------------------------
+    def attack(self, model: nn.Module, name: str, eps: float, steps: int):
+        from .attacks import FGSM, PGD
+        if name not in ATTACK_CHOICES:
+            raise ValueError(f"attack must be one of {list(ATTACK_CHOICES)}, got {name!r}")
+        if name == "FGSM":
+            return FGSM(model, eps=eps)
+        norm = "linf" if name == "PGD Linf" else "l2"
+        return PGD(model, eps=eps, steps=steps, step_size=2.5 * max(eps, 1e-12) / steps, norm=norm)
+
+    def compute(self, model_name: str, attack: str, eps: float, steps: int, index: int) -> dict:
+        """Everything the view shows for one setting (cached)."""
+        if model_name not in self.models:
+            raise ValueError(f"model_name must be one of {list(self.models)}, got {model_name!r}")
+        check_number("index", index, low=0, high=len(self.x) - 1, integer=True)
+        check_number("steps", steps, low=1, integer=True)
+        key = (model_name, attack, round(float(eps), 6), int(steps) if attack != "FGSM" else 0, int(index))
+        if key in self._cache:
+            self._cache[key] = self._cache.pop(key)        # most recently used last
+            return self._cache[key]
+        model = self.models[model_name]
+        from .attacks.base import model_device
+        dev = model_device(model)
+        x, y = self.x[index:index + 1].to(dev), self.y[index:index + 1].to(dev)
+        x_adv = self.attack(model, attack, eps, steps)(x, y)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            p_clean, p_adv = torch.softmax(model(x), 1)[0].cpu(), torch.softmax(model(x_adv), 1)[0].cpu()
+        model.train(was)
+        res = {"x": x.cpu(), "x_adv": x_adv.cpu(), "p_clean": p_clean, "p_adv": p_adv, "label": int(y),
+               "pred_clean": int(p_clean.argmax()), "pred_adv": int(p_adv.argmax()),
+               "attributions": self.attributions(model, x, x_adv, int(p_clean.argmax()), int(p_adv.argmax())),
+               "distortion": None}
+        if hasattr(model, "features") and eps > 0:
+            res["distortion"] = compare(model, x, {"adv": x_adv})["adv"].mean()
+        self._cache[key] = res
+        self.computed += 1
+        while len(self._cache) > self.cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        return res
+
+    def attributions(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, t_clean: int, t_adv: int) -> dict:
+        """captum Integrated Gradients and Saliency maps (H, W) for clean and adversarial inputs,
+        each for the class the model predicts on that input."""
+        from captum.attr import IntegratedGradients, Saliency
+        was = model.training
+        model.eval()
+        try:
+            ig, sal = IntegratedGradients(model), Saliency(model)
+            out = {}
+            for tag, inp, t in (("clean", x, t_clean), ("adv", x_adv, t_adv)):
+                out[f"ig/{tag}"] = ig.attribute(inp, target=t, n_steps=self.ig_steps).sum(1)[0].detach().cpu()
+                out[f"saliency/{tag}"] = sal.attribute(inp, target=t, abs=True).amax(1)[0].detach().cpu()
+        finally:
+            model.train(was)
+        return out
+
+    def summary(self, res: dict) -> str:
+        """One line: true label, prediction and confidence before and after, success or not."""
+        c = self.classes
+        ok = res["pred_adv"] == res["label"]
+        return (f"label {c[res['label']]} | clean: {c[res['pred_clean']]} ({100 * res['p_clean'].max():.1f}%) | "
+                f"adversarial: {c[res['pred_adv']]} ({100 * res['p_adv'].max():.1f}%) | "
+                + ("attack FAILED" if ok else "attack SUCCEEDED"))
+
+    def figure(self, res: dict, title: str = ""):
+        fig = plt.figure(figsize=(13, 5.6))
+        grid = fig.add_gridspec(2, 6)
+        img = lambda t: t[0].permute(1, 2, 0).squeeze(-1).numpy()  # noqa: E731
+        delta = res["x_adv"] - res["x"]
+        amp = float(delta.abs().max()) or 1.0
+        for j, (t, lab) in enumerate(((res["x"], "clean"), (res["x_adv"], "adversarial"),
+                                      (delta / (2 * amp) + 0.5, f"perturbation x{0.5 / amp:.1f}"))):
+            ax = fig.add_subplot(grid[0, j])
+            ax.imshow(img(t).clip(0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(lab, fontsize=9), ax.set_xticks([]), ax.set_yticks([])
+        ax = fig.add_subplot(grid[0, 3:5])
+        top = torch.topk(res["p_clean"] + res["p_adv"], 5).indices.tolist()
+        pos = torch.arange(5)
+        ax.barh(pos - 0.2, [float(res["p_clean"][i]) for i in top], 0.4, label="clean")
+        ax.barh(pos + 0.2, [float(res["p_adv"][i]) for i in top], 0.4, label="adversarial")
+        ax.set_yticks(pos.tolist(), [self.classes[i] for i in top]), ax.invert_yaxis()
+        ax.set_xlim(0, 1), ax.legend(fontsize=8), ax.set_title("top-5 probabilities", fontsize=9)
+        ax = fig.add_subplot(grid[0, 5])
+        if res["distortion"]:
+            d = res["distortion"]
+            ax.plot(range(len(d)), list(d.values()), marker="o")
+            ax.set_xticks(range(len(d)), list(d), rotation=60, fontsize=7), ax.set_yscale("log")
+        ax.set_title("feature distortion", fontsize=9)
+        for j, key in enumerate(("ig/clean", "ig/adv", "saliency/clean", "saliency/adv")):
+            ax = fig.add_subplot(grid[1, j + (1 if j > 1 else 0)])
+            a = res["attributions"][key]
+            lim = float(a.abs().max()) or 1.0
+            ax.imshow(a, cmap="RdBu_r" if key.startswith("ig") else "hot", vmin=-lim if key.startswith("ig") else 0,
+                      vmax=lim)
+            ax.set_title(key.replace("ig", "Integrated Gradients").replace("/", ", "), fontsize=8)
+            ax.set_xticks([]), ax.set_yticks([])
+        fig.suptitle(title or self.summary(res), fontsize=10)
+        return fig
+
+    def success_curves(self, eps_list: Sequence[float], attack: str = "PGD Linf", steps: int = 10,
+                       n: int | None = None) -> dict[str, list[float]]:
+        """Attack success rate (% of the images each model classified correctly that the attack
+        flips) per eps, for every model, over the first ``n`` images (batched, with progress)."""
+        from tqdm.auto import tqdm
+        from .evaluate import predict
+        from .attacks.base import model_device
+        x, y = self.x[:n], self.y[:n]
+        out: dict[str, list[float]] = {}
+        for name, model in self.models.items():
+            ok = predict(model, x) == y
+            xs, ys = x[ok].to(model_device(model)), y[ok].to(model_device(model))
+            rates = []
+            for eps in tqdm(eps_list, desc=f"success curve: {name}", leave=False):
+                if eps == 0 or len(xs) == 0:
+                    rates.append(0.0)
+                    continue
+                flipped = (predict(model, self.attack(model, attack, eps, steps)(xs, ys).cpu()) != ys.cpu())
+                rates.append(100.0 * flipped.float().mean().item())
+            out[name] = rates
+        return out
+
+    # -- the view ----------------------------------------------------------------------------
+    def widget(self):
+        import ipywidgets as w
+        from IPython.display import display
+        scale = 255.0 if self.in_255 else 1.0
+        self.w_model = w.Dropdown(options=list(self.models), description="model")
+        self.w_attack = w.Dropdown(options=list(ATTACK_CHOICES), value="PGD Linf", description="attack")
+        self.w_eps = w.FloatSlider(value=round(min(0.3 * (1 if not self.in_255 else 8 / 255 / 0.3), self.eps_max) * scale, 3),
+                                   min=0.0, max=self.eps_max * scale, step=(1.0 if self.in_255 else 0.01),
+                                   description="eps" + (" (/255)" if self.in_255 else ""), continuous_update=False)
+        self.w_eps.add_class("featlab-eps")
+        self.w_steps = w.IntSlider(value=10, min=1, max=50, description="steps", continuous_update=False)
+        self.w_index = w.BoundedIntText(value=0, min=0, max=len(self.x) - 1, description="image")
+        self.w_random = w.Button(description="random image")
+        self.w_summary = w.HTML()
+        self.w_summary.add_class("featlab-summary")
+        self.w_out = w.Output()
+
+        def redraw(*_):
+            res = self.compute(self.w_model.value, self.w_attack.value, self.w_eps.value / scale,
+                               self.w_steps.value, self.w_index.value)
+            self.w_summary.value = f"<b>{self.summary(res)}</b>"
+            fig = self.figure(res)
+            with self.w_out:
+                self.w_out.clear_output(wait=True)
+                display(fig)
+            plt.close(fig)
+
+        def pick_random(_):
+            self.w_index.value = int(torch.randint(0, len(self.x), (1,)))
+
+        for c in (self.w_model, self.w_attack, self.w_eps, self.w_steps, self.w_index):
+            c.observe(redraw, names="value")
+        self.w_random.on_click(pick_random)
+        redraw()
+        controls = w.VBox([w.HBox([self.w_model, self.w_attack, self.w_index, self.w_random]),
+                           w.HBox([self.w_eps, self.w_steps])])
+        return w.VBox([controls, self.w_summary, self.w_out])
+
+    def static(self, eps_values: Sequence[float], model_name: str | None = None, attack: str = "PGD Linf",
+               steps: int = 10, index: int = 0) -> None:
+        from IPython.display import display
+        name = model_name or next(iter(self.models))
+        for eps in eps_values:
+            res = self.compute(name, attack, eps, steps, index)
+            fig = self.figure(res, title=f"{name}, {attack}, eps {eps:.3g}: {self.summary(res)}")
+            display(fig)
+            plt.close(fig)
+
+    def show(self, static_eps: Sequence[float] = (0.1, 0.2, 0.3)) -> None:
+        """The live explorer in a notebook frontend; static figures for a few eps when unattended."""
+        from IPython.display import display
+        if running_unattended():
+            self.static(static_eps)
+        else:
+            display(self.widget())

@@ -10,6 +10,8 @@ CI_PARAMETERS = {
     "02_feature_loss_denoiser.ipynb": dict(N_TRAIN=2000, CLASSIFIER_EPOCHS=1, EPOCHS=1, EPS_LIST=[0.1, 0.3],
                                            N_EVAL=100, ATTACK_STEPS=5, WIDTH=8),
     "03_afd.ipynb": dict(N_TRAIN=1024, EPOCHS=1, ATTACK_STEPS=3, N_EVAL=100, EVAL_STEPS=5),
+    "04_attack_explorer.ipynb": dict(TRAIN_LIMIT=2000, EPOCHS=1, AT_EPOCHS=1, AT_STEPS=2, DENOISER_EPOCHS=1,
+                                     N_CURVE=60, CURVE_EPS=[0.0, 0.1, 0.3], STATIC_EPS=[0.2]),
 }
 
 
@@ -61,3 +63,12 @@ def test_03_afd(executed):
     for name in ("AFD", "PGD-AT", "TRADES"):
         assert 0 <= m[f"{name}/pgd_acc"] <= m[f"{name}/clean_acc"] <= 100
         assert m[f"{name}/pgd_acc"] <= m[f"{name}/fgsm_acc"] + 5
+
+
+@pytest.mark.slow
+def test_04_attack_explorer(executed):
+    m = executed("04_attack_explorer.ipynb")["metrics"]
+    std = m["success/standard"]
+    assert std[0] == 0 and std[-1] >= std[1] and std[-1] > 50, "success grows with eps on the standard model"
+    assert m["latency_s/cached"] < 0.05
+    assert set(m) >= {"success/PGD-AT", "success/denoiser + standard", "ig_stroke_share/standard"}
