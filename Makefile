@@ -28,7 +28,7 @@ data: setup
 
 ## main job: execute every notebook with its default parameters -> build/*.ipynb and build/*.html
 notebooks: data
-	$(PY) -m featlab.notebooks --out build
+	$(VENV)/bin/featlab notebooks --out build
 
 ## tests (what .ci/run runs)
 test: data

@@ -2,6 +2,8 @@
 
     featlab train --dataset mnist --model mnist_cnn --method pgd_at --epochs 8 --out runs/mnist_pgd_at
     featlab eval --run runs/mnist_pgd_at --attacks pgd40 fgsm --eps 0.3 --n-eval 1000
+    featlab probe --run runs/a --run runs/b --eps 0.1 0.2 0.3
+    featlab notebooks --out build            # execute every notebook (see featlab.notebooks)
 
 A run folder holds ``checkpoint.pt`` (resumable), ``config.json`` and ``history.json``; eval
 writes one JSON record per attack into ``results/<run>_<attack>_eps<eps>.json``.
@@ -292,6 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     pr.set_defaults(func=cmd_probe)
     argv = list(sys.argv[1:] if argv is None else argv)
     _ARGV[:] = argv
+    if argv[:1] == ["notebooks"]:          # `featlab notebooks ...`: the papermill runner's own options
+        from .notebooks import main as run_notebooks
+        run_notebooks(argv[1:])
+        return
     a = p.parse_args(argv)
     a.func(a)
 

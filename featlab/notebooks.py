@@ -1,7 +1,7 @@
 """Run the notebooks with papermill: executed copies and HTML under ``build/``.
 
-    python -m featlab.notebooks --out build                  # every notebook, default parameters
-    python -m featlab.notebooks --only 01 -p N_IMAGES 64     # one notebook, a parameter changed
+    featlab notebooks --out build                            # every notebook, default parameters
+    featlab notebooks --only 01 -p N_IMAGES 64               # one notebook, a parameter changed
 
 Inside a notebook, :func:`record` stores a number under a name; the runner points
 ``FEATLAB_METRICS`` at ``build/<notebook>.metrics.json`` so tests can read the numbers back.

@@ -201,6 +201,7 @@ class AttackExplorer:
             ig, sal = IntegratedGradients(model), Saliency(model)
             out = {}
             for tag, inp, t in (("clean", x, t_clean), ("adv", x_adv, t_adv)):
+                inp = inp.detach().clone().requires_grad_(True)
                 out[f"ig/{tag}"] = ig.attribute(inp, target=t, n_steps=self.ig_steps).sum(1)[0].detach().cpu()
                 out[f"saliency/{tag}"] = sal.attribute(inp, target=t, abs=True).amax(1)[0].detach().cpu()
         finally:
