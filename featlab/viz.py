@@ -53,7 +53,7 @@ def plot_feature_grid(clean: torch.Tensor, perturbed: torch.Tensor, channels: in
         dmax = float(diff[order].max()) or 1.0
         for i, (img, label) in enumerate(((clean, "clean"), (perturbed, "perturbed"), (diff, "|diff| (own scale)"))):
             ax = axes[i][j]
-            ax.imshow(img[c].cpu(), cmap="magma" if i == 2 else "viridis", vmin=0, vmax=dmax if i == 2 else vmax)
+            ax.imshow(img[c].cpu().numpy(), cmap="magma" if i == 2 else "viridis", vmin=0, vmax=dmax if i == 2 else vmax)
             ax.set_xticks([]), ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(label)
@@ -70,7 +70,7 @@ def show_images(rows: Sequence[torch.Tensor], labels: Sequence[str], n: int = 8,
     for i, (imgs, lab) in enumerate(zip(rows, labels)):
         for j in range(n):
             img = imgs[j].detach().cpu()
-            axes[i][j].imshow(img.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1)
+            axes[i][j].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
             axes[i][j].set_xticks([]), axes[i][j].set_yticks([])
         axes[i][0].set_ylabel(lab)
     return fig

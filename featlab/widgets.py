@@ -244,7 +244,7 @@ class AttackExplorer:
             ax = fig.add_subplot(grid[1, j + (1 if j > 1 else 0)])
             a = res["attributions"][key]
             lim = float(a.abs().max()) or 1.0
-            ax.imshow(a, cmap="RdBu_r" if key.startswith("ig") else "hot", vmin=-lim if key.startswith("ig") else 0,
+            ax.imshow(a.numpy(), cmap="RdBu_r" if key.startswith("ig") else "hot", vmin=-lim if key.startswith("ig") else 0,
                       vmax=lim)
             ax.set_title(key.replace("ig", "Integrated Gradients").replace("/", ", "), fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
