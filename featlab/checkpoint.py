@@ -56,6 +56,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        msg = str(e)
+        if not any(w in msg for w in ("GLOBAL", "global", "Unsupported class", "not an allowed")):
+            raise CheckpointError(f"path: {path} is truncated or corrupted and cannot be read "
+                                  f"({msg.splitlines()[0] if msg else 'UnpicklingError'})") from None
         raise CheckpointError(
             f"path: {path} was refused: it holds objects other than tensors and plain containers, "
             f"which could execute code when loaded (weights-only loading). Only load checkpoints you "

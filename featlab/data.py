@@ -5,9 +5,9 @@ as torchvision lays them out (``MNIST/raw``, ``cifar-10-batches-py``, ``cifar-10
 When files are missing featlab downloads them through torchvision if the download host can
 be reached within a few seconds; otherwise (or with ``FEATLAB_OFFLINE=1``) it raises
 :class:`DataNotFoundError` naming the expected files and how to provide them.
-Every file is verified before use: MNIST by file md5, CIFAR by the sha256 of its *content*
+Every file is verified before use: MNIST by file md5, CIFAR-10 by the sha256 of its *content*
 (pixels and labels), so a copy re-pickled on another machine is accepted and a corrupted one
-refused.
+refused; CIFAR-100 (no published content hash) by the original files' md5 from torchvision.
 
     >>> x, y = load("mnist", "test", limit=1000)   # 100 images per class
     >>> x.shape, x.dtype
@@ -78,7 +78,7 @@ DATASETS: dict[str, DatasetInfo] = {
                "test": ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]},
         shape=(1, 28, 28), num_classes=10, mean=(0.1307,), std=(0.3081,),
         classes=tuple(str(i) for i in range(10)),
-        # the published md5s of the raw IDX files; these are also in torchvision.datasets.MNIST
+        # the published md5s of the raw (uncompressed) IDX files (torchvision lists the .gz ones)
         file_md5={"train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
                   "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
                   "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
@@ -122,7 +122,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler for CIFAR batch files that refuses anything but numpy arrays and builtins."""
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar")}
+                ("numpy._core.multiarray", "scalar"),
+                ("_codecs", "encode")}   # how protocol-2 pickles written by Python 3 store bytes
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:

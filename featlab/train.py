@@ -92,8 +92,9 @@ class PGDAT(Objective):
         eps: Linf radius in pixel units (default 0.3).
         steps: PGD steps per batch (default 10).
         step_size: default 2.5 * eps / steps.
-        eps_start: first epoch's eps when ramping (default: no ramp).
-        ramp_epochs: epochs over which eps grows linearly from eps_start to eps (default 0).
+        eps_start: the start of the eps ramp (default: no ramp).
+        ramp_epochs: epoch e (0-based) trains at eps_start + min(1, (e + 1) / ramp_epochs) * (eps - eps_start),
+            so eps reaches its final value at epoch ``ramp_epochs`` (default 0: no ramp).
         norm: "linf" (default) or "l2".
     """
 
@@ -152,10 +153,11 @@ class TRADES(Objective):
         self.step_size = step_size if step_size is not None else 2.5 * eps / steps
 
     def loss(self, model, x, y):
+        was_training = model.training
         with torch.no_grad():
             model.eval()
             p_clean = torch.softmax(model(x), dim=1)
-            model.train()
+            model.train(was_training)
 
         def kl(out: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
             return nn.functional.kl_div(torch.log_softmax(out, dim=1), p_clean, reduction="none").sum(1)
@@ -166,7 +168,7 @@ class TRADES(Objective):
         robust = nn.functional.kl_div(torch.log_softmax(model(x_adv), dim=1), torch.softmax(logits, dim=1),
                                       reduction="batchmean")
         natural = nn.functional.cross_entropy(logits, y)
-        return natural + self.beta * robust, logits, {"natural": float(natural), "robust_kl": float(robust)}
+        return natural + self.beta * robust, logits, {"natural": natural.item(), "robust_kl": robust.item()}
 
     def config(self):
         return {"name": self.name, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
@@ -245,15 +247,21 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = {"objective_config": self.objective.config(), "seed": self.seed, "epochs": self.epochs}
+        theirs = {k: state.get(k) for k in mine}
+        if mine != theirs:
+            diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+            raise ckpt.CheckpointError(f"checkpoint: {self.checkpoint} belongs to another run (saved vs now: {diff}); "
+                                       f"use another checkpoint path or resume=False")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.objective.load_state_dict(state.get("objective", {}))
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
         self.history = list(state.get("history", []))
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())
         if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.start_epoch = int(state["epoch"]) + 1
 
     def _maybe_resume(self) -> None:

@@ -38,7 +38,12 @@ class FeatureNoiseExplorer:
         check_number("image_index", image_index, low=0, high=len(x) - 1, integer=True)
         self.attack_steps, self.image_index, self.seed = attack_steps, image_index, seed
         first = next(iter(self.models.values()))
-        shapes = {k: v.dim() for k, v in first.features(x[:1]).items()}
+        from .attacks.base import model_device
+        was = first.training
+        first.eval()
+        with torch.no_grad():
+            shapes = {k: v.dim() for k, v in first.features(x[:1].to(model_device(first))).items()}
+        first.train(was)
         self.spatial_taps = [k for k, d in shapes.items() if d == 4]
         self._cache: dict[float, dict] = {}
 
@@ -70,9 +75,13 @@ class FeatureNoiseExplorer:
         name0 = next(iter(self.models))
         m = self.models[name0]
         i = self.image_index
+        from .attacks.base import model_device
+        dev, was = model_device(m), m.training
+        m.eval()
         with torch.no_grad():
-            clean = m.features(self.x[i:i + 1], [tap])[tap][0]
-            adv = m.features(res[name0]["x_adv"][i:i + 1], [tap])[tap][0]
+            clean = m.features(self.x[i:i + 1].to(dev), [tap])[tap][0].cpu()
+            adv = m.features(res[name0]["x_adv"][i:i + 1].to(dev), [tap])[tap][0].cpu()
+        m.train(was)
         plot_feature_grid(clean, adv, channels=6, title=f"{name0}, tap {tap}, image {i}", fig=right)
         return fig
 

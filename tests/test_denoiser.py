@@ -98,6 +98,17 @@ def test_denoiser_objective_trains_only_the_denoiser(tmp_path):
     assert "rng" in state["objective"]
 
 
+def test_wrappers_keep_a_batchnorm_classifier_in_eval_mode():
+    clf = featlab.models.create("mnist_resnet").eval()          # has BatchNorm
+    den = UNetDenoiser(1, 4, 1)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    rows = preprocessing_defense(den, clf, x, y, [0.1], steps=2, progress=False)
+    assert len(rows) == 4 and not clf.training and not den.training
+    assert all(torch.equal(v, before[k]) for k, v in clf.state_dict().items()), "BatchNorm statistics moved"
+    assert not Defended(den, clf).training
+
+
 def test_three_threat_models_rows(mnist_small, trained_mnist):
     _, _, xt, yt = mnist_small
     den = UNetDenoiser(1, 8, 2)

@@ -22,6 +22,7 @@ class IdentityBackward(nn.Module):
         self.input_shape = getattr(classifier, "input_shape", None)
         if hasattr(classifier, "check_input"):
             self.check_input = classifier.check_input
+        self.eval()     # attacked in eval mode; the attack restores this mode afterwards
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .._utils import check_choice, check_number
-from .base import Attack, LossFn
+from .base import Attack, LossFn, cross_entropy_per_example
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ class PGD(Attack):
             ball (default); False: start at x; a float s: start at x + s * N(0, 1) (TRADES uses 0.001),
             projected onto the ball.
         restarts: independent runs; per example the one that misclassifies (else has the
-            highest loss) is kept (default 1).
+            highest loss; with a custom ``loss_fn``: the highest loss) is kept (default 1).
         loss_fn: per-example loss to increase, ``loss_fn(model(x_adv), y) -> (N,)``
             (default cross-entropy); lets PGD attack a feature loss or a denoiser pipeline.
         targeted: if True, y are target classes and the loss is *decreased* (default False).
@@ -108,7 +108,7 @@ class PGD(Attack):
         loss = self.loss_fn(out, y)
         if self.targeted:
             loss = -loss
-        if out.dim() == 2 and out.shape[0] == y.shape[0] and out.shape[1] > 1:
+        if self.loss_fn is cross_entropy_per_example:   # logits: success = misclassified (or hit target)
             pred = out.argmax(1)
             success = pred == y if self.targeted else pred != y
         else:

@@ -107,6 +107,9 @@ class AFD(Objective):
         super().bind(trainer)
         if trainer.model is not self.model:
             raise ValueError("AFD must be given the same model as the Trainer")
+        if trainer.optimizer is not self.optimizer_ec:
+            raise ValueError("optimizer: pass AFD's own optimizer_ec to the Trainer (Trainer(model, afd, "
+                             "optimizer=afd.optimizer_ec)), so E+C updates, schedules and checkpoints use it")
         self.discriminator.to(trainer.device)
 
     # -- the pieces ---------------------------------------------------------------------------
@@ -188,14 +191,16 @@ class AFD(Objective):
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One full AFD step on a batch; returns every loss term, D's accuracy and gradient norms.
 
-        Cost: the attack plus two forward/backward passes (clean for E+C, adversarial for E);
-        E(x_adv) is computed once and serves both D's update (detached) and E's.
+        Cost: the attack, two forward/backward passes (clean for E+C, adversarial for E) and one
+        clean forward; E(x_adv) is computed once and serves both D's update (detached) and E's.
         """
         device = next(self.model.parameters()).device
         self.discriminator.to(device)
         x, y = x.to(device), y.to(device)
         x_adv = self.make_adversarial(x, y)                                    # (1)
-        logs, h_clean = self._classifier_update(x, y)                          # (2)
+        logs, _ = self._classifier_update(x, y)                                # (2)
+        with torch.no_grad():                  # both embeddings from the same (updated) encoder
+            h_clean = self.model.embed(x)
         h_adv = self.model.embed(x_adv)
         logs.update(self.discriminator_step(h_clean, h_adv, y))               # (3)
         logs.update(self.encoder_step(x_adv, y, h_adv))                       # (4)

@@ -93,6 +93,7 @@ class Defended(nn.Module):
         self.denoiser, self.classifier = denoiser, classifier
         self.num_classes = getattr(classifier, "num_classes", None)
         self.input_shape = getattr(classifier, "input_shape", None)
+        self.eval()     # a defense is evaluated and attacked in eval mode; attacks restore this mode
 
     def check_input(self, x: torch.Tensor, name: str = "x") -> None:
         check = getattr(self.classifier, "check_input", None)
@@ -124,8 +125,9 @@ class FeatureLoss(nn.Module):
             p.requires_grad_(False)
         if taps is None:
             c, h, w = extractor.input_shape
+            device = next(extractor.parameters()).device
             with torch.no_grad():
-                shapes = extractor.features(torch.zeros(1, c, h, w))
+                shapes = extractor.features(torch.zeros(1, c, h, w, device=device))
             taps = {k: 1.0 for k, v in shapes.items() if v.dim() == 4}
         taps = dict(taps)
         if taps:
