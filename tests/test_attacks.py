@@ -162,5 +162,6 @@ def test_agrees_with_torchattacks_pgd(trained_mnist, mnist_small, norm, eps):
     a = ev(m, xt, yt, ours, progress=False)
     b = ev(m, xt, yt, theirs, progress=False)
     clean = featlab.evaluate.accuracy(m, xt, yt)
+    print(f"\n{norm} eps {eps}: clean {clean:.1f}%  featlab PGD-{steps} {a:.1f}%  torchattacks PGD-{steps} {b:.1f}%")
     assert 5 < b < clean - 10, f"eps {eps} should give a non-trivial robust accuracy, got {b}"
     assert abs(a - b) <= 1.0, f"featlab {a:.1f}% vs torchattacks {b:.1f}%"
