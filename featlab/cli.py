@@ -23,8 +23,9 @@ import torch
 from . import checkpoint as ckpt
 from . import data, models
 from ._utils import get_device, seed_everything
-from .attacks import FGSM, PGD
-from .evaluate import accuracy, device_description, robust_accuracy, write_result
+from .attacks import PGD, from_spec
+from .evaluate import (accuracy, checklist, device_description, input_gradient_stats, report_checks, sweep,
+                       robust_accuracy, write_result)
 from .train import Trainer, create_objective
 
 
@@ -36,30 +37,7 @@ def _command() -> str:
     return "featlab " + " ".join(shlex.quote(a) for a in _ARGV)
 
 
-def build_attack(spec: str, model: torch.nn.Module, eps: float, norm: str = "linf", seed: int = 0):
-    """An attack from a short spec: fgsm, pgdN (N steps, Linf), pgdN_l2, autoattack, apgd (ce + t)."""
-    if spec == "fgsm":
-        return FGSM(model, eps=eps)
-    if spec.startswith("pgd"):
-        body, _, tail = spec.partition("_")
-        steps = int(body[3:] or 40)
-        n = "l2" if tail == "l2" else norm
-        step = 0.01 if (n == "linf" and abs(eps - 0.3) < 1e-9 and steps == 40) else 2.5 * eps / steps
-        return PGD(model, eps=eps, steps=steps, step_size=step, norm=n)
-    if spec in ("autoattack", "apgd"):
-        import torchattacks
-        version = "standard" if spec == "autoattack" else "rand"
-        n_classes = getattr(model, "num_classes", 10)
-        norm_name = "Linf" if norm == "linf" else "L2"
-        if spec == "apgd":   # the fast variant: APGD-CE + APGD-T only
-            ce = torchattacks.APGD(model, norm=norm_name, eps=eps, seed=seed, loss="ce", n_restarts=1)
-            t = torchattacks.APGDT(model, norm=norm_name, eps=eps, seed=seed, n_classes=n_classes, n_restarts=1)
-            atk = torchattacks.MultiAttack([ce, t])
-        else:
-            atk = torchattacks.AutoAttack(model, norm=norm_name, eps=eps, version=version, n_classes=n_classes, seed=seed)
-        atk.name = spec
-        return atk
-    raise ValueError(f"attacks: unknown attack spec {spec!r}; allowed: fgsm, pgdN (e.g. pgd40), pgdN_l2, autoattack, apgd")
+build_attack = from_spec   # the CLI's --attacks specs (featlab.attacks.from_spec)
 
 
 def _denoiser_parts(a: argparse.Namespace, device: torch.device):
@@ -76,6 +54,10 @@ def _denoiser_parts(a: argparse.Namespace, device: torch.device):
 
 def cmd_train(a: argparse.Namespace) -> None:
     seed_everything(a.seed)
+    if a.method == "afd":
+        a.optimizer = "sgd"               # AFD's E+C optimiser is its own SGD (as in the authors' code)
+    if a.lr is None:
+        a.lr = 0.1 if a.optimizer == "sgd" else 1e-3
     device = get_device(a.device)
     extra: dict[str, Any] = {}
     if a.method == "denoiser":
@@ -144,9 +126,16 @@ def _load_run(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     return model.to(device).eval(), config
 
 
+def cmd_results(a: argparse.Namespace) -> None:
+    from .results import write_markdown
+    print(f"-> {write_markdown(a.results_dir, a.out)}")
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     seed_everything(a.seed)
     run = Path(a.run)
+    if run.suffix == ".pt":
+        run = run.parent
     device = get_device(a.device)
     model, config = _load_run(run, device)
     dataset = config["dataset"]
@@ -162,19 +151,22 @@ def cmd_eval(a: argparse.Namespace) -> None:
     if config["method"] == "denoiser":
         _eval_denoiser(a, run, model, config, x, y, base)
         return
-    clean = accuracy(model, x, y)
-    for spec in a.attacks:
-        for eps in a.eps:
-            t1 = time.time()
-            atk = build_attack(spec, model, eps, norm=a.norm, seed=a.seed)
-            rob = robust_accuracy(model, x, y, atk, batch_size=a.batch_size)
-            norm = "l2" if spec.endswith("_l2") else a.norm
-            rec = {**base, "threat_model": "white-box", "norm": norm, "eps": eps, "attack": spec,
-                   "attack_repr": repr(atk), "clean_acc": round(clean, 2), "robust_acc": round(rob, 2),
-                   "wall_s": round(time.time() - t1, 1)}
-            name = f"{run.name}_{spec}_{norm}_eps{eps:g}"
-            path = write_result(name, rec, a.results_dir)
-            print(f"{name}: clean {clean:.2f}%  robust {rob:.2f}%  -> {path}")
+    rows = sweep(model, x, y, list(a.attacks), a.eps, norm=a.norm, batch_size=a.batch_size, seed=a.seed)
+    large = a.large_eps if a.large_eps is not None else (1.0 if a.norm == "linf" else None)
+    if large is not None and large > 0 and large not in a.eps:
+        strongest = [s for s in a.attacks if s.startswith("pgd")][-1:] or ["pgd40"]
+        rows += sweep(model, x, y, strongest, [large], norm=a.norm, batch_size=a.batch_size, seed=a.seed)
+    checks = checklist(rows, input_gradient_stats(model, x, y, a.batch_size), large_eps=large)
+    print(report_checks(checks, label=run.name))
+    sanity = {"passed": all(c["passed"] for c in checks), "checks": checks}
+    for r in rows:
+        atk = build_attack(r["attack"], model, r["eps"], norm=a.norm, seed=a.seed)
+        rec = {**base, "threat_model": "white-box", "norm": r["norm"], "eps": r["eps"], "attack": r["attack"],
+               "attack_repr": repr(atk), "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
+               "wall_s": r["wall_s"], "sanity": sanity}
+        name = f"{run.name}_{r['attack']}_{r['norm']}_eps{r['eps']:g}"
+        path = write_result(name, rec, a.results_dir)
+        print(f"{name}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%  -> {path}")
     print(f"eval wall {time.time() - t0:.1f}s")
 
 
@@ -194,7 +186,10 @@ def _eval_denoiser(a, run: Path, denoiser, config: dict, x, y, base: dict) -> No
                            "end-to-end": f"{spec} through denoiser+classifier", "bpda": f"bpda-{spec}"}[r["threat_model"]],
                 "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
                 "classifier_run": config["classifier_run"], "wall_s": wall} for r in rows]
+    checks = checklist([r for r in rows if r["threat_model"] != "none"])
+    print(report_checks(checks, label=run.name))
     for r in records:
+        r["sanity"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
         print(f"{r['threat_model']:>10s} eps {r['eps']}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%")
     print(f"-> {write_result(f'{run.name}_threat_models', records, a.results_dir)}")
 
@@ -246,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 1e-3 for adam, 0.1 for sgd and for afd's E+C, as in the AFD code)")
     t.add_argument("--weight-decay", type=float, default=5e-4)
     t.add_argument("--milestones", type=int, nargs="*", default=[])
     t.add_argument("--eps", type=float, default=0.3)
@@ -272,16 +268,23 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run folder; writes results/*.json")
-    e.add_argument("--run", required=True)
+    e.add_argument("--run", "--checkpoint", dest="run", required=True,
+                   help="a run folder of featlab train (or its checkpoint.pt)")
     e.add_argument("--attacks", nargs="+", default=["pgd40"])
     e.add_argument("--eps", type=float, nargs="+", default=[0.3])
     e.add_argument("--norm", choices=["linf", "l2"], default="linf")
     e.add_argument("--n-eval", type=int, default=1000)
+    e.add_argument("--large-eps", type=float, default=None,
+                   help="eps of the checklist's 'reaches ~0' point (default 1.0 in Linf; 0 turns it off)")
     e.add_argument("--batch-size", type=int, default=500)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--results-dir", default="results")
     e.set_defaults(func=cmd_eval)
+    rs = sub.add_parser("results", help="render results/RESULTS.md from results/*.json")
+    rs.add_argument("--results-dir", default="results")
+    rs.add_argument("--out", default=None, help="default: <results-dir>/RESULTS.md")
+    rs.set_defaults(func=cmd_results)
     pr = sub.add_parser("probe", help="feature distortion per tap, adversarial vs random noise")
     pr.add_argument("--run", action="append", required=True, help="a run folder (repeat for several)")
     pr.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])

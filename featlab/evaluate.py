@@ -5,8 +5,10 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -155,3 +157,176 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
             acc = robust_accuracy(model, x, y, attack, batch_size, progress)
             rows.append({"threat_model": tm, "eps": eps, "robust_acc": acc, "clean_acc": clean})
     return rows
+
+
+# --------------------------------------------------------------------------- sweeps and the checklist
+def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str] | dict[str, Callable],
+          eps_list: list[float], norm: str = "linf", batch_size: int = 500, seed: int = 0,
+          progress: bool = True) -> list[dict[str, Any]]:
+    """Robust accuracy of ``model`` for every attack at every eps.
+
+    Args:
+        attacks: spec strings (``featlab.attacks.SPECS_HELP``: "fgsm", "pgd40", "pgd40x5",
+            "autoattack", ...) or a dict name -> ``factory(model, eps) -> attack``.
+        eps_list: radii in pixel units; eps 0 gives the clean accuracy.
+        norm: "linf" or "l2" (spec strings ending in "_l2" are L2 whatever this says).
+    Returns rows ``{"attack", "eps", "norm", "clean_acc", "robust_acc", "wall_s"}`` (percent).
+    """
+    import time
+    from .attacks import from_spec
+    check_images(x)
+    if not eps_list:
+        raise ValueError("eps_list: give at least one eps")
+    for eps in eps_list:
+        check_number("eps", eps, low=0.0, high=1.0 if norm == "linf" else None)
+    factories = ({a: (lambda m, e, _s=a: from_spec(_s, m, e, norm=norm, seed=seed)) for a in attacks}
+                 if not isinstance(attacks, dict) else dict(attacks))
+    clean = accuracy(model, x, y, batch_size)
+    rows = []
+    for name, factory in factories.items():
+        for eps in eps_list:
+            t0 = time.time()
+            rob = clean if eps == 0 else robust_accuracy(model, x, y, factory(model, eps), batch_size, progress)
+            rows.append({"attack": name, "eps": float(eps), "norm": "l2" if name.endswith("_l2") else norm,
+                         "clean_acc": clean, "robust_acc": rob, "wall_s": round(time.time() - t0, 2)})
+    return rows
+
+
+class GradientMaskingWarning(UserWarning):
+    """An evaluation failed a sanity check: its robust accuracy may come from masked gradients."""
+
+
+def input_gradient_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
+    """Share of examples whose cross-entropy input gradient is all zero or not finite, and the median norm."""
+    check_images(x)
+    device, was_training = model_device(model), model.training
+    model.eval()
+    dead, norms = 0, []
+    try:
+        for xb, yb in _batches(x, y, batch_size, "input gradients", False):
+            xb = xb.to(device).clone().requires_grad_(True)
+            loss = nn.functional.cross_entropy(model(xb), yb.to(device), reduction="sum")
+            g = torch.autograd.grad(loss, xb, allow_unused=True)[0] if loss.requires_grad else None
+            g = (torch.zeros_like(xb) if g is None else g).flatten(1)
+            bad = ~torch.isfinite(g).all(1) | (g.abs().amax(1) == 0)
+            dead += int(bad.sum())
+            norms.append(torch.nan_to_num(g.norm(dim=1), nan=0.0).cpu())
+    finally:
+        model.train(was_training)
+    return {"dead_fraction": 100.0 * dead / len(x), "median_grad_norm": float(torch.cat(norms).median())}
+
+
+def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | None = None,
+              large_eps: float | None = None, tol: float = 1.0, zero_tol: float = 5.0,
+              dead_tol: float = 50.0) -> list[dict[str, Any]]:
+    """Sanity checks after Carlini et al. 2019 ("On Evaluating Adversarial Robustness", arXiv 1902.06705).
+
+    Works on rows of :func:`sweep` (``attack``, ``eps``, ``robust_acc``) and, for preprocessing
+    defenses, rows of :func:`preprocessing_defense` (``threat_model``). A check that the rows
+    cannot decide is left out. Each check: ``{"check", "passed", "detail"}``.
+
+    1. monotone: per attack, accuracy does not rise (by more than ``tol`` points) as eps grows;
+    2. reaches zero: at ``large_eps`` (e.g. 1.0 in Linf: any image) the strongest attack leaves
+       at most ``zero_tol`` percent;
+    3. iterative >= one-step: every PGD/AutoAttack is at least as strong as FGSM at the same eps;
+    4. more effort does not help the model: PGD with more steps x restarts is not weaker;
+    5. AutoAttack <= PGD (same eps);
+    6. end-to-end <= oblivious for preprocessing defenses (same eps);
+    7. gradients exist: at most ``dead_tol`` percent of examples have an all-zero or non-finite
+       input gradient (``gradient_stats`` from :func:`input_gradient_stats`).
+    """
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, passed: bool, detail: str) -> None:
+        checks.append({"check": name, "passed": bool(passed), "detail": detail})
+
+    by_attack: dict[str, dict[float, float]] = {}
+    for r in rows:
+        key = r.get("attack") if "threat_model" not in r else r["threat_model"]
+        by_attack.setdefault(str(key), {})[float(r["eps"])] = float(r["robust_acc"])
+    for name, curve in sorted(by_attack.items()):
+        eps_sorted = sorted(curve)
+        if len(eps_sorted) >= 2:
+            rises = [(a, b) for a, b in zip(eps_sorted, eps_sorted[1:]) if curve[b] > curve[a] + tol]
+            add(f"monotone in eps ({name})", not rises,
+                "ok" if not rises else "; ".join(f"{curve[a]:.1f}% at eps {a:g} -> {curve[b]:.1f}% at eps {b:g}"
+                                                 for a, b in rises))
+    if large_eps is not None:
+        at = {n: c[large_eps] for n, c in by_attack.items() if large_eps in c and n not in ("none", "oblivious")}
+        if at:
+            best = min(at, key=at.get)
+            add(f"reaches ~0 at eps {large_eps:g}", at[best] <= zero_tol,
+                f"strongest attack {best}: {at[best]:.1f}% (must be <= {zero_tol:g}%)")
+    steps_of = {}
+    for name in by_attack:
+        m = re.fullmatch(r"pgd(\d*)(?:x(\d+))?(_l2|_linf)?", name)
+        if m:
+            steps_of[name] = int(m.group(1) or 40) * int(m.group(2) or 1)
+    iterative = [n for n in by_attack if n in steps_of or n.startswith(("autoattack", "apgd"))]
+    if "fgsm" in by_attack:
+        bad = [(n, e) for n in iterative for e, acc in by_attack[n].items()
+               if e in by_attack["fgsm"] and e > 0 and acc > by_attack["fgsm"][e] + tol]
+        if iterative:
+            add("iterative attacks at least as strong as FGSM", not bad,
+                "ok" if not bad else "; ".join(f"{n} {by_attack[n][e]:.1f}% > fgsm {by_attack['fgsm'][e]:.1f}% "
+                                               f"at eps {e:g}" for n, e in bad))
+    for norm_tail in ("", "_l2"):
+        group = sorted((n for n in steps_of if n.endswith(norm_tail) and (norm_tail or not n.endswith("_l2"))),
+                       key=steps_of.get)
+        bad = []
+        for weak, strong in zip(group, group[1:]):
+            for e, acc in by_attack[strong].items():
+                if e in by_attack[weak] and acc > by_attack[weak][e] + tol:
+                    bad.append(f"{strong} {acc:.1f}% > {weak} {by_attack[weak][e]:.1f}% at eps {e:g}")
+        if len(group) >= 2:
+            add(f"more PGD steps/restarts do not raise accuracy{' (l2)' if norm_tail else ''}", not bad,
+                "ok" if not bad else "; ".join(bad))
+    for aa in (n for n in by_attack if n.startswith(("autoattack", "apgd"))):
+        bad = [f"{aa} {acc:.1f}% > {p} {by_attack[p][e]:.1f}% at eps {e:g}" for e, acc in by_attack[aa].items()
+               for p in steps_of if not p.endswith("_l2") and e in by_attack[p] and acc > by_attack[p][e] + tol]
+        add(f"{aa} <= PGD", not bad, "ok" if not bad else "; ".join(bad))
+    if "end-to-end" in by_attack and "oblivious" in by_attack:
+        e2e, obl = by_attack["end-to-end"], by_attack["oblivious"]
+        bad = [f"end-to-end {e2e[e]:.1f}% > oblivious {obl[e]:.1f}% at eps {e:g}" for e in e2e
+               if e in obl and e2e[e] > obl[e] + tol]
+        add("end-to-end <= oblivious", not bad, "ok" if not bad else "; ".join(bad))
+    if gradient_stats is not None:
+        d = gradient_stats["dead_fraction"]
+        add("input gradients exist", d <= dead_tol,
+            f"{d:.1f}% of examples have an all-zero or non-finite input gradient (must be <= {dead_tol:g}%); "
+            f"median norm {gradient_stats['median_grad_norm']:.3g}")
+    return checks
+
+
+def report_checks(checks: list[dict[str, Any]], label: str = "", warn: bool = True) -> str:
+    """The checklist as text; with ``warn`` a :class:`GradientMaskingWarning` names every failed check."""
+    lines = [f"{'PASS' if c['passed'] else 'FAIL'}  {c['check']}: {c['detail']}" for c in checks]
+    failed = [c for c in checks if not c["passed"]]
+    if failed and warn:
+        warnings.warn(f"{label + ': ' if label else ''}{len(failed)} sanity check(s) failed, suspect gradient masking "
+                      f"(the robust accuracy may be an overestimate): "
+                      + "; ".join(f"{c['check']} ({c['detail']})" for c in failed), GradientMaskingWarning, stacklevel=2)
+    return "\n".join(lines)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: list[float],
+             attacks: tuple[str, ...] = ("fgsm", "pgd10", "pgd40", "pgd40x3"), norm: str = "linf",
+             large_eps: float | None = None, batch_size: int = 500, seed: int = 0, progress: bool = True,
+             label: str = "", warn: bool = True) -> dict[str, Any]:
+    """A sweep plus the checklist, run together: ``{"rows", "checks", "passed", "gradient_stats"}``.
+
+    ``large_eps`` (default 1.0 in Linf, the whole pixel box) is added for the strongest PGD so
+    the "reaches ~0" check has its point. Failed checks raise a :class:`GradientMaskingWarning`.
+    """
+    if large_eps is None and norm == "linf":
+        large_eps = 1.0
+    rows = sweep(model, x, y, list(attacks), eps_list, norm=norm, batch_size=batch_size, seed=seed, progress=progress)
+    if large_eps is not None and large_eps not in eps_list:
+        strongest = [a for a in attacks if a.startswith("pgd")][-1:] or ["pgd100"]
+        rows += sweep(model, x, y, strongest, [large_eps], norm=norm, batch_size=batch_size, seed=seed,
+                      progress=progress)
+    stats = input_gradient_stats(model, x, y, batch_size)
+    checks = checklist(rows, stats, large_eps=large_eps)
+    text = report_checks(checks, label=label, warn=warn)
+    return {"rows": rows, "checks": checks, "passed": all(c["passed"] for c in checks), "gradient_stats": stats,
+            "text": text}

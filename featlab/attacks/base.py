@@ -61,11 +61,18 @@ class Attack:
         return out
 
     def input_grad(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Gradient of the summed per-example loss with respect to x only."""
+        """Gradient of the summed per-example loss with respect to x only.
+
+        A model whose output does not depend differentiably on x (e.g. it thresholds its input)
+        gets a zero gradient, not an error: that is gradient masking, and the evaluation
+        checklist (``featlab.evaluate.checklist``) is there to notice it.
+        """
         x = x.detach().requires_grad_(True)
         loss = self.loss(x, y).sum()
-        (grad,) = torch.autograd.grad(loss, x)
-        return grad
+        if not loss.requires_grad:
+            return torch.zeros_like(x)
+        (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
+        return torch.zeros_like(x) if grad is None else grad
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError("an Attack subclass must implement forward(x, y)")

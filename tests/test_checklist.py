@@ -1,0 +1,155 @@
+"""featlab.evaluate.sweep / checklist / autoattack and featlab.results (issue: honest evaluation)."""
+import json
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import featlab
+from featlab.attacks import PGD, autoattack, from_spec
+from featlab.evaluate import (GradientMaskingWarning, checklist, evaluate, input_gradient_stats, report_checks,
+                              robust_accuracy, sweep)
+from conftest import tiny_model
+
+
+class Binarized(nn.Module):
+    """A planted gradient-masking "defense": the classifier sees round(x), whose gradient is zero.
+
+    PGD and FGSM find nothing, so its PGD accuracy looks like its clean accuracy; the checklist
+    must flag it.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.num_classes = model, model.num_classes
+
+    def forward(self, x):
+        return self.model(torch.round(x))
+
+
+def _rows(curve, attack="pgd40"):
+    return [{"attack": attack, "eps": e, "robust_acc": a} for e, a in curve.items()]
+
+
+def test_checklist_flags_planted_gradient_masking(trained_mnist, mnist_small):
+    _, _, xt, yt = mnist_small
+    x, y = xt[:200], yt[:200]
+    masked = Binarized(trained_mnist).eval()
+    with pytest.warns(GradientMaskingWarning, match="suspect gradient masking"):
+        rep = evaluate(masked, x, y, [0.1, 0.3], attacks=("fgsm", "pgd10"), progress=False, label="binarized")
+    failed = {c["check"] for c in rep["checks"] if not c["passed"]}
+    assert not rep["passed"]
+    assert "input gradients exist" in failed and "reaches ~0 at eps 1" in failed
+    pgd03 = next(r["robust_acc"] for r in rep["rows"] if r["attack"] == "pgd10" and r["eps"] == 0.3)
+    assert pgd03 > 80        # the fake robustness the checklist is there to catch
+    assert rep["gradient_stats"]["dead_fraction"] == 100.0
+
+
+def test_checklist_passes_an_honest_model(trained_mnist, mnist_small):
+    _, _, xt, yt = mnist_small
+    x, y = xt[:200], yt[:200]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradientMaskingWarning)
+        rep = evaluate(trained_mnist, x, y, [0.05, 0.1, 0.2], attacks=("fgsm", "pgd10", "pgd20"), progress=False)
+    assert rep["passed"], rep["text"]
+    accs = [r["robust_acc"] for r in rep["rows"] if r["attack"] == "pgd20" and r["eps"] < 1]
+    assert accs == sorted(accs, reverse=True) and accs[-1] < accs[0]
+    assert input_gradient_stats(trained_mnist, x, y)["dead_fraction"] < 50
+
+
+@pytest.mark.parametrize("rows,extra,check", [
+    (_rows({0.1: 50.0, 0.2: 60.0}), {}, "monotone in eps (pgd40)"),
+    (_rows({0.1: 50.0}) + _rows({0.1: 40.0}, "fgsm"), {}, "iterative attacks at least as strong as FGSM"),
+    (_rows({0.1: 50.0}, "pgd10") + _rows({0.1: 55.0}, "pgd40x3"), {}, "more PGD steps/restarts do not raise accuracy"),
+    (_rows({0.1: 50.0}) + _rows({0.1: 52.0}, "autoattack"), {}, "autoattack <= PGD"),
+    (_rows({1.0: 30.0}), {"large_eps": 1.0}, "reaches ~0 at eps 1"),
+    ([{"threat_model": "oblivious", "eps": 0.3, "robust_acc": 20.0},
+      {"threat_model": "end-to-end", "eps": 0.3, "robust_acc": 40.0}], {}, "end-to-end <= oblivious"),
+    ([], {"gradient_stats": {"dead_fraction": 80.0, "median_grad_norm": 0.0}}, "input gradients exist"),
+])
+def test_each_check_fails_on_its_own_symptom(rows, extra, check):
+    checks = {c["check"]: c for c in checklist(rows, **extra)}
+    assert check in checks and not checks[check]["passed"], checks
+    with pytest.warns(GradientMaskingWarning, match=check.split(" (")[0][:20]):
+        report_checks(list(checks.values()))
+
+
+def test_checklist_passes_consistent_rows():
+    rows = (_rows({0.1: 60.0, 0.3: 20.0, 1.0: 0.0}) + _rows({0.1: 70.0, 0.3: 35.0}, "fgsm")
+            + _rows({0.1: 62.0, 0.3: 21.0}, "pgd10") + _rows({0.1: 59.0, 0.3: 19.0}, "autoattack"))
+    checks = checklist(rows, large_eps=1.0)
+    assert len(checks) >= 6 and all(c["passed"] for c in checks), checks
+
+
+def test_sweep_rows_and_bad_arguments(tiny):
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+    rows = sweep(tiny, x, y, ["fgsm", "pgd5"], [0.0, 0.1], progress=False)
+    assert [(r["attack"], r["eps"]) for r in rows] == [("fgsm", 0.0), ("fgsm", 0.1), ("pgd5", 0.0), ("pgd5", 0.1)]
+    assert rows[0]["robust_acc"] == rows[0]["clean_acc"]
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        sweep(tiny, x, y, ["fgsm"], [-0.1], progress=False)
+    with pytest.raises(ValueError, match="eps_list: give at least one eps"):
+        sweep(tiny, x, y, ["fgsm"], [], progress=False)
+    with pytest.raises(ValueError, match="unknown attack spec 'cw'"):
+        sweep(tiny, x, y, ["cw"], [0.1], progress=False)
+
+
+@pytest.mark.parametrize("spec,cls,fields", [
+    ("fgsm", "FGSM", {}), ("pgd", "PGD", {"steps": 40, "step_size": 0.01}),
+    ("pgd20x3", "PGD", {"steps": 20, "restarts": 3}), ("pgd10_l2", "PGD", {"norm": "l2"}),
+])
+def test_from_spec(tiny, spec, cls, fields):
+    atk = from_spec(spec, tiny, 0.3)
+    assert type(atk).__name__ == cls
+    for k, v in fields.items():
+        assert getattr(atk, k) == pytest.approx(v) if isinstance(v, float) else getattr(atk, k) == v
+
+
+@pytest.mark.parametrize("spec", ["pgdx", "pgd10_l3", "pgd10xz", "apgd-dlr"])
+def test_from_spec_rejects_bad_specs(tiny, spec):
+    with pytest.raises(ValueError, match="allowed: fgsm, pgdN"):
+        from_spec(spec, tiny, 0.1)
+
+
+def test_autoattack_builds_from_torchattacks_with_full_iterations(tiny):
+    pytest.importorskip("torchattacks")
+    std = autoattack(tiny, eps=0.3)
+    names = [type(a).__name__ for a in std.attacks]
+    assert names == ["APGD", "APGDT", "FAB", "Square"]
+    assert all(a.steps == 100 for a in std.attacks[:3]) and std.attacks[3].n_queries == 5000
+    assert [type(a).__name__ for a in autoattack(tiny, eps=0.3, version="fast").attacks] == ["APGD", "APGDT"]
+    with pytest.raises(ValueError, match="version must be one of"):
+        autoattack(tiny, eps=0.3, version="plus")
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        autoattack(tiny, eps=-1)
+
+
+def test_autoattack_fast_is_at_least_as_strong_as_pgd(trained_mnist, mnist_small):
+    pytest.importorskip("torchattacks")
+    _, _, xt, yt = mnist_small
+    x, y = xt[:200], yt[:200]
+    featlab.seed_everything(0)
+    pgd = robust_accuracy(trained_mnist, x, y, PGD(trained_mnist, eps=0.1, steps=20), progress=False)
+    aa = robust_accuracy(trained_mnist, x, y, autoattack(trained_mnist, eps=0.1, version="fast", steps=20),
+                         progress=False)
+    x_adv = autoattack(trained_mnist, eps=0.1, version="fast", steps=20)(x, y)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert aa <= pgd + 1.0, (aa, pgd)
+
+
+def test_results_markdown_from_records(tmp_path):
+    base = {"dataset": "mnist", "model": "mnist_cnn", "method": "pgd_at", "threat_model": "white-box", "norm": "linf",
+            "n_eval": 1000, "clean_acc": 99.3, "epochs": 8, "seed": 0, "commit": "abc1234def", "device": "cpu",
+            "date": "2026-11-23", "train_command": "featlab train --method pgd_at"}
+    for atk, eps, acc in (("pgd40", 0.3, 96.1), ("fgsm", 0.3, 97.3)):
+        rec = {**base, "attack": atk, "eps": eps, "robust_acc": acc, "wall_s": 1.0,
+               "command": f"featlab eval --attacks {atk}"}
+        (tmp_path / f"r_{atk}.json").write_text(json.dumps(rec))
+    (tmp_path / "curves.json").write_text(json.dumps({"not": "a record"}))
+    assert len(featlab.results.load(tmp_path)) == 2
+    md = featlab.results.write_markdown(tmp_path).read_text()
+    assert "## mnist · mnist_cnn · pgd_at" in md and "| 96.10 |" in md and "`featlab eval --attacks pgd40`" in md
+    assert "featlab train --method pgd_at" in md
+    with pytest.raises(FileNotFoundError, match="results_dir"):
+        featlab.results.load(tmp_path / "missing")
