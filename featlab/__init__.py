@@ -10,9 +10,9 @@ pixel units (e.g. 0.3 on MNIST, 8/255 on CIFAR-10).
 from __future__ import annotations
 
 from ._utils import get_device, seed_everything
-from . import attacks, checkpoint, data, defenses, evaluate, models, probe, results, train, viz, widgets
+from . import attacks, checkpoint, data, defenses, evaluate, models, pretrained, probe, results, train, viz, widgets
 
 __version__ = "0.1.0"
 
-__all__ = ["attacks", "checkpoint", "data", "defenses", "evaluate", "models", "probe", "results", "train", "viz", "widgets",
+__all__ = ["attacks", "checkpoint", "data", "defenses", "evaluate", "models", "pretrained", "probe", "results", "train", "viz", "widgets",
            "get_device", "seed_everything", "__version__"]

@@ -126,6 +126,12 @@ def _load_run(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     return model.to(device).eval(), config
 
 
+def cmd_export(a: argparse.Namespace) -> None:
+    from . import pretrained
+    path = pretrained.export(a.run, a.name, classifier=a.classifier)
+    print(f"-> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
 def cmd_results(a: argparse.Namespace) -> None:
     from .results import write_markdown
     print(f"-> {write_markdown(a.results_dir, a.out)}")
@@ -281,6 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("--results-dir", default="results")
     e.set_defaults(func=cmd_eval)
+    ex = sub.add_parser("export", help="ship a run's weights (float16) as featlab.pretrained.load(NAME)")
+    ex.add_argument("--run", required=True)
+    ex.add_argument("--name", required=True)
+    ex.add_argument("--classifier", default=None, help="denoiser runs: the pretrained name of its classifier")
+    ex.set_defaults(func=cmd_export)
     rs = sub.add_parser("results", help="render results/RESULTS.md from results/*.json")
     rs.add_argument("--results-dir", default="results")
     rs.add_argument("--out", default=None, help="default: <results-dir>/RESULTS.md")

@@ -91,11 +91,18 @@ class Attack:
         device = model_device(self.model)
         x, y = x.detach().to(device), y.to(device)
         was_training = self.model.training
+        # the attack needs gradients to the input only: freezing the parameters meanwhile spares
+        # autograd the weight-gradient bookkeeping and guarantees nothing leaks into .grad
+        frozen = [p for p in self.model.parameters() if p.requires_grad]
         self.model.eval()
         try:
+            for p in frozen:
+                p.requires_grad_(False)
             with torch.enable_grad():
                 x_adv = self.forward(x, y)
         finally:
+            for p in frozen:
+                p.requires_grad_(True)
             self.model.train(was_training)
         return x_adv.detach()
 
