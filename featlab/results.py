@@ -92,3 +92,53 @@ def write_markdown(results_dir: str | os.PathLike = "results", out: str | os.Pat
     tmp.write_text(render(records))
     os.replace(tmp, path)
     return path
+
+
+# Published robust accuracies to compare with (percent). MNIST rows: the AutoAttack paper's
+# table (Croce & Hein 2020, arXiv 2003.01690), clean / as reported by the authors / AutoAttack.
+PUBLISHED: list[dict[str, Any]] = [
+    {"dataset": "mnist", "eps": 0.3, "defense": "PGD-AT (Madry et al. 2018)", "clean": 98.53, "reported": 89.62,
+     "autoattack": 88.50, "source": "Croce & Hein 2020, table of MNIST defenses"},
+    {"dataset": "mnist", "eps": 0.3, "defense": "TRADES (Zhang et al. 2019)", "clean": 99.48, "reported": 95.60,
+     "autoattack": 92.81, "source": "Croce & Hein 2020, table of MNIST defenses"},
+    {"dataset": "mnist", "eps": 0.3, "defense": "Fast-AT (Wong et al. 2020)", "clean": 98.50, "reported": 88.77,
+     "autoattack": 82.93, "source": "Croce & Hein 2020, table of MNIST defenses"},
+    {"dataset": "mnist", "eps": 0.3, "defense": "Gowal et al. 2020 (best listed)", "clean": 99.26, "reported": 96.38,
+     "autoattack": 96.34, "source": "Croce & Hein 2020, table of MNIST defenses"},
+    {"dataset": "cifar10", "eps": 8 / 255, "defense": "Fast-AT PreActResNet-18", "clean": 83.34, "reported": None,
+     "autoattack": 43.21, "source": "RobustBench"},
+    {"dataset": "cifar10", "eps": 8 / 255, "defense": "TRADES WRN-34-10", "clean": 84.92, "reported": None,
+     "autoattack": 53.08, "source": "RobustBench"},
+]
+
+
+def verdict(name: str, clean: float, robust: dict[str, float], checks: list[dict[str, Any]], eps: float,
+            n: int | None = None) -> str:
+    """A plain-language verdict on one defense.
+
+    Args:
+        robust: robust accuracy per attack or threat model at ``eps`` (e.g. {"pgd40": 95.1,
+            "autoattack": 93.0} or {"oblivious": 28.0, "end-to-end": 3.0, "bpda": 11.0}).
+        checks: the checklist of :func:`featlab.evaluate.checklist` for this defense.
+    """
+    failed = [c["check"] for c in checks if not c["passed"]]
+    where = f" on {n} test images" if n else ""
+    if failed:
+        return (f"{name}: SUSPECT. The checklist failed ({'; '.join(failed)}), the signature of gradient masking; "
+                f"its robust accuracy is an upper bound until a stronger or gradient-free attack settles it.")
+    white = {k: v for k, v in robust.items() if k not in ("oblivious", "none")}
+    if not white:
+        raise ValueError("robust: give at least one white-box attack or threat model (not only 'oblivious')")
+    worst_name = min(white, key=white.get)
+    worst = white[worst_name]
+    text = f"{name}: clean {clean:.1f}%, {worst:.1f}% under its strongest attack ({worst_name}) at eps {eps:g}{where}."
+    if "oblivious" in robust and robust["oblivious"] > worst + 10:
+        text += (f" It looks robust only to an attacker who ignores the defense (oblivious {robust['oblivious']:.1f}%); "
+                 f"an attacker who sees the whole pipeline wins: do not report the oblivious number alone.")
+    elif worst < 10:
+        text += " Not robust at this eps."
+    elif worst < clean - 30:
+        text += " Partly robust: most attacked inputs fool it, the checks pass."
+    else:
+        text += " Robust at this eps as far as these attacks can tell; the checks pass."
+    return text

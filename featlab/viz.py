@@ -165,3 +165,28 @@ def plot_history(histories: Mapping[str, Sequence[Mapping[str, float]]], keys: S
                 ax.plot(*zip(*pts), marker="o", label=name)
         ax.set_xlabel("epoch"), ax.set_ylabel(key), ax.grid(alpha=0.3), ax.legend(fontsize=8)
     return fig
+
+
+def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title: str = "", label_prefix: str = ""):
+    """Robust accuracy over eps, one line per ``row[by]`` (an attack, or a threat model).
+
+    ``rows``: from :func:`featlab.evaluate.sweep` or :func:`featlab.evaluate.preprocessing_defense`;
+    rows whose eps is above 0.5 (the checklist's "reaches ~0" point) are left out of the plot.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    groups: dict[str, list] = {}
+    for r in rows:
+        if r["eps"] <= 0.5:
+            groups.setdefault(str(r[by]), []).append((r["eps"], r["robust_acc"]))
+    for name, pts in groups.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label_prefix + name)
+    ax.set_xlabel("eps (pixel units)")
+    ax.set_ylabel("accuracy under attack (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax

@@ -7,25 +7,21 @@ import torch
 from torch import nn
 
 import featlab
-from featlab.attacks import PGD, autoattack, from_spec
+from featlab.attacks import BPDA, PGD, autoattack, from_spec
+from featlab.defenses import Defended, Quantize
 from featlab.evaluate import (GradientMaskingWarning, checklist, evaluate, input_gradient_stats, report_checks,
                               robust_accuracy, sweep)
 from conftest import tiny_model
 
 
-class Binarized(nn.Module):
-    """A planted gradient-masking "defense": the classifier sees round(x), whose gradient is zero.
+def planted_masking(model):
+    """A planted gradient-masking "defense": the classifier sees x rounded to 1/255 (a no-op on MNIST
+    pixels, so no real robustness), and the gradient of rounding is zero.
 
     PGD and FGSM find nothing, so its PGD accuracy looks like its clean accuracy; the checklist
-    must flag it.
+    must flag it, and BPDA must break it.
     """
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.num_classes = model, model.num_classes
-
-    def forward(self, x):
-        return self.model(torch.round(x))
+    return Defended(Quantize(8), model)
 
 
 def _rows(curve, attack="pgd40"):
@@ -35,7 +31,7 @@ def _rows(curve, attack="pgd40"):
 def test_checklist_flags_planted_gradient_masking(trained_mnist, mnist_small):
     _, _, xt, yt = mnist_small
     x, y = xt[:200], yt[:200]
-    masked = Binarized(trained_mnist).eval()
+    masked = planted_masking(trained_mnist).eval()
     with pytest.warns(GradientMaskingWarning, match="suspect gradient masking"):
         rep = evaluate(masked, x, y, [0.1, 0.3], attacks=("fgsm", "pgd10"), progress=False, label="binarized")
     failed = {c["check"] for c in rep["checks"] if not c["passed"]}
@@ -44,6 +40,9 @@ def test_checklist_flags_planted_gradient_masking(trained_mnist, mnist_small):
     pgd03 = next(r["robust_acc"] for r in rep["rows"] if r["attack"] == "pgd10" and r["eps"] == 0.3)
     assert pgd03 > 80        # the fake robustness the checklist is there to catch
     assert rep["gradient_stats"]["dead_fraction"] == 100.0
+    bpda = robust_accuracy(masked, x, y, BPDA(Quantize(8), trained_mnist, eps=0.3, steps=10, step_size=0.075),
+                           progress=False)
+    assert bpda < pgd03 - 30, "BPDA sees through the rounding"
 
 
 def test_checklist_passes_an_honest_model(trained_mnist, mnist_small):

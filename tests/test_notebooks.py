@@ -12,6 +12,8 @@ CI_PARAMETERS = {
     "03_afd.ipynb": dict(N_TRAIN=1024, EPOCHS=1, ATTACK_STEPS=3, N_EVAL=100, EVAL_STEPS=5),
     "04_attack_explorer.ipynb": dict(TRAIN_LIMIT=2000, EPOCHS=1, AT_EPOCHS=1, AT_STEPS=2, DENOISER_EPOCHS=1,
                                      N_CURVE=60, CURVE_EPS=[0.0, 0.1, 0.3], STATIC_EPS=[0.2]),
+    "05_honest_evaluation.ipynb": dict(N_EVAL=60, EPS_LIST=[0.1, 0.3], ATTACKS=["fgsm", "pgd5", "pgd10"],
+                                       AUTOATTACK="fast", AA_N=30),
 }
 
 
@@ -72,3 +74,16 @@ def test_04_attack_explorer(executed):
     assert std[0] == 0 and std[-1] >= std[1] and std[-1] > 50, "success grows with eps on the standard model"
     assert m["latency_s/cached"] < 0.05
     assert set(m) >= {"success/PGD-AT", "success/denoiser + standard", "ig_stroke_share/standard"}
+
+
+@pytest.mark.slow
+def test_05_honest_evaluation(executed):
+    m = executed("05_honest_evaluation.ipynb")["metrics"]
+    assert m["mnist_cnn_standard/clean"] > 95 and m["mnist_cnn_standard/pgd10"] < 20
+    assert m["mnist_cnn_standard/checks_passed"] is True
+    assert m["mnist_cnn_standard/apgd"] <= m["mnist_cnn_standard/pgd10"] + 5
+    # the planted masking: PGD is fooled, the checklist is not, BPDA breaks it
+    assert m["planted/pgd_eps0.3"] > 80 and m["planted/checks_passed"] is False and m["planted/bpda_eps0.3"] < 20
+    assert "SUSPECT" in m["verdict/quantized standard (planted)"]
+    for key in (k for k in m if k.endswith("/end-to-end")):
+        assert m[key] <= m[key.replace("end-to-end", "oblivious")] + 5

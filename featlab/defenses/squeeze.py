@@ -1,0 +1,31 @@
+"""Bit-depth reduction (Xu et al. 2018, "Feature Squeezing", arXiv 1704.01155) as a preprocessing step.
+
+Rounding pixels to ``2**bits`` levels has a zero gradient almost everywhere, so gradient attacks
+run against ``Defended(Quantize(8), model)`` find nothing and the model *looks* robust (with 8
+bits on MNIST the rounding changes no pixel, so there is no real robustness at all). It is
+the classic example of gradient masking: BPDA (backward pass as identity) breaks it. featlab
+uses it to show, and to test, that its evaluation checklist catches such a defense
+(notebooks/05_honest_evaluation.ipynb).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._utils import check_number
+
+
+class Quantize(nn.Module):
+    """x -> round(x * (2**bits - 1)) / (2**bits - 1); bits=1 binarises at 0.5. Shape-preserving, [0, 1]."""
+
+    def __init__(self, bits: int = 1):
+        super().__init__()
+        check_number("bits", bits, low=1, high=16, integer=True)
+        self.bits = int(bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        levels = 2 ** self.bits - 1
+        return torch.round(x * levels) / levels
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
