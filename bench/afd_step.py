@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-
 import torch
 
 import featlab
 from featlab.defenses import AFD
 from featlab.train import PGDAT, Trainer
+
+from _timing import interleaved_medians
 
 
 def main() -> None:
@@ -42,22 +41,9 @@ def main() -> None:
     at = PGDAT(eps=0.3, steps=a.steps, step_size=step)
     Trainer(m_at, at, optimizer=torch.optim.SGD(m_at.parameters(), lr=0.1, momentum=0.9), device=device, progress=False)
 
-    def timed(fn):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
-    for _ in range(2):
-        afd.train_step(x, y), at.train_step(x, y)
-    t_afd, t_at = [], []
-    for _ in range(a.repeats):
-        t_afd.append(timed(lambda: afd.train_step(x, y)))
-        t_at.append(timed(lambda: at.train_step(x, y)))
-    ta, tp = statistics.median(t_afd), statistics.median(t_at)
+    med = interleaved_medians({"afd": lambda: afd.train_step(x, y), "pgd_at": lambda: at.train_step(x, y)},
+                              device, a.repeats)
+    ta, tp = med["afd"], med["pgd_at"]
     print(f"AFD step {ta * 1e3:.0f} ms, PGD-AT step {tp * 1e3:.0f} ms (PGD-{a.steps}, batch {a.batch}, {device})")
     print(json.dumps({"model": a.model, "batch": a.batch, "attack_steps": a.steps, "device": str(device),
                       "afd_step_over_pgd_at_step": round(ta / tp, 3)}))

@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torchattacks
 
 import featlab
 
-
-def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+from _timing import interleaved_medians
 
 
 def main() -> None:
@@ -58,14 +48,13 @@ def main() -> None:
         loss = torch.nn.functional.cross_entropy(model(xi), y, reduction="sum")
         torch.autograd.grad(loss, xi)
 
-    for _ in range(2):   # warm-up
-        fwd_bwd(); ours(x, y); theirs(x, y)
-    t_fb, t_ours, t_theirs = [], [], []
-    for _ in range(a.repeats):
-        t_fb.append(timed(lambda: [fwd_bwd() for _ in range(a.steps)]) / a.steps)
-        t_ours.append(timed(lambda: ours(x, y)))
-        t_theirs.append(timed(lambda: theirs(x, y)))
-    fb, o, t = statistics.median(t_fb), statistics.median(t_ours), statistics.median(t_theirs)
+    def pgd_budget():    # what PGD must at least cost: steps x one forward+backward
+        for _ in range(a.steps):
+            fwd_bwd()
+
+    med = interleaved_medians({"fwd_bwd": pgd_budget, "ours": lambda: ours(x, y), "theirs": lambda: theirs(x, y)},
+                              device, a.repeats)
+    fb, o, t = med["fwd_bwd"] / a.steps, med["ours"], med["theirs"]
     result = {"model": a.model, "batch": a.batch, "steps": a.steps, "device": str(device),
               "threads": torch.get_num_threads(), "torchattacks": torchattacks.__version__,
               "pgd_over_steps_x_fwd_bwd": round(o / (a.steps * fb), 3),
