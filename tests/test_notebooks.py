@@ -7,8 +7,8 @@ from featlab import notebooks
 CI_PARAMETERS = {
     "01_feature_noise.ipynb": dict(N_IMAGES=100, TRAIN_LIMIT=3000, EPOCHS=1, AT_EPOCHS=1, AT_STEPS=3,
                                    ATTACK_STEPS=10, CIFAR_LIMIT=256),
-    "02_feature_loss_denoiser.ipynb": dict(N_TRAIN=2000, CLASSIFIER_EPOCHS=1, EPOCHS=1, EPS_LIST=[0.1, 0.3],
-                                           N_EVAL=100, ATTACK_STEPS=5, WIDTH=8),
+    "02_feature_loss_denoiser.ipynb": dict(N_TRAIN=2000, DEMO_TRAIN=256, CLASSIFIER_EPOCHS=1, EPOCHS=1,
+                                           EPS_LIST=[0.1, 0.3], N_EVAL=100, ATTACK_STEPS=5, WIDTH=8),
     "03_afd.ipynb": dict(N_TRAIN=1024, EPOCHS=1, ATTACK_STEPS=3, N_EVAL=100, EVAL_STEPS=5),
     "04_attack_explorer.ipynb": dict(TRAIN_LIMIT=2000, EPOCHS=1, AT_EPOCHS=1, AT_STEPS=2, DENOISER_EPOCHS=1,
                                      N_CURVE=60, CURVE_EPS=[0.0, 0.1, 0.3], STATIC_EPS=[0.2]),
@@ -57,6 +57,8 @@ def test_02_feature_loss_denoiser(executed):
         assert m[f"{name}/end-to-end/eps0.3"] <= m[f"{name}/oblivious/eps0.3"] + 5
         assert m[f"{name}/none/eps0.3"] <= m[f"{name}/none/clean"]
     assert "resnet/denoiser + ResNet/oblivious" in m
+    # the shipped denoisers (the default): the feature loss beats the pixel loss when the attacker ignores them
+    assert m["feature loss/oblivious/eps0.3"] > m["pixel loss/oblivious/eps0.3"]
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ def test_manifest_lists_files_with_matching_hashes():
         assert featlab.checkpoint.sha256(path) == e["sha256"], name
         assert e["train_command"].startswith("featlab train"), name
         total += path.stat().st_size
-    assert total < 12e6, "the shipped models stay small"
+    assert total < 16e6, "the shipped models stay small"
 
 
 @needs_mnist

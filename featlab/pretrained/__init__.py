@@ -1,7 +1,7 @@
 """Pretrained MNIST models shipped with featlab, so notebooks run on a laptop without training.
 
-The weights live next to this file (``<name>.pt``, float16 state dicts, a few hundred kB to
-6.5 MB each) and are listed in ``manifest.json`` with their SHA-256, the run that trained them
+The weights live next to this file (``<name>.pt``, float16 state dicts, 0.25 MB for the small
+ResNets and denoisers, 6.5 MB for each Madry CNN: its 3136x1024 layer is most of it) and are listed in ``manifest.json`` with their SHA-256, the run that trained them
 (command, epochs, device, wall time) and its headline numbers. Loading checks the hash first
 and then reads the file with ``weights_only=True``: a tampered or truncated file is refused.
 
@@ -25,7 +25,7 @@ from .. import checkpoint as ckpt
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "manifest.json"
-ALIASES = {"mnist_standard": "mnist_cnn_standard", "mnist_pgd_at": "mnist_resnet_pgd_at",
+ALIASES = {"mnist_standard": "mnist_cnn_standard", "mnist_pgd_at": "mnist_cnn_pgd_at",
            "mnist_trades": "mnist_resnet_trades", "mnist_afd": "mnist_resnet_afd"}
 
 
@@ -112,7 +112,7 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
         "model": config["model"], "dataset": config["dataset"], "method": config["method"],
         "epochs": len(history), "train_command": config.get("command"), "train_device": config.get("device"),
         "train_wall_s": round(sum(h.get("time_s", 0.0) for h in history), 1), "objective": config.get("objective"),
-        "last_epoch": history[-1] if history else None, "metrics": metrics or {}}
+        "history": history, "metrics": metrics or {}}
     if entry["kind"] == "denoiser":
         if classifier is None:
             raise ValueError("classifier: a denoiser needs the pretrained name of its classifier")
