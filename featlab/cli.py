@@ -6,7 +6,8 @@
     featlab notebooks --out build            # execute every notebook (see featlab.notebooks)
 
 A run folder holds ``checkpoint.pt`` (resumable), ``config.json`` and ``history.json``; eval
-writes one JSON record per attack into ``results/<run>_<attack>_eps<eps>.json``.
+writes one JSON record per attack and eps into ``results/<run>_<attack>_<norm>_eps<eps>[_n<N>].json``
+(``_n<N>`` when N is not the default 1,000 test images).
 """
 from __future__ import annotations
 
@@ -170,7 +171,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
         rec = {**base, "threat_model": "white-box", "norm": r["norm"], "eps": r["eps"], "attack": r["attack"],
                "attack_repr": repr(atk), "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
                "wall_s": r["wall_s"], "sanity": sanity}
-        name = f"{run.name}_{r['attack']}_{r['norm']}_eps{r['eps']:g}"
+        name = f"{run.name}_{r['attack']}_{r['norm']}_eps{r['eps']:g}" + ("" if len(x) == 1000 else f"_n{len(x)}")
         path = write_result(name, rec, a.results_dir)
         print(f"{name}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%  -> {path}")
     print(f"eval wall {time.time() - t0:.1f}s")

@@ -16,13 +16,13 @@ def test_train_eval_probe_roundtrip(tmp_path):
     cli.main(["eval", "--run", str(run), "--attacks", "fgsm", "pgd5", "--eps", "0.1", "0.3", "--n-eval", "200",
               "--results-dir", str(res), "--device", "cpu"])
     recs = {p.name: json.loads(p.read_text()) for p in res.glob("*.json")}
-    expected = {f"tiny_std_{a}_linf_eps{e}.json" for a in ("fgsm", "pgd5") for e in ("0.1", "0.3")}
-    assert set(recs) == expected | {"tiny_std_pgd5_linf_eps1.json"}     # the checklist's "reaches ~0" point
-    r = recs["tiny_std_pgd5_linf_eps0.3.json"]
+    expected = {f"tiny_std_{a}_linf_eps{e}_n200.json" for a in ("fgsm", "pgd5") for e in ("0.1", "0.3")}
+    assert set(recs) == expected | {"tiny_std_pgd5_linf_eps1_n200.json"}     # the checklist's "reaches ~0" point
+    r = recs["tiny_std_pgd5_linf_eps0.3_n200.json"]
     assert r["sanity"]["passed"], r["sanity"]
     assert {c["check"] for c in r["sanity"]["checks"]} >= {"monotone in eps (pgd5)", "input gradients exist",
                                                            "iterative attacks at least as strong as FGSM"}
-    assert recs["tiny_std_pgd5_linf_eps1.json"]["robust_acc"] <= 5
+    assert recs["tiny_std_pgd5_linf_eps1_n200.json"]["robust_acc"] <= 5
     assert r["clean_acc"] > 80 and r["robust_acc"] < r["clean_acc"] and r["n_eval"] == 200
     assert r["command"].startswith("featlab eval") and r["train_command"].startswith("featlab train")
     cli.main(["probe", "--run", str(run), "--eps", "0.1", "--steps", "5", "--n-eval", "100",
