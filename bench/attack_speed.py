@@ -43,10 +43,14 @@ def main() -> None:
     ours = featlab.attacks.PGD(model, eps=a.eps, steps=a.steps, step_size=alpha)
     theirs = torchattacks.PGD(model, eps=a.eps, alpha=alpha, steps=a.steps, random_start=True)
 
-    def fwd_bwd():
+    def fwd_bwd():     # the least one PGD step can cost: parameters frozen, as featlab's attacks run
+        for prm in model.parameters():
+            prm.requires_grad_(False)
         xi = x.clone().requires_grad_(True)
         loss = torch.nn.functional.cross_entropy(model(xi), y, reduction="sum")
         torch.autograd.grad(loss, xi)
+        for prm in model.parameters():
+            prm.requires_grad_(True)
 
     def pgd_budget():    # what PGD must at least cost: steps x one forward+backward
         for _ in range(a.steps):

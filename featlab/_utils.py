@@ -102,3 +102,8 @@ def check_labels(y: Any, n: int, num_classes: int | None, *, name: str = "y") ->
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
+
+
+class GradientMaskingWarning(UserWarning):
+    """An evaluation failed a sanity check, or an attack got no gradient: a robust accuracy
+    measured this way may come from masked gradients, not from robustness."""

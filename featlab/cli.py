@@ -24,9 +24,9 @@ import torch
 from . import checkpoint as ckpt
 from . import data, models
 from ._utils import get_device, seed_everything
-from .attacks import PGD, from_spec
-from .evaluate import (accuracy, checklist, device_description, input_gradient_stats, report_checks, sweep,
-                       robust_accuracy, write_result)
+from .attacks import PGD, from_spec, parse_pgd_spec, strongest_pgd
+from .evaluate import (accuracy, checklist, device_description, input_gradient_stats, large_eps_rows, report_checks,
+                       robust_accuracy, sweep, write_result)
 from .train import Trainer, create_objective
 
 
@@ -142,6 +142,9 @@ def cmd_eval(a: argparse.Namespace) -> None:
     seed_everything(a.seed)
     run = Path(a.run)
     if run.suffix == ".pt":
+        if run.name != "checkpoint.pt":
+            raise SystemExit(f"--checkpoint: featlab eval reads a run folder's checkpoint.pt (with its config.json), "
+                             f"not {run.name}")
         run = run.parent
     device = get_device(a.device)
     model, config = _load_run(run, device)
@@ -158,12 +161,11 @@ def cmd_eval(a: argparse.Namespace) -> None:
     if config["method"] == "denoiser":
         _eval_denoiser(a, run, model, config, x, y, base)
         return
-    rows = sweep(model, x, y, list(a.attacks), a.eps, norm=a.norm, batch_size=a.batch_size, seed=a.seed)
     large = a.large_eps if a.large_eps is not None else (1.0 if a.norm == "linf" else None)
-    if large is not None and large > 0 and large not in a.eps:
-        strongest = [s for s in a.attacks if s.startswith("pgd")][-1:] or ["pgd40"]
-        rows += sweep(model, x, y, strongest, [large], norm=a.norm, batch_size=a.batch_size, seed=a.seed)
-    checks = checklist(rows, input_gradient_stats(model, x, y, a.batch_size), large_eps=large)
+    large = None if large is not None and large <= 0 else large          # --large-eps 0: no such point
+    rows = sweep(model, x, y, list(a.attacks), a.eps, norm=a.norm, batch_size=a.batch_size, seed=a.seed)
+    rows += large_eps_rows(model, x, y, list(a.attacks), a.eps, large, a.norm, a.batch_size, a.seed)
+    checks = checklist(rows, input_gradient_stats(model, x, y, a.batch_size), large_eps=large, n=len(x))
     print(report_checks(checks, label=run.name))
     sanity = {"passed": all(c["passed"] for c in checks), "checks": checks}
     for r in rows:
@@ -182,8 +184,11 @@ def _eval_denoiser(a, run: Path, denoiser, config: dict, x, y, base: dict) -> No
     from .evaluate import preprocessing_defense
     device = get_device(a.device)
     classifier, _ = _load_run(Path(config["classifier_run"]), device)
-    spec = next((s for s in a.attacks if s.startswith("pgd")), "pgd40")
-    steps = int(spec[3:] or 40)
+    spec = strongest_pgd(list(a.attacks)) or "pgd40"
+    steps, restarts, norm = parse_pgd_spec(spec)
+    if restarts != 1 or (norm or a.norm) != "linf":
+        raise SystemExit(f"--attacks: a denoiser run is evaluated with Linf PGD without restarts (pgdN), not {spec!r}"
+                         f"{' with --norm l2' if a.norm != 'linf' else ''}")
     t1 = time.time()
     rows = preprocessing_defense(denoiser, classifier, x, y, a.eps, steps=steps,
                                  step_size=0.01 if steps == 40 and a.eps == [0.3] else None, batch_size=a.batch_size)
@@ -193,7 +198,9 @@ def _eval_denoiser(a, run: Path, denoiser, config: dict, x, y, base: dict) -> No
                            "end-to-end": f"{spec} through denoiser+classifier", "bpda": f"bpda-{spec}"}[r["threat_model"]],
                 "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
                 "classifier_run": config["classifier_run"], "wall_s": wall} for r in rows]
-    checks = checklist([r for r in rows if r["threat_model"] != "none"])
+    checks = checklist([r for r in rows if r["threat_model"] != "none"], n=len(x))
+    checks.append({"check": "scope", "passed": True,
+                   "detail": "threat-model checks only (monotone, end-to-end <= oblivious); no FGSM/step/gradient checks"})
     print(report_checks(checks, label=run.name))
     for r in records:
         r["sanity"] = {"passed": all(c["passed"] for c in checks), "checks": checks}

@@ -171,13 +171,13 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
     """Robust accuracy over eps, one line per ``row[by]`` (an attack, or a threat model).
 
     ``rows``: from :func:`featlab.evaluate.sweep` or :func:`featlab.evaluate.preprocessing_defense`;
-    rows whose eps is above 0.5 (the checklist's "reaches ~0" point) are left out of the plot.
+    Linf rows above eps 0.5 (the checklist's "reaches ~0" point at 1.0) are left out of the plot.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     groups: dict[str, list] = {}
     for r in rows:
-        if r["eps"] <= 0.5:
+        if r.get("norm", "linf") != "linf" or r["eps"] <= 0.5:
             groups.setdefault(str(r[by]), []).append((r["eps"], r["robust_acc"]))
     for name, pts in groups.items():
         pts.sort()

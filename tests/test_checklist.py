@@ -33,7 +33,7 @@ def test_checklist_flags_planted_gradient_masking(trained_mnist, mnist_small):
     x, y = xt[:200], yt[:200]
     masked = planted_masking(trained_mnist).eval()
     with pytest.warns(GradientMaskingWarning, match="suspect gradient masking"):
-        rep = evaluate(masked, x, y, [0.1, 0.3], attacks=("fgsm", "pgd10"), progress=False, label="binarized")
+        rep = evaluate(masked, x, y, [0.1, 0.3], attacks=("fgsm", "pgd10"), progress=False, label="quantized")
     failed = {c["check"] for c in rep["checks"] if not c["passed"]}
     assert not rep["passed"]
     assert "input gradients exist" in failed and "reaches ~0 at eps 1" in failed
@@ -105,10 +105,27 @@ def test_from_spec(tiny, spec, cls, fields):
         assert getattr(atk, k) == pytest.approx(v) if isinstance(v, float) else getattr(atk, k) == v
 
 
-@pytest.mark.parametrize("spec", ["pgdx", "pgd10_l3", "pgd10xz", "apgd-dlr"])
+@pytest.mark.parametrize("spec", ["pgdx", "pgd10_l3", "pgd10xz", "apgd-dlr", "pgd0", "pgd10x0"])
 def test_from_spec_rejects_bad_specs(tiny, spec):
     with pytest.raises(ValueError, match="allowed: fgsm, pgdN"):
         from_spec(spec, tiny, 0.1)
+
+
+def test_from_spec_norms(tiny):
+    with pytest.raises(ValueError, match="fgsm is an Linf attack"):
+        from_spec("fgsm", tiny, 0.5, norm="l2")
+    assert from_spec("pgd10", tiny, 0.5, norm="l2").norm == "l2"
+    assert from_spec("pgd10_linf", tiny, 0.1, norm="l2").norm == "linf"
+    assert featlab.attacks.strongest_pgd(["pgd40", "pgd10x5", "fgsm"]) == "pgd10x5"
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    rows = sweep(tiny, x, y, ["pgd3_linf", "pgd3"], [0.5], norm="l2", progress=False)
+    assert [r["norm"] for r in rows] == ["linf", "l2"]
+
+
+def test_tolerance_is_at_least_one_image():
+    rows = _rows({0.1: 50.0}, "pgd10") + _rows({0.1: 51.6}, "pgd40")     # one image of 60 more
+    assert not all(c["passed"] for c in checklist(rows))
+    assert all(c["passed"] for c in checklist(rows, n=60))
 
 
 def test_autoattack_builds_from_torchattacks_with_full_iterations(tiny):
@@ -146,9 +163,26 @@ def test_results_markdown_from_records(tmp_path):
                "command": f"featlab eval --attacks {atk}"}
         (tmp_path / f"r_{atk}.json").write_text(json.dumps(rec))
     (tmp_path / "curves.json").write_text(json.dumps({"not": "a record"}))
-    assert len(featlab.results.load(tmp_path)) == 2
+    other = {**base, "train_command": "featlab train --method pgd_at --epochs 1 --out runs/short", "attack": "pgd40",
+             "eps": 0.3, "robust_acc": 50.0, "wall_s": 1.0, "command": "featlab eval --run runs/short"}
+    (tmp_path / "short.json").write_text(json.dumps(other))
+    assert len(featlab.results.load(tmp_path)) == 3
     md = featlab.results.write_markdown(tmp_path).read_text()
-    assert "## mnist · mnist_cnn · pgd_at" in md and "| 96.10 |" in md and "`featlab eval --attacks pgd40`" in md
+    assert md.count("## mnist · mnist_cnn · pgd_at") == 2 and "· short" in md, "two runs, two tables"
+    assert "| 96.10 |" in md and "`featlab eval --attacks pgd40`" in md
     assert "featlab train --method pgd_at" in md
     with pytest.raises(FileNotFoundError, match="results_dir"):
         featlab.results.load(tmp_path / "missing")
+
+
+def test_verdicts():
+    ok = [{"check": "monotone", "passed": True, "detail": "ok"}]
+    bad = [{"check": "input gradients exist", "passed": False, "detail": "100%"}]
+    assert "SUSPECT" in featlab.results.verdict("m", 99, {"pgd40": 99}, bad, 0.3)
+    assert "Not robust" in featlab.results.verdict("m", 99, {"pgd40": 0}, ok, 0.3)
+    assert "takes away 39 points" in featlab.results.verdict("m", 99, {"pgd40": 60}, ok, 0.3)
+    assert "unverified" in featlab.results.verdict("m", 99, {"pgd40": 95}, [], 0.3)
+    v = featlab.results.verdict("d", 99, {"oblivious": 60, "end-to-end": 2, "bpda": 10}, ok, 0.3)
+    assert "ignores the defense" in v and "end-to-end" in v
+    with pytest.raises(ValueError, match="at least one white-box"):
+        featlab.results.verdict("d", 99, {"oblivious": 60}, ok, 0.3)

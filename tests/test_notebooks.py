@@ -37,7 +37,7 @@ def executed(tmp_path_factory):
 def test_01_feature_noise(executed):
     r = executed("01_feature_noise.ipynb")
     m = r["metrics"]
-    assert m["clean_acc/standard"] > 85, "a standard CNN on 3,000 MNIST images reaches > 85%"
+    assert m["clean_acc/standard"] > 85, "the shipped standard CNN (or one trained on 3,000 images) is accurate"
     for eps in (0.1, 0.2, 0.3):
         adv = m[f"distortion/standard/eps{eps}/adversarial/embedding"]
         rnd = m[f"distortion/standard/eps{eps}/random-sign/embedding"]
@@ -52,7 +52,7 @@ def test_02_feature_loss_denoiser(executed):
     m = executed("02_feature_loss_denoiser.ipynb")["metrics"]
     assert m["classifier/clean_acc"] > 85
     for name in ("feature loss", "pixel loss"):
-        assert m[f"{name}/oblivious/clean"] > 50, "a denoiser trained one short epoch keeps most digits readable"
+        assert m[f"{name}/oblivious/clean"] > 50, "the denoisers keep most digits readable"
         # an attacker who sees the denoiser does at least as well as one who ignores it
         assert m[f"{name}/end-to-end/eps0.3"] <= m[f"{name}/oblivious/eps0.3"] + 5
         assert m[f"{name}/none/eps0.3"] <= m[f"{name}/none/clean"]
@@ -83,7 +83,7 @@ def test_05_honest_evaluation(executed):
     m = executed("05_honest_evaluation.ipynb")["metrics"]
     assert m["mnist_cnn_standard/clean"] > 95 and m["mnist_cnn_standard/pgd10"] < 20
     assert m["mnist_cnn_standard/checks_passed"] is True
-    assert m["mnist_cnn_standard/apgd"] <= m["mnist_cnn_standard/pgd10"] + 5
+    assert m["mnist_cnn_standard/apgd"] <= m["mnist_cnn_standard/pgd10_on_aa_images"] + 100 / 30
     # the planted masking: PGD is fooled, the checklist is not, BPDA breaks it
     assert m["planted/pgd_eps0.3"] > 80 and m["planted/checks_passed"] is False and m["planted/bpda_eps0.3"] < 20
     assert "SUSPECT" in m["verdict/quantized standard (planted)"]

@@ -22,6 +22,10 @@ def test_manifest_lists_files_with_matching_hashes():
         assert e["train_command"].startswith("featlab train"), name
         total += path.stat().st_size
     assert total < 16e6, "the shipped models stay small"
+    assert all(target in man for target in pretrained.ALIASES.values()), "every alias names a shipped model"
+    for e in man.values():
+        if e["kind"] == "denoiser":
+            assert man[e["classifier"]]["kind"] == "classifier"
 
 
 @needs_mnist
@@ -61,7 +65,26 @@ def test_tampered_file_is_refused(tmp_path):
         pretrained.load("mnist_denoiser_feature", folder=folder)
 
 
-def test_export_roundtrip(tmp_path, tiny):
+def test_export_refuses_bad_names_and_orphan_denoisers(tmp_path):
+    folder = tmp_path / "pre"
+    shutil.copytree(pretrained.HERE, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    run = tmp_path / "den"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "unet_denoiser", "dataset": "mnist", "method": "denoiser",
+                                                 "width": 8, "depth": 2}))
+    featlab.checkpoint.save({"model": featlab.defenses.UNetDenoiser(width=8).state_dict()}, run / "checkpoint.pt")
+    before = (folder / "mnist_denoiser_feature.pt").read_bytes()
+    with pytest.raises(ValueError, match="a denoiser needs the pretrained name of its classifier"):
+        pretrained.export(run, "mnist_denoiser_feature", folder=folder)
+    with pytest.raises(ValueError, match="a denoiser needs"):
+        pretrained.export(run, "mnist_denoiser_feature", folder=folder, classifier="mnist_vit")
+    assert (folder / "mnist_denoiser_feature.pt").read_bytes() == before, "nothing written before validation"
+    pretrained.load("mnist_denoiser_feature", folder=folder)
+    with pytest.raises(ValueError, match="lowercase letters"):
+        pretrained.export(run, "../evil", folder=folder, classifier="mnist_cnn_standard")
+
+
+def test_export_roundtrip(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"model": "mnist_resnet", "dataset": "mnist", "method": "standard",

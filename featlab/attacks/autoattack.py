@@ -41,7 +41,8 @@ def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = 
         eps: radius in pixel units (Linf 0.3 / 8/255, or L2).
         norm: "linf" or "l2".
         version: "standard" (APGD-CE, APGD-T, FAB-T, Square), "fast" (APGD-CE + APGD-T), or
-            "torchattacks" (torchattacks.AutoAttack as shipped: 10 iterations per attack).
+            "torchattacks" (torchattacks.AutoAttack as shipped: 10 iterations per attack; it
+            takes no ``steps``/``n_queries``, so giving them with this version is an error).
         seed: random seed of the attacks' starting points.
         steps: iterations of APGD/APGD-T/FAB-T (default 100, the original's).
         n_queries: Square's query budget (default 5000).
@@ -52,6 +53,9 @@ def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = 
     check_choice("norm", norm, ("linf", "l2"))
     check_choice("version", version, VERSIONS)
     check_number("steps", steps, low=1, integer=True)
+    if version == "torchattacks" and (steps != 100 or n_queries != 5000):
+        raise ValueError("steps/n_queries: torchattacks.AutoAttack sets its own (10 iterations); "
+                         "use version 'standard' or 'fast' to choose them")
     n_classes = int(num_classes or getattr(model, "num_classes", 10))
     nn_name = "Linf" if norm == "linf" else "L2"
     if version == "torchattacks":
@@ -70,20 +74,37 @@ def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = 
     return atk
 
 
+def parse_pgd_spec(spec: str) -> tuple[int, int, str | None] | None:
+    """(steps, restarts, norm or None) of a "pgdN[xR][_l2|_linf]" spec; None if ``spec`` is not PGD.
+
+    Raises ValueError for a malformed PGD spec (e.g. "pgdx", "pgd0").
+    """
+    if not isinstance(spec, str) or not spec.startswith("pgd"):
+        return None
+    m = re.fullmatch(r"pgd(\d*)(?:x(\d+))?(?:_(l2|linf))?", spec)
+    if m is None or (m.group(1) and int(m.group(1)) == 0) or (m.group(2) and int(m.group(2)) == 0):
+        raise ValueError(f"attacks: bad PGD spec {spec!r} (steps and restarts >= 1); allowed: {SPECS_HELP}")
+    return int(m.group(1) or 40), int(m.group(2) or 1), m.group(3)
+
+
 def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0) -> Any:
     """An attack from a short spec string (the CLI's ``--attacks``): see ``SPECS_HELP``.
 
     PGD with 40 steps at Linf 0.3 uses step 0.01 (Madry et al.); other PGD uses 2.5 * eps / steps.
+    The attack's ``norm`` attribute says which norm it runs in.
     """
     if not isinstance(spec, str):
         raise TypeError(f"attacks: a spec must be a string; allowed: {SPECS_HELP}")
+    check_choice("norm", norm, ("linf", "l2"))
     if spec == "fgsm":
-        return FGSM(model, eps=eps)
-    if spec.startswith("pgd"):
-        m = re.fullmatch(r"pgd(\d*)(?:x(\d+))?(?:_(l2|linf))?", spec)
-        if m is None:
-            raise ValueError(f"attacks: bad PGD spec {spec!r}; allowed: {SPECS_HELP}")
-        steps, restarts, tail = int(m.group(1) or 40), int(m.group(2) or 1), m.group(3)
+        if norm != "linf":
+            raise ValueError("attacks: fgsm is an Linf attack; with norm 'l2' use pgdN_l2 (e.g. pgd1_l2)")
+        atk = FGSM(model, eps=eps)
+        atk.norm = "linf"
+        return atk
+    pgd = parse_pgd_spec(spec)
+    if pgd is not None:
+        steps, restarts, tail = pgd
         n = tail or norm
         step = 0.01 if (n == "linf" and abs(eps - 0.3) < 1e-9 and steps == 40) else 2.5 * eps / steps
         atk = PGD(model, eps=eps, steps=steps, step_size=step, norm=n, restarts=restarts)
@@ -91,5 +112,13 @@ def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed:
         return atk
     if spec in ("autoattack", "apgd", "autoattack-ta"):
         version = {"autoattack": "standard", "apgd": "fast", "autoattack-ta": "torchattacks"}[spec]
-        return autoattack(model, eps, norm=norm, version=version, seed=seed)
+        atk = autoattack(model, eps, norm=norm, version=version, seed=seed)
+        atk.norm = norm
+        return atk
     raise ValueError(f"attacks: unknown attack spec {spec!r}; allowed: {SPECS_HELP}")
+
+
+def strongest_pgd(specs: list[str]) -> str | None:
+    """The PGD spec with the most steps x restarts (None if there is none)."""
+    pgds = [(s, parse_pgd_spec(s)) for s in specs if parse_pgd_spec(s) is not None]
+    return max(pgds, key=lambda t: t[1][0] * t[1][1])[0] if pgds else None

@@ -7,12 +7,13 @@ parameters' ``.grad``.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .._utils import check_images, check_labels
+from .._utils import GradientMaskingWarning, check_images, check_labels
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -69,10 +70,15 @@ class Attack:
         """
         x = x.detach().requires_grad_(True)
         loss = self.loss(x, y).sum()
-        if not loss.requires_grad:
+        grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+        if grad is None:
+            if not getattr(self, "_warned_no_grad", False):
+                self._warned_no_grad = True
+                warnings.warn(f"{type(self).__name__}: the loss does not depend differentiably on the input (a "
+                              f"detach, no_grad or a hard threshold in the model?); the attack gets a zero gradient "
+                              f"and its robust accuracy means nothing", GradientMaskingWarning, stacklevel=3)
             return torch.zeros_like(x)
-        (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
-        return torch.zeros_like(x) if grad is None else grad
+        return grad
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError("an Attack subclass must implement forward(x, y)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ def _entry(name: str, folder: Path) -> tuple[str, dict[str, Any]]:
     man = manifest(folder / "manifest.json")
     key = ALIASES.get(name, name)
     if key not in man:
-        raise ValueError(f"name: no pretrained model {name!r}; allowed: {sorted(man) + sorted(ALIASES)}")
+        raise ValueError(f"name: no pretrained model {name!r}; allowed: "
+                         f"{sorted(man) + sorted(a for a, t in ALIASES.items() if t in man)}")
     return key, man[key]
 
 
@@ -102,22 +104,30 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     """
     run = Path(run_dir)
     folder = Path(folder) if folder is not None else HERE
+    if not re.fullmatch(r"[a-z0-9_]+", str(name)):
+        raise ValueError(f"name: {name!r} must be lowercase letters, digits and underscores (it becomes a file name)")
     config = json.loads((run / "config.json").read_text())
     state = ckpt.load(run / "checkpoint.pt")
+    man = manifest(folder / "manifest.json")
+    kind = "denoiser" if config["method"] == "denoiser" else "classifier"
+    if kind == "denoiser":                           # validate everything before writing anything
+        if classifier is None or man.get(classifier, {}).get("kind") != "classifier":
+            raise ValueError(f"classifier: a denoiser needs the pretrained name of its classifier, exported first; "
+                             f"got {classifier!r}, shipped classifiers: "
+                             f"{[k for k, e in man.items() if e['kind'] == 'classifier']}")
     weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     out = ckpt.save({"model": weights}, folder / f"{name}.pt")
     history = state.get("history", [])
     entry: dict[str, Any] = {
-        "file": out.name, "sha256": ckpt.sha256(out), "kind": "denoiser" if config["method"] == "denoiser" else "classifier",
+        "file": out.name, "sha256": ckpt.sha256(out), "kind": kind,
         "model": config["model"], "dataset": config["dataset"], "method": config["method"],
         "epochs": len(history), "train_command": config.get("command"), "train_device": config.get("device"),
         "train_wall_s": round(sum(h.get("time_s", 0.0) for h in history), 1), "objective": config.get("objective"),
         "history": history, "metrics": metrics or {}}
-    if entry["kind"] == "denoiser":
-        if classifier is None:
-            raise ValueError("classifier: a denoiser needs the pretrained name of its classifier")
-        entry.update(classifier=classifier, width=config["width"], depth=config["depth"], channels=1)
-    man = manifest(folder / "manifest.json")
+    if kind == "denoiser":
+        first_conv = next(v for v in state["model"].values() if v.dim() == 4)
+        entry.update(classifier=classifier, width=config["width"], depth=config["depth"],
+                     channels=int(first_conv.shape[1]))
     man[name] = entry
     tmp = folder / "manifest.json.tmp"
     tmp.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
