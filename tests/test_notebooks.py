@@ -13,7 +13,8 @@ CI_PARAMETERS = {
     "04_attack_explorer.ipynb": dict(TRAIN_LIMIT=2000, EPOCHS=1, AT_EPOCHS=1, AT_STEPS=2, DENOISER_EPOCHS=1,
                                      N_CURVE=60, CURVE_EPS=[0.0, 0.1, 0.3], STATIC_EPS=[0.2]),
     "05_honest_evaluation.ipynb": dict(N_EVAL=60, EPS_LIST=[0.1, 0.3], ATTACKS=["fgsm", "pgd5", "pgd10"],
-                                       AUTOATTACK="fast", AA_N=30),
+                                       AUTOATTACK="fast", AA_N=30,
+                                       CLASSIFIERS=["mnist_resnet_standard", "mnist_resnet_afd"]),
 }
 
 
@@ -33,10 +34,7 @@ def executed(tmp_path_factory):
     return run
 
 
-@pytest.mark.slow
-def test_01_feature_noise(executed):
-    r = executed("01_feature_noise.ipynb")
-    m = r["metrics"]
+def check_01(m, pretrained=True):
     assert m["clean_acc/standard"] > 85, "the shipped standard CNN (or one trained on 3,000 images) is accurate"
     for eps in (0.1, 0.2, 0.3):
         adv = m[f"distortion/standard/eps{eps}/adversarial/embedding"]
@@ -47,9 +45,7 @@ def test_01_feature_noise(executed):
         assert m["cifar10/amplification_embedding"] > 1
 
 
-@pytest.mark.slow
-def test_02_feature_loss_denoiser(executed):
-    m = executed("02_feature_loss_denoiser.ipynb")["metrics"]
+def check_02(m, pretrained=True):
     assert m["classifier/clean_acc"] > 85
     for name in ("feature loss", "pixel loss"):
         assert m[f"{name}/oblivious/clean"] > 50, "the denoisers keep most digits readable"
@@ -57,33 +53,53 @@ def test_02_feature_loss_denoiser(executed):
         assert m[f"{name}/end-to-end/eps0.3"] <= m[f"{name}/oblivious/eps0.3"] + 5
         assert m[f"{name}/none/eps0.3"] <= m[f"{name}/none/clean"]
     assert "resnet/denoiser + ResNet/oblivious" in m
-    # the shipped denoisers (the default): the feature loss beats the pixel loss when the attacker ignores them
-    assert m["feature loss/oblivious/eps0.3"] > m["pixel loss/oblivious/eps0.3"]
+    if pretrained:  # the shipped denoisers: the feature loss beats the pixel loss when the attacker ignores them
+        assert m["feature loss/oblivious/eps0.3"] > m["pixel loss/oblivious/eps0.3"]
 
 
-@pytest.mark.slow
-def test_03_afd(executed):
-    m = executed("03_afd.ipynb")["metrics"]
+def check_03(m, pretrained=True):
     for name in ("AFD", "PGD-AT", "TRADES"):
         assert 0 <= m[f"{name}/pgd_acc"] <= m[f"{name}/clean_acc"] <= 100
         assert m[f"{name}/pgd_acc"] <= m[f"{name}/fgsm_acc"] + 5
 
 
-@pytest.mark.slow
-def test_04_attack_explorer(executed):
-    m = executed("04_attack_explorer.ipynb")["metrics"]
+def check_04(m, pretrained=True):
     std = m["success/standard"]
     assert std[0] == 0 and std[-1] >= std[1] and std[-1] > 50, "success grows with eps on the standard model"
     assert m["latency_s/cached"] < 0.05
     assert set(m) >= {"success/PGD-AT", "success/denoiser + standard", "ig_stroke_share/standard"}
 
 
+CHECKS = {"01_feature_noise.ipynb": check_01, "02_feature_loss_denoiser.ipynb": check_02,
+          "03_afd.ipynb": check_03, "04_attack_explorer.ipynb": check_04}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_notebook_defaults(executed, name):
+    """The default path: the shipped pretrained models (plus the notebook's short live training)."""
+    CHECKS[name](executed(name)["metrics"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_notebook_trains_from_scratch(tmp_path, name):
+    """PRETRAINED = False: the notebook trains every model itself (CI sizes) and still passes its checks."""
+    r = notebooks.run(notebooks.NOTEBOOK_DIR / name, tmp_path, {**CI_PARAMETERS[name], "PRETRAINED": False},
+                      cell_timeout=600)
+    CHECKS[name](r["metrics"], pretrained=False)
+
+
 @pytest.mark.slow
 def test_05_honest_evaluation(executed):
     m = executed("05_honest_evaluation.ipynb")["metrics"]
-    assert m["mnist_cnn_standard/clean"] > 95 and m["mnist_cnn_standard/pgd10"] < 20
-    assert m["mnist_cnn_standard/checks_passed"] is True
-    assert m["mnist_cnn_standard/apgd"] <= m["mnist_cnn_standard/pgd10_on_aa_images"] + 100 / 30
+    assert m["mnist_resnet_standard/clean"] > 95 and m["mnist_resnet_standard/pgd10"] < 20
+    assert m["mnist_resnet_standard/checks_passed"] is True
+    # the shipped AFD model is robust, and AutoAttack is at most PGD on the same images
+    assert m["mnist_resnet_afd/clean"] > 95 and m["mnist_resnet_afd/pgd10"] > 80
+    assert m["mnist_resnet_afd/checks_passed"] is True
+    for name in ("mnist_resnet_standard", "mnist_resnet_afd"):
+        assert m[f"{name}/apgd"] <= m[f"{name}/pgd10_on_aa_images"] + 100 / 30
     # the planted masking: PGD is fooled, the checklist is not, BPDA breaks it
     assert m["planted/pgd_eps0.3"] > 80 and m["planted/checks_passed"] is False and m["planted/bpda_eps0.3"] < 20
     assert "SUSPECT" in m["verdict/quantized standard (planted)"]
