@@ -73,14 +73,16 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 # --------------------------------------------------------------------------- result records
-def git_commit(short: bool = False) -> str:
+def git_commit(short: bool = False, cwd: str | Path | None = None) -> str:
+    """The commit of the featlab checkout (or of ``cwd``), "+dirty" if tracked files changed; "unknown" if none."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
     try:
         args = ["git", "rev-parse"] + (["--short"] if short else []) + ["HEAD"]
-        out = subprocess.run(args, capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent.parent)
-        commit = out.stdout.strip() or "unknown"
+        out = subprocess.run(args, capture_output=True, text=True, timeout=5, cwd=cwd)
+        commit = out.stdout.strip() if out.returncode == 0 else ""   # no repository, or no commit yet
+        commit = commit or "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+                               text=True, timeout=5, cwd=cwd).stdout.strip()
         return commit + ("+dirty" if dirty and commit != "unknown" else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

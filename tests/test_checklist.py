@@ -175,6 +175,23 @@ def test_results_markdown_from_records(tmp_path):
         featlab.results.load(tmp_path / "missing")
 
 
+def test_worst_case_takes_the_strongest_attack_that_sees_the_defense():
+    base = {"dataset": "mnist", "model": "m", "method": "pgd_at", "norm": "linf", "eps": 0.35, "n_eval": 1000,
+            "clean_acc": 99.0, "train_command": "featlab train --classifier-run runs/base --out runs/mine"}
+    recs = [{**base, "threat_model": "white-box", "attack": "fgsm", "robust_acc": 11.3},
+            {**base, "threat_model": "white-box", "attack": "pgd40", "robust_acc": 39.9,
+             "sanity": {"passed": False, "checks": []}},
+            {**base, "threat_model": "white-box", "attack": "pgd40", "robust_acc": 30.0, "n_eval": 500},
+            {**base, "threat_model": "oblivious", "attack": "pgd40", "robust_acc": 5.0},
+            {**base, "threat_model": "none", "attack": "pgd40", "robust_acc": 0.0}]
+    [w] = featlab.results.worst_case(recs)
+    assert w["run"] == "mine", "the run is the --out folder, not the classifier it was trained against"
+    assert (w["worst"], w["worst_attack"], w["worst_n"]) == (11.3, "fgsm", 1000), "oblivious and none never count"
+    assert w["attacks"]["pgd40"] == (39.9, 1000), "per attack, the largest evaluation is listed"
+    assert w["attacks"]["oblivious"] == (5.0, 1000) and w["sanity"] == "FAIL"
+    assert featlab.results.worst_case([recs[3]]) == [], "an oblivious number alone gives no worst case"
+
+
 def test_verdicts():
     ok = [{"check": "monotone", "passed": True, "detail": "ok"}]
     bad = [{"check": "input gradients exist", "passed": False, "detail": "100%"}]

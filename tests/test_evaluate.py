@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,3 +27,18 @@ def test_write_result_requires_schema(tmp_path):
     assert set(RESULT_KEYS) <= set(d) and "torch" in d["versions"]
     with pytest.raises(ValueError, match=r"missing required key\(s\) \['robust_acc'\]"):
         write_result("bad", {k: v for k, v in rec.items() if k != "robust_acc"}, tmp_path)
+
+
+def test_git_commit_of_a_repository_without_commits_is_unknown(tmp_path):
+    import shutil
+    import subprocess
+    from featlab.evaluate import git_commit
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    assert git_commit(cwd=tmp_path) == "unknown"                      # not a repository
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert git_commit(cwd=tmp_path) == "unknown"                      # a repository, no commit yet (was "HEAD")
+    if not (Path(featlab.__file__).resolve().parent.parent / ".git").exists():
+        return                                                         # featlab installed without its repository
+    full = git_commit()
+    assert len(full.split("+")[0]) == 40 and all(c in "0123456789abcdef" for c in full.split("+")[0])
