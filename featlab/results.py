@@ -100,6 +100,18 @@ def worst_case(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def worst_case_table(records: list[dict[str, Any]], dataset: str | None = None) -> str:
+    """:func:`worst_case` as a Markdown table (only ``dataset``'s runs if given)."""
+    lines = ["| dataset | run | norm | eps | worst | by | n | every attack (n) | sanity |", "|---|---|---|---|---|---|---|---|---|"]
+    for w in worst_case(records):
+        if dataset is not None and w["dataset"] != dataset:
+            continue
+        every = ", ".join(f"{a} {acc:.1f} ({n})" for a, (acc, n) in sorted(w["attacks"].items()))
+        lines.append(f"| {w['dataset']} | {w['run']} | {w['norm']} | {_fmt_eps(w['eps'], w['dataset'], w['norm'])} "
+                     f"| **{w['worst']:.2f}** | {w['worst_attack']} | {w['worst_n']} | {every} | {w['sanity']} |")
+    return "\n".join(lines)
+
+
 def render(records: list[dict[str, Any]], title: str = "featlab results") -> str:
     """The Markdown page: one table per (dataset, model, method) and a command list per table."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -113,13 +125,7 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
              "The lowest robust accuracy that any attack seeing the whole defense reached (white-box, end-to-end, "
              "BPDA), with every attack's number (and its n) beside it; an oblivious number is listed but never counts. Attacks run on n test images each; rows "
              "with different n use different (stratified) images.", "",
-             "| dataset | run | norm | eps | worst | by | n | every attack (n) | sanity |", "|---|---|---|---|---|---|---|---|---|"]
-    for w in worst_case(records):
-        every = ", ".join(f"{a} {acc:.1f} ({n})" for a, (acc, n) in sorted(w["attacks"].items()))
-        lines.append(f"| {w['dataset']} | {w['run']} | {w['norm']} | {_fmt_eps(w['eps'], w['dataset'], w['norm'])} "
-                     f"| **{w['worst']:.2f}** | {w['worst_attack']} | {w['worst_n']} | {every} "
-                     f"| {w['sanity']} |")
-    lines.append("")
+             worst_case_table(records), ""]
     for (dataset, model, method, _), recs in sorted(groups.items()):
         recs.sort(key=lambda r: (THREAT_ORDER.get(r["threat_model"], 9), r["norm"], r["attack"], r["eps"]))
         first = recs[0]
