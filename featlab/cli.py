@@ -173,6 +173,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
         rec = {**base, "threat_model": "white-box", "norm": r["norm"], "eps": r["eps"], "attack": r["attack"],
                "attack_repr": repr(atk), "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
                "wall_s": r["wall_s"], "sanity": sanity}
+        if large is not None and r["eps"] == large and large not in a.eps:
+            rec["role"] = "checklist large-eps point"       # featlab.results.worst_case leaves it out
         name = f"{run.name}_{r['attack']}_{r['norm']}_eps{r['eps']:g}" + ("" if len(x) == 1000 else f"_n{len(x)}")
         path = write_result(name, rec, a.results_dir)
         print(f"{name}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%  -> {path}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -62,51 +63,96 @@ def _run_name(rec: dict[str, Any], default: str | None = None) -> str:
                 f"{rec['model']} {rec['method']}" if default is None else default)
 
 
-def _sanity_of(recs: list[dict[str, Any]]) -> str:
+SEEING = ("white-box", "end-to-end", "bpda")   # threat models whose attacker sees the whole defense
+
+
+def _eps_key(eps: float) -> str:
+    return f"{float(eps):.4g}"          # 8/255 stored as 0.0313725 or 0.03137254... is one eps
+
+
+def _label(rec: dict[str, Any]) -> str:
+    """An attack's name in the summary: the attack for white-box, else the threat model and the attack."""
+    if rec["threat_model"] == "white-box":
+        return rec["attack"]
+    return f"{rec['threat_model']} {str(rec['attack']).split()[0]}"
+
+
+def _is_sanity_point(rec: dict[str, Any]) -> bool:
+    """The checklist's large-eps point (e.g. Linf 1.0, where any image can be drawn), not a robustness number."""
+    if rec.get("role") == "checklist large-eps point":
+        return True
+    words = str(rec.get("command", "")).split()           # records made before the role was recorded
+    if "--eps" not in words:
+        return False
+    given = []
+    for w in words[words.index("--eps") + 1:]:
+        try:
+            given.append(_eps_key(float(w)))
+        except ValueError:
+            break
+    return bool(given) and _eps_key(rec["eps"]) not in given
+
+
+def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
+    """The checklist verdict for one eps: a failed check counts if it names this eps ("at eps 0.35")
+    or names none (e.g. missing input gradients, which concerns every eps)."""
     checked = [r for r in recs if r.get("sanity")]
-    if any(not r["sanity"]["passed"] for r in checked):
-        return "FAIL"
     if not checked:
         return "not run"
+    here = re.compile(rf"at eps {re.escape(f'{float(eps):g}')}(?![0-9])")      # 0.3 must not match 0.35
+    for r in checked:
+        for c in r["sanity"].get("checks", []):
+            detail = c.get("detail", "")
+            if not c["passed"] and (here.search(detail) or "at eps" not in detail):
+                return "FAIL"
+        if not r["sanity"]["passed"] and not r["sanity"].get("checks"):
+            return "FAIL"
     return "pass" if len(checked) == len(recs) else f"pass ({len(checked)} of {len(recs)} records checked)"
 
 
 def worst_case(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per trained run, norm and eps: the lowest robust accuracy any attack that sees the whole defense
-    reached (white-box, end-to-end, BPDA; not "oblivious", which is listed but does not count, nor the
-    bare classifier "none").
+    """Per trained run, norm and eps: the lowest robust accuracy that an attack seeing the whole defense
+    reached (threat models white-box, end-to-end, BPDA). Oblivious numbers are listed beside it but never
+    count; the bare classifier ("none") and the checklist's large-eps point are left out.
 
-    That minimum is the number to report (an evaluation is only as strong as its best attack). Records
-    may use different test images (their ``n``); a failed checklist on any of them is carried along."""
-    groups: dict[tuple[str, str, str, float], list[dict[str, Any]]] = defaultdict(list)
+    Per attack, the lowest of its evaluations is kept (they may use different test images: their ``n``),
+    and ``worst`` is the lowest of those. ``sanity`` is the checklist's verdict at this eps; "FAIL" means
+    even the worst case may be an overestimate until a stronger attack settles it."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        if r["threat_model"] == "none":
-            continue
-        groups[(r["dataset"], _run_name(r), r["norm"], round(float(r["eps"]), 6))].append(r)
+        if r["threat_model"] in SEEING + ("oblivious",) and not _is_sanity_point(r):
+            # one trained model per train command (the same key as the detailed tables)
+            key = str(r.get("train_command") or f"{r['model']} {r['method']}")
+            groups[(r["dataset"], key, r["norm"], _eps_key(r["eps"]))].append(r)
     out = []
-    for (dataset, run, norm, eps), recs in sorted(groups.items()):
-        seeing = [r for r in recs if r["threat_model"] != "oblivious"]
+    for (dataset, _, norm, _), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], _run_name(kv[1][0]),
+                                                                              kv[0][2], float(kv[0][3]))):
+        by_attack: dict[str, dict[str, Any]] = {}
+        for r in recs:
+            k = _label(r)
+            if k not in by_attack or (r["robust_acc"], -r["n_eval"]) < (by_attack[k]["robust_acc"],
+                                                                          -by_attack[k]["n_eval"]):
+                by_attack[k] = r
+        seeing = {k: r for k, r in by_attack.items() if r["threat_model"] in SEEING}
         if not seeing:
             continue
-        worst = min(seeing, key=lambda r: (r["robust_acc"], -r["n_eval"]))
-        by_attack: dict[str, dict[str, Any]] = {}
-        for r in sorted(recs, key=lambda r: r["n_eval"]):       # the largest evaluation per attack wins
-            by_attack[r["attack"] if r["threat_model"] == "white-box" else r["threat_model"]] = r
-        out.append({"dataset": dataset, "run": run, "norm": norm, "eps": eps, "worst": worst["robust_acc"],
-                    "worst_attack": worst["attack"] if worst["threat_model"] == "white-box" else worst["threat_model"],
-                    "worst_n": worst["n_eval"],
-                    "attacks": {k: (v["robust_acc"], v["n_eval"]) for k, v in by_attack.items()},
-                    "sanity": _sanity_of(recs)})
+        wk = min(seeing, key=lambda k: (seeing[k]["robust_acc"], -seeing[k]["n_eval"]))
+        eps = float(recs[0]["eps"])
+        out.append({"dataset": dataset, "run": _run_name(recs[0]), "norm": norm, "eps": eps,
+                    "worst": seeing[wk]["robust_acc"], "worst_attack": wk, "worst_n": seeing[wk]["n_eval"],
+                    "attacks": {k: (r["robust_acc"], r["n_eval"]) for k, r in by_attack.items()},
+                    "sanity": _sanity_at([r for r in recs if r["threat_model"] in SEEING], eps)})
     return out
 
 
 def worst_case_table(records: list[dict[str, Any]], dataset: str | None = None) -> str:
     """:func:`worst_case` as a Markdown table (only ``dataset``'s runs if given)."""
-    lines = ["| dataset | run | norm | eps | worst | by | n | every attack (n) | sanity |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | run | norm | eps | worst | by | n | each attack's lowest (n) | sanity at this eps |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for w in worst_case(records):
         if dataset is not None and w["dataset"] != dataset:
             continue
-        every = ", ".join(f"{a} {acc:.1f} ({n})" for a, (acc, n) in sorted(w["attacks"].items()))
+        every = ", ".join(f"{a} {acc:.2f} ({n})" for a, (acc, n) in sorted(w["attacks"].items()))
         lines.append(f"| {w['dataset']} | {w['run']} | {w['norm']} | {_fmt_eps(w['eps'], w['dataset'], w['norm'])} "
                      f"| **{w['worst']:.2f}** | {w['worst_attack']} | {w['worst_n']} | {every} | {w['sanity']} |")
     return "\n".join(lines)
@@ -123,7 +169,9 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
              "(`featlab.evaluate.checklist`); a FAIL means the number may be inflated by gradient masking.", "",
              "## Summary: the worst case per run and eps", "",
              "The lowest robust accuracy that any attack seeing the whole defense reached (white-box, end-to-end, "
-             "BPDA), with every attack's number (and its n) beside it; an oblivious number is listed but never counts. Attacks run on n test images each; rows "
+             "BPDA), with each attack's lowest number (and its n) beside it; an oblivious number is listed but never "
+             "counts. A FAIL in the last column means the checklist flagged this eps: the worst case is then an upper "
+             "bound until a stronger attack settles it. Attacks run on n test images each; rows "
              "with different n use different (stratified) images.", "",
              worst_case_table(records), ""]
     for (dataset, model, method, _), recs in sorted(groups.items()):

@@ -175,21 +175,36 @@ def test_results_markdown_from_records(tmp_path):
         featlab.results.load(tmp_path / "missing")
 
 
-def test_worst_case_takes_the_strongest_attack_that_sees_the_defense():
-    base = {"dataset": "mnist", "model": "m", "method": "pgd_at", "norm": "linf", "eps": 0.35, "n_eval": 1000,
-            "clean_acc": 99.0, "train_command": "featlab train --classifier-run runs/base --out runs/mine"}
-    recs = [{**base, "threat_model": "white-box", "attack": "fgsm", "robust_acc": 11.3},
-            {**base, "threat_model": "white-box", "attack": "pgd40", "robust_acc": 39.9,
-             "sanity": {"passed": False, "checks": []}},
-            {**base, "threat_model": "white-box", "attack": "pgd40", "robust_acc": 30.0, "n_eval": 500},
-            {**base, "threat_model": "oblivious", "attack": "pgd40", "robust_acc": 5.0},
-            {**base, "threat_model": "none", "attack": "pgd40", "robust_acc": 0.0}]
-    [w] = featlab.results.worst_case(recs)
-    assert w["run"] == "mine", "the run is the --out folder, not the classifier it was trained against"
-    assert (w["worst"], w["worst_attack"], w["worst_n"]) == (11.3, "fgsm", 1000), "oblivious and none never count"
-    assert w["attacks"]["pgd40"] == (39.9, 1000), "per attack, the largest evaluation is listed"
-    assert w["attacks"]["oblivious"] == (5.0, 1000) and w["sanity"] == "FAIL"
+def test_worst_case_takes_the_strongest_attack_that_sees_the_defense(tmp_path):
+    sanity = {"passed": False, "checks": [{"check": "more PGD steps/restarts do not raise accuracy", "passed": False,
+                                           "detail": "pgd40 39.9% > pgd10 30.9% at eps 0.35"}]}
+    base = {"dataset": "mnist", "model": "m", "method": "pgd_at", "norm": "linf", "n_eval": 1000, "clean_acc": 99.0,
+            "train_command": "featlab train --classifier-run runs/base --out runs/mine", "sanity": sanity,
+            "command": "featlab eval --run runs/mine --eps 0.3 0.35", "threat_model": "white-box"}
+    recs = [{**base, "eps": 0.35, "attack": "fgsm", "robust_acc": 11.3},
+            {**base, "eps": 0.35, "attack": "pgd40", "robust_acc": 39.9},
+            {**base, "eps": 0.35, "attack": "pgd40", "robust_acc": 30.0, "n_eval": 500},
+            {**base, "eps": 0.35, "threat_model": "oblivious", "attack": "pgd40 then denoised", "robust_acc": 5.0},
+            {**base, "eps": 0.35, "threat_model": "none", "attack": "pgd40", "robust_acc": 0.0},
+            {**base, "eps": 0.3, "attack": "pgd40", "robust_acc": 95.0},
+            {**base, "eps": 0.3000001, "attack": "autoattack", "robust_acc": 93.0, "n_eval": 500},
+            {**base, "eps": 1.0, "attack": "pgd40", "robust_acc": 0.0}]     # the checklist's large-eps point
+    w03, w035 = featlab.results.worst_case(recs)
+    assert w035["run"] == "mine", "the run is the --out folder, not the classifier it was trained against"
+    assert (w035["worst"], w035["worst_attack"], w035["worst_n"]) == (11.3, "fgsm", 1000), "oblivious/none never count"
+    assert w035["attacks"]["pgd40"] == (30.0, 500), "per attack, its lowest evaluation"
+    assert w035["attacks"]["oblivious pgd40"] == (5.0, 1000)
+    assert w035["sanity"] == "FAIL" and w03["sanity"] == "pass", "a failure at eps 0.35 says nothing about eps 0.3"
+    assert (w03["worst"], w03["worst_attack"]) == (93.0, "autoattack"), "0.3 and 0.3000001 are one eps"
     assert featlab.results.worst_case([recs[3]]) == [], "an oblivious number alone gives no worst case"
+    other = {**recs[0], "train_command": "featlab train --lr 0.5 --out runs/mine", "robust_acc": 1.0}
+    assert len(featlab.results.worst_case(recs + [other])) == 3, "two trainings into one folder stay apart"
+    for i, r in enumerate(recs):
+        (tmp_path / f"r{i}.json").write_text(json.dumps({**r, "epochs": 1, "seed": 0, "commit": "c", "device": "cpu",
+                                                          "date": "d", "wall_s": 1.0}))
+    md = featlab.results.write_markdown(tmp_path).read_text()
+    assert "## Summary: the worst case per run and eps" in md and "| **11.30** | fgsm | 1000 |" in md
+
 
 
 def test_verdicts():

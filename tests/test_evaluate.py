@@ -29,12 +29,14 @@ def test_write_result_requires_schema(tmp_path):
         write_result("bad", {k: v for k, v in rec.items() if k != "robust_acc"}, tmp_path)
 
 
-def test_git_commit_of_a_repository_without_commits_is_unknown(tmp_path):
+def test_git_commit_of_a_repository_without_commits_is_unknown(tmp_path, monkeypatch):
     import shutil
     import subprocess
     from featlab.evaluate import git_commit
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))   # tmp_path may sit inside a checkout
+    monkeypatch.delenv("GIT_DIR", raising=False)
     assert git_commit(cwd=tmp_path) == "unknown"                      # not a repository
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     assert git_commit(cwd=tmp_path) == "unknown"                      # a repository, no commit yet (was "HEAD")

@@ -78,7 +78,9 @@ CHECKS = {"01_feature_noise.ipynb": check_01, "02_feature_loss_denoiser.ipynb": 
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_notebook_defaults(executed, name):
     """The default path: the shipped pretrained models (plus the notebook's short live training)."""
-    CHECKS[name](executed(name)["metrics"])
+    m = executed(name)["metrics"]
+    assert m["pretrained"] is True
+    CHECKS[name](m)
 
 
 @pytest.mark.slow
@@ -87,6 +89,7 @@ def test_notebook_trains_from_scratch(tmp_path, name):
     """PRETRAINED = False: the notebook trains every model itself (CI sizes) and still passes its checks."""
     r = notebooks.run(notebooks.NOTEBOOK_DIR / name, tmp_path, {**CI_PARAMETERS[name], "PRETRAINED": False},
                       cell_timeout=600)
+    assert r["metrics"]["pretrained"] is False, "the notebook read PRETRAINED"
     CHECKS[name](r["metrics"], pretrained=False)
 
 
