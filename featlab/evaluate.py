@@ -50,12 +50,41 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return 100.0 * (predict(model, x, batch_size, progress) == y.cpu()).float().mean().item()
 
 
+def _norm_name(norm: Any) -> str | None:
+    n = str(norm).lower() if norm is not None else None
+    return {"linf": "linf", "l2": "l2", "inf": "linf"}.get(n) if n else None
+
+
+def check_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, norm: Any = "linf",
+                       name: str = "attack", tol: float = 1e-5) -> None:
+    """Raise if ``x_adv`` leaves the threat model: other shape, outside [0, 1], NaN, or farther than
+    ``eps`` from ``x`` in ``norm`` (Linf or L2; ``eps`` None checks only the box). A robust accuracy
+    measured on such images would be wrong, so nothing is clipped here: the attack is at fault."""
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"{name}: returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise RuntimeError(f"{name}: returned NaN or infinite pixels")
+    if x_adv.min().item() < -tol or x_adv.max().item() > 1 + tol:
+        raise RuntimeError(f"{name}: returned pixels outside [0, 1] "
+                           f"(min {x_adv.min().item():.6f}, max {x_adv.max().item():.6f})")
+    n = _norm_name(norm)
+    if eps is None or n is None:
+        return
+    d = (x_adv - x).flatten(1)
+    dist = d.abs().amax(1) if n == "linf" else d.norm(dim=1)
+    if len(dist) and dist.max().item() > eps + tol:
+        raise RuntimeError(f"{name}: a perturbation of {n} size {dist.max().item():.6f} exceeds eps {eps:g}; "
+                           f"its robust accuracy would count images outside the threat model")
+
+
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     batch_size: int = 500, progress: bool = True) -> float:
     """Accuracy in percent on ``attack(x, y)``, attacking batch by batch.
 
-    ``attack`` is any callable ``(x, y) -> x_adv``: a featlab attack or a torchattacks one.
+    ``attack`` is any callable ``(x, y) -> x_adv``: a featlab attack or a torchattacks one. Every
+    result is checked against the attack's own ``eps`` and ``norm`` (when it has them) and the
+    [0, 1] box (:func:`check_threat_model`), so a third-party attack cannot inflate the success rate.
     """
     check_images(x)
     check_labels(y, len(x), getattr(model, "num_classes", None))
@@ -64,6 +93,9 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     for xb, yb in _batches(x, y, batch_size, f"robust acc ({name})", progress):
         xb, yb = xb.to(device), yb.to(device)
         x_adv = attack(xb, yb)
+        eps = getattr(attack, "eps", None)
+        check_threat_model(xb, x_adv, float(eps) if isinstance(eps, (int, float)) else None,
+                           getattr(attack, "norm", None), name)
         was_training = model.training
         model.eval()
         with torch.no_grad():

@@ -44,3 +44,26 @@ def test_git_commit_of_a_repository_without_commits_is_unknown(tmp_path, monkeyp
         return                                                         # featlab installed without its repository
     full = git_commit()
     assert len(full.split("+")[0]) == 40 and all(c in "0123456789abcdef" for c in full.split("+")[0])
+
+
+def test_robust_accuracy_refuses_results_outside_the_threat_model():
+    from featlab.evaluate import check_threat_model
+    model = tiny_model()
+    x = torch.rand(8, 1, 8, 8) * 0.5 + 0.25
+    y = torch.randint(0, 3, (8,))
+
+    class Cheat:                       # claims eps 0.1 but moves 0.2: its "success" must not count
+        eps, norm, name = 0.1, "linf", "cheat"
+
+        def __call__(self, xb, yb):
+            return (xb + 0.2).clamp(0, 1)
+
+    with pytest.raises(RuntimeError, match="cheat: a perturbation of linf size 0.2.* exceeds eps 0.1"):
+        robust_accuracy(model, x, y, Cheat(), progress=False)
+    Cheat.eps = 0.2
+    assert 0 <= robust_accuracy(model, x, y, Cheat(), progress=False) <= 100
+    with pytest.raises(RuntimeError, match="outside \\[0, 1\\]"):
+        robust_accuracy(model, x, y, lambda xb, yb: xb + 1.0, progress=False)
+    with pytest.raises(RuntimeError, match="l2 size"):
+        check_threat_model(x, x + 0.05, eps=0.1, norm="L2")   # L2 size 0.4 (torchattacks spells it "L2")
+    check_threat_model(x, x, eps=0.0, norm="Linf")

@@ -70,7 +70,7 @@ def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = 
                       torchattacks.Square(model, norm=nn_name, eps=eps, n_queries=n_queries, n_restarts=1, seed=seed)]
         atk = torchattacks.MultiAttack(parts)
     atk.name = {"standard": "autoattack", "fast": "apgd", "torchattacks": "autoattack-ta"}[version]
-    atk.eps = eps
+    atk.eps, atk.norm = eps, norm      # robust_accuracy checks every result against them
     return atk
 
 
