@@ -2,12 +2,14 @@
 
     featlab train --dataset mnist --model mnist_cnn --method pgd_at --epochs 8 --out runs/mnist_pgd_at
     featlab eval --run runs/mnist_pgd_at --attacks pgd40 fgsm --eps 0.3 --n-eval 1000
+    featlab eval --pretrained mnist_afd --attacks pgd40 autoattack --eps 0.3   # a shipped model
     featlab probe --run runs/a --run runs/b --eps 0.1 0.2 0.3
     featlab notebooks --out build            # execute every notebook (see featlab.notebooks)
 
 A run folder holds ``checkpoint.pt`` (resumable), ``config.json`` and ``history.json``; eval
 writes one JSON record per attack and eps into ``results/<run>_<attack>_<norm>_eps<eps>[_n<N>].json``
-(``_n<N>`` when N is not the default 1,000 test images).
+(``_n<N>`` when N is not the default 1,000 test images; ``<run>`` is ``pretrained_<name>`` for a shipped
+model, whose record names its weights and the command that trained them).
 """
 from __future__ import annotations
 
@@ -138,35 +140,57 @@ def cmd_results(a: argparse.Namespace) -> None:
     print(f"-> {write_markdown(a.results_dir, a.out)}")
 
 
-def cmd_eval(a: argparse.Namespace) -> None:
-    seed_everything(a.seed)
+def _eval_target(a: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, dict, dict, str, Any]:
+    """What ``featlab eval`` evaluates: a run folder (``--run``) or a shipped model (``--pretrained``).
+
+    Returns the module, its config (dataset, model, method, the training command and device), the
+    training epochs and wall time, the label that names the result files, and a callable giving a
+    denoiser's classifier."""
+    if a.pretrained is not None:
+        from . import pretrained
+        try:
+            entry = pretrained.info(a.pretrained)
+        except (TypeError, ValueError) as err:
+            raise SystemExit(f"--pretrained: {err}") from None
+        key = pretrained.ALIASES.get(a.pretrained, a.pretrained)
+        config = {"dataset": entry["dataset"], "model": entry["model"], "method": entry["method"],
+                  "command": entry["train_command"], "device": entry["train_device"],
+                  "classifier_run": f"featlab.pretrained:{entry['classifier']}" if entry.get("classifier") else None}
+        trained = {"epochs": entry["epochs"], "train_wall_s": entry["train_wall_s"],
+                   "weights": f"featlab.pretrained:{key} (float16, sha256 {entry['sha256'][:12]})"}
+        return (pretrained.load(key, device), config, trained, f"pretrained_{key}",
+                lambda: pretrained.load(entry["classifier"], device))
     run = Path(a.run)
     if run.suffix == ".pt":
         if run.name != "checkpoint.pt":
             raise SystemExit(f"--checkpoint: featlab eval reads a run folder's checkpoint.pt (with its config.json), "
                              f"not {run.name}")
         run = run.parent
-    device = get_device(a.device)
     model, config = _load_run(run, device)
+    history = ckpt.load(run / "checkpoint.pt").get("history", [])
+    trained = {"epochs": len(history), "train_wall_s": round(sum(h.get("time_s", 0.0) for h in history), 1)}
+    return model, config, trained, run.name, lambda: _load_run(Path(config["classifier_run"]), device)[0]
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    seed_everything(a.seed)
+    device = get_device(a.device)
+    model, config, trained, label, classifier = _eval_target(a, device)
     dataset = config["dataset"]
-    state = ckpt.load(run / "checkpoint.pt")
-    history = state.get("history", [])
-    train_wall = sum(h.get("time_s", 0.0) for h in history)
     x, y = data.load(dataset, "test", limit=a.n_eval, seed=a.seed)
     t0 = time.time()
     base = {"dataset": dataset, "model": config["model"], "method": config["method"], "n_eval": len(x),
-            "epochs": len(history), "seed": a.seed, "command": _command(), "train_command": config.get("command"),
-            "train_wall_s": round(train_wall, 1), "train_device": config.get("device"),
-            "device": device_description(device)}
+            "seed": a.seed, "command": _command(), "train_command": config.get("command"),
+            "train_device": config.get("device"), "device": device_description(device), **trained}
     if config["method"] == "denoiser":
-        _eval_denoiser(a, run, model, config, x, y, base)
+        _eval_denoiser(a, label, model, classifier(), config, x, y, base)
         return
     large = a.large_eps if a.large_eps is not None else (1.0 if a.norm == "linf" else None)
     large = None if large is not None and large <= 0 else large          # --large-eps 0: no such point
     rows = sweep(model, x, y, list(a.attacks), a.eps, norm=a.norm, batch_size=a.batch_size, seed=a.seed)
     rows += large_eps_rows(model, x, y, list(a.attacks), a.eps, large, a.norm, a.batch_size, a.seed)
     checks = checklist(rows, input_gradient_stats(model, x, y, a.batch_size), large_eps=large, n=len(x))
-    print(report_checks(checks, label=run.name))
+    print(report_checks(checks, label=label))
     sanity = {"passed": all(c["passed"] for c in checks), "checks": checks}
     for r in rows:
         atk = build_attack(r["attack"], model, r["eps"], norm=a.norm, seed=a.seed)
@@ -175,17 +199,15 @@ def cmd_eval(a: argparse.Namespace) -> None:
                "wall_s": r["wall_s"], "sanity": sanity}
         if large is not None and r["eps"] == large and large not in a.eps:
             rec["role"] = "checklist large-eps point"       # featlab.results.worst_case leaves it out
-        name = f"{run.name}_{r['attack']}_{r['norm']}_eps{r['eps']:g}" + ("" if len(x) == 1000 else f"_n{len(x)}")
+        name = f"{label}_{r['attack']}_{r['norm']}_eps{r['eps']:g}" + ("" if len(x) == 1000 else f"_n{len(x)}")
         path = write_result(name, rec, a.results_dir)
         print(f"{name}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%  -> {path}")
     print(f"eval wall {time.time() - t0:.1f}s")
 
 
-def _eval_denoiser(a, run: Path, denoiser, config: dict, x, y, base: dict) -> None:
+def _eval_denoiser(a, label: str, denoiser, classifier, config: dict, x, y, base: dict) -> None:
     """The three threat models (plus the undefended reference) with PGD-N from ``--attacks pgdN``."""
     from .evaluate import preprocessing_defense
-    device = get_device(a.device)
-    classifier, _ = _load_run(Path(config["classifier_run"]), device)
     spec = strongest_pgd(list(a.attacks)) or "pgd40"
     steps, restarts, norm = parse_pgd_spec(spec)
     if restarts != 1 or (norm or a.norm) != "linf":
@@ -203,11 +225,11 @@ def _eval_denoiser(a, run: Path, denoiser, config: dict, x, y, base: dict) -> No
     checks = checklist([r for r in rows if r["threat_model"] != "none"], n=len(x))
     checks.append({"check": "scope", "passed": True,
                    "detail": "threat-model checks only (monotone, end-to-end <= oblivious); no FGSM/step/gradient checks"})
-    print(report_checks(checks, label=run.name))
+    print(report_checks(checks, label=label))
     for r in records:
         r["sanity"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
         print(f"{r['threat_model']:>10s} eps {r['eps']}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%")
-    print(f"-> {write_result(f'{run.name}_threat_models', records, a.results_dir)}")
+    print(f"-> {write_result(f'{label}_threat_models', records, a.results_dir)}")
 
 
 def cmd_probe(a: argparse.Namespace) -> None:
@@ -284,8 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run folder; writes results/*.json")
-    e.add_argument("--run", "--checkpoint", dest="run", required=True,
-                   help="a run folder of featlab train (or its checkpoint.pt)")
+    target = e.add_mutually_exclusive_group(required=True)
+    target.add_argument("--pretrained", default=None, metavar="NAME",
+                        help="a model shipped with featlab (featlab.pretrained.available(), or an alias)")
+    target.add_argument("--run", "--checkpoint", dest="run",
+                        help="a run folder of featlab train (or its checkpoint.pt)")
     e.add_argument("--attacks", nargs="+", default=["pgd40"])
     e.add_argument("--eps", type=float, nargs="+", default=[0.3])
     e.add_argument("--norm", choices=["linf", "l2"], default="linf")

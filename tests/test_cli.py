@@ -37,3 +37,30 @@ def test_train_eval_probe_roundtrip(tmp_path):
 def test_unknown_attack_spec():
     with pytest.raises(ValueError, match="unknown attack spec 'cw'"):
         cli.build_attack("cw", None, 0.3)
+
+
+@needs_mnist
+def test_eval_pretrained(tmp_path):
+    """`featlab eval --pretrained NAME` evaluates a shipped model and names its weights and training command."""
+    res = tmp_path / "results"
+    cli.main(["eval", "--pretrained", "mnist_afd", "--attacks", "fgsm", "pgd5", "--eps", "0.1", "0.3",
+              "--n-eval", "100", "--large-eps", "0", "--results-dir", str(res), "--device", "cpu"])
+    recs = {p.name: json.loads(p.read_text()) for p in res.glob("*.json")}
+    assert set(recs) == {f"pretrained_mnist_resnet_afd_{a}_linf_eps{e}_n100.json"
+                         for a in ("fgsm", "pgd5") for e in ("0.1", "0.3")}
+    r = recs["pretrained_mnist_resnet_afd_pgd5_linf_eps0.3_n100.json"]
+    assert r["method"] == "afd" and r["epochs"] == 3 and r["weights"].startswith("featlab.pretrained:mnist_resnet_afd")
+    assert r["train_command"].startswith("featlab train --model mnist_resnet --method afd")
+    assert r["clean_acc"] >= 95 and 70 <= r["robust_acc"] <= r["clean_acc"]        # a robust model, not a toy
+    dres = tmp_path / "den"
+    cli.main(["eval", "--pretrained", "mnist_denoiser_feature", "--attacks", "pgd5", "--eps", "0.3",
+              "--n-eval", "50", "--results-dir", str(dres), "--device", "cpu"])
+    rows = json.loads((dres / "pretrained_mnist_denoiser_feature_threat_models.json").read_text())
+    by = {r["threat_model"]: r for r in rows}
+    assert set(by) == {"none", "oblivious", "end-to-end", "bpda"}
+    assert by["none"]["classifier_run"] == "featlab.pretrained:mnist_cnn_standard"
+    assert by["end-to-end"]["robust_acc"] <= by["oblivious"]["robust_acc"]
+    with pytest.raises(SystemExit, match="--pretrained: name: no pretrained model 'mnist_nope'"):
+        cli.main(["eval", "--pretrained", "mnist_nope"])
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--pretrained", "mnist_afd", "--run", "runs/x"])           # one target, not both
