@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a run folder; writes results/*.json")
+    e = sub.add_parser("eval", help="evaluate a run folder or a shipped model; writes results/*.json")
     target = e.add_mutually_exclusive_group(required=True)
     target.add_argument("--pretrained", default=None, metavar="NAME",
                         help="a model shipped with featlab (featlab.pretrained.available(), or an alias)")
