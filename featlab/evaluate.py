@@ -224,7 +224,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str]
             t0 = time.time()
             atk = None if eps == 0 else factory(model, eps)
             rob = clean if atk is None else robust_accuracy(model, x, y, atk, batch_size, progress)
-            rows.append({"attack": name, "eps": float(eps), "norm": getattr(atk, "norm", norm),
+            rows.append({"attack": name, "eps": float(eps), "norm": _norm_name(getattr(atk, "norm", None)) or norm,
                          "clean_acc": clean, "robust_acc": rob, "wall_s": round(time.time() - t0, 2)})
     return rows
 
@@ -266,7 +266,10 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
     5. AutoAttack <= PGD (same eps);
     6. end-to-end <= oblivious for preprocessing defenses (same eps);
     7. gradients exist: at most ``dead_tol`` percent of examples have an all-zero or non-finite
-       input gradient (``gradient_stats`` from :func:`input_gradient_stats`).
+       input gradient (``gradient_stats`` from :func:`input_gradient_stats`);
+    8. gradient-free attacks are not stronger: Square (random search on the outputs only) leaves
+       no lower accuracy than the best gradient attack (FGSM, PGD, APGD) at the same eps and norm.
+       If it does, the gradients mislead the white-box attacks, which is gradient masking.
 
     Comparisons allow ``tol`` points of slack, at least one image's worth (100 / ``n``) when the
     number of evaluated images ``n`` is given, so a single flipped image is not a failure.
@@ -324,6 +327,20 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         bad = [f"{aa} {acc:.1f}% > {p} {by_attack[p][e]:.1f}% at eps {e:g}" for e, acc in by_attack[aa].items()
                for p in steps_of if not p.endswith("_l2") and e in by_attack[p] and acc > by_attack[p][e] + tol]
         add(f"{aa} <= PGD", not bad, "ok" if not bad else "; ".join(bad))
+    blackbox = [n for n in by_attack if n.startswith("square")]
+    # Square runs in the evaluation's norm: compare it with the gradient attacks that do too (no _l2/_linf tail)
+    whitebox = [n for n in by_attack if (n == "fgsm" or n in steps_of or n.startswith("apgd"))
+                and not n.endswith(("_l2", "_linf"))]
+    for sq in blackbox:
+        bad = []
+        for e, acc in sorted(by_attack[sq].items()):
+            grad = {p: by_attack[p][e] for p in whitebox if e in by_attack[p]}
+            if grad:
+                best = min(grad, key=grad.get)
+                if acc < grad[best] - tol:
+                    bad.append(f"{sq} {acc:.1f}% < {best} {grad[best]:.1f}% at eps {e:g}")
+        if any(e in by_attack[p] for p in whitebox for e in by_attack[sq]):
+            add(f"gradient-free {sq} not stronger than gradient attacks", not bad, "ok" if not bad else "; ".join(bad))
     if "end-to-end" in by_attack and "oblivious" in by_attack:
         e2e, obl = by_attack["end-to-end"], by_attack["oblivious"]
         bad = [f"end-to-end {e2e[e]:.1f}% > oblivious {obl[e]:.1f}% at eps {e:g}" for e in e2e

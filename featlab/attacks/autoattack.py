@@ -29,7 +29,8 @@ from .fgsm import FGSM
 from .pgd import PGD
 
 VERSIONS = ("standard", "fast", "torchattacks")
-SPECS_HELP = "fgsm, pgdN (e.g. pgd40), pgdN_l2, pgdNxR (R restarts), autoattack, apgd (apgd-ce + apgd-t)"
+SPECS_HELP = ("fgsm, pgdN (e.g. pgd40), pgdN_l2, pgdNxR (R restarts), autoattack, apgd (apgd-ce + apgd-t), "
+              "square or squareQ (Square, gradient-free, Q queries, default 5000)")
 
 
 def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = "standard", seed: int = 0,
@@ -87,6 +88,23 @@ def parse_pgd_spec(spec: str) -> tuple[int, int, str | None] | None:
     return int(m.group(1) or 40), int(m.group(2) or 1), m.group(3)
 
 
+def square(model: nn.Module, eps: float, norm: str = "linf", n_queries: int = 5000, seed: int = 0) -> Any:
+    """torchattacks' Square attack alone (Andriushchenko et al. 2020): random search, no gradients.
+
+    The checklist's black-box control: it needs only the model's outputs, so a model whose
+    gradients mislead PGD (masking) does not fool it. If Square beats the gradient attacks,
+    the gradient attacks' numbers overstate the robustness.
+    """
+    import torchattacks
+    check_number("eps", eps, low=0.0, high=1.0 if norm == "linf" else None)
+    check_choice("norm", norm, ("linf", "l2"))
+    check_number("n_queries", n_queries, low=1, integer=True)
+    atk = torchattacks.Square(model, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=n_queries,
+                              n_restarts=1, seed=seed)
+    atk.name = "square" if n_queries == 5000 else f"square{n_queries}"
+    return atk          # its own eps and norm ("Linf"/"L2") are what robust_accuracy checks
+
+
 def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0) -> Any:
     """An attack from a short spec string (the CLI's ``--attacks``): see ``SPECS_HELP``.
 
@@ -114,6 +132,13 @@ def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed:
         version = {"autoattack": "standard", "apgd": "fast", "autoattack-ta": "torchattacks"}[spec]
         atk = autoattack(model, eps, norm=norm, version=version, seed=seed)
         atk.norm = norm
+        return atk
+    m = re.fullmatch(r"square(\d*)", spec)
+    if m is not None:
+        if m.group(1) and int(m.group(1)) == 0:
+            raise ValueError(f"attacks: bad Square spec {spec!r} (queries >= 1); allowed: {SPECS_HELP}")
+        atk = square(model, eps, norm=norm, n_queries=int(m.group(1) or 5000), seed=seed)
+        atk.name = spec
         return atk
     raise ValueError(f"attacks: unknown attack spec {spec!r}; allowed: {SPECS_HELP}")
 
