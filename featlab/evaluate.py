@@ -304,7 +304,8 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         pgd = parse_pgd_spec(name) if name.startswith("pgd") else None
         if pgd:
             steps_of[name] = pgd[0] * pgd[1]
-    iterative = [n for n in by_attack if n in steps_of or n.startswith(("autoattack", "apgd"))]
+    # FGSM is Linf: compare it with the iterative attacks in Linf (not a pgdN_l2 spec)
+    iterative = [n for n in by_attack if (n in steps_of or n.startswith(("autoattack", "apgd"))) and not n.endswith("_l2")]
     if "fgsm" in by_attack:
         bad = [(n, e) for n in iterative for e, acc in by_attack[n].items()
                if e in by_attack["fgsm"] and e > 0 and acc > by_attack["fgsm"][e] + tol]

@@ -15,6 +15,8 @@ ATTACK_SPECS = {
     "pgd_l2": lambda m, eps: PGD(m, eps=eps, steps=5, norm="l2"),
     "pgd_restarts": lambda m, eps: PGD(m, eps=eps, steps=3, restarts=2),
     "pgd_no_random_start": lambda m, eps: PGD(m, eps=eps, steps=3, random_start=False),
+    "square": lambda m, eps: attacks.square(m, eps, n_queries=20),          # torchattacks, gradient-free
+    "square_l2": lambda m, eps: attacks.square(m, eps, norm="l2", n_queries=20),
 }
 
 
@@ -37,7 +39,7 @@ def test_stays_in_ball_and_pixel_range(name, eps, seed):
     x_adv = atk(x, y)
     assert x_adv.shape == x.shape
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
-    assert (_dist(x_adv, x, atk.norm) <= eps + 1e-5).all()
+    assert (_dist(x_adv, x, str(atk.norm).lower()) <= eps + 1e-5).all()
 
 
 @pytest.mark.parametrize("name", sorted(ATTACK_SPECS))

@@ -39,6 +39,10 @@ def test_checklist_flags_planted_gradient_masking(trained_mnist, mnist_small):
     assert "input gradients exist" in failed and "reaches ~0 at eps 1" in failed
     pgd03 = next(r["robust_acc"] for r in rep["rows"] if r["attack"] == "pgd10" and r["eps"] == 0.3)
     assert pgd03 > 80        # the fake robustness the checklist is there to catch
+    sq = sweep(masked, x, y, ["square100"], [0.3], progress=False)
+    assert sq[0]["robust_acc"] < pgd03 - 30, "Square needs no gradient, so the rounding does not stop it"
+    sq_check = {c["check"]: c for c in checklist(rep["rows"] + sq)}["gradient-free square100 not stronger than gradient attacks"]
+    assert not sq_check["passed"] and "< pgd10" in sq_check["detail"]
     assert rep["gradient_stats"]["dead_fraction"] == 100.0
     bpda = robust_accuracy(masked, x, y, BPDA(Quantize(8), trained_mnist, eps=0.3, steps=10, step_size=0.075),
                            progress=False)
@@ -66,6 +70,8 @@ def test_checklist_passes_an_honest_model(trained_mnist, mnist_small):
     ([{"threat_model": "oblivious", "eps": 0.3, "robust_acc": 20.0},
       {"threat_model": "end-to-end", "eps": 0.3, "robust_acc": 40.0}], {}, "end-to-end <= oblivious"),
     ([], {"gradient_stats": {"dead_fraction": 80.0, "median_grad_norm": 0.0}}, "input gradients exist"),
+    (_rows({0.3: 90.0}) + _rows({0.3: 88.0}, "apgd") + _rows({0.3: 80.0}, "square"), {},
+     "gradient-free square not stronger than gradient attacks"),
 ])
 def test_each_check_fails_on_its_own_symptom(rows, extra, check):
     checks = {c["check"]: c for c in checklist(rows, **extra)}
@@ -76,9 +82,11 @@ def test_each_check_fails_on_its_own_symptom(rows, extra, check):
 
 def test_checklist_passes_consistent_rows():
     rows = (_rows({0.1: 60.0, 0.3: 20.0, 1.0: 0.0}) + _rows({0.1: 70.0, 0.3: 35.0}, "fgsm")
-            + _rows({0.1: 62.0, 0.3: 21.0}, "pgd10") + _rows({0.1: 59.0, 0.3: 19.0}, "autoattack"))
+            + _rows({0.1: 62.0, 0.3: 21.0}, "pgd10") + _rows({0.1: 59.0, 0.3: 19.0}, "autoattack")
+            + _rows({0.1: 61.0, 0.3: 30.0}, "square") + _rows({0.3: 90.0}, "pgd40_l2"))      # an L2 attack is not compared with Linf Square
     checks = checklist(rows, large_eps=1.0)
-    assert len(checks) >= 6 and all(c["passed"] for c in checks), checks
+    assert len(checks) >= 7 and all(c["passed"] for c in checks), checks
+    assert any(c["check"].startswith("gradient-free square") for c in checks)
 
 
 def test_sweep_rows_and_bad_arguments(tiny):
@@ -97,6 +105,7 @@ def test_sweep_rows_and_bad_arguments(tiny):
 @pytest.mark.parametrize("spec,cls,fields", [
     ("fgsm", "FGSM", {}), ("pgd", "PGD", {"steps": 40, "step_size": 0.01}),
     ("pgd20x3", "PGD", {"steps": 20, "restarts": 3}), ("pgd10_l2", "PGD", {"norm": "l2"}),
+    ("square", "Square", {"n_queries": 5000, "norm": "Linf"}), ("square300", "Square", {"n_queries": 300}),
 ])
 def test_from_spec(tiny, spec, cls, fields):
     atk = from_spec(spec, tiny, 0.3)
@@ -105,7 +114,7 @@ def test_from_spec(tiny, spec, cls, fields):
         assert getattr(atk, k) == pytest.approx(v) if isinstance(v, float) else getattr(atk, k) == v
 
 
-@pytest.mark.parametrize("spec", ["pgdx", "pgd10_l3", "pgd10xz", "apgd-dlr", "pgd0", "pgd10x0"])
+@pytest.mark.parametrize("spec", ["pgdx", "pgd10_l3", "pgd10xz", "apgd-dlr", "pgd0", "pgd10x0", "square0", "squarex"])
 def test_from_spec_rejects_bad_specs(tiny, spec):
     with pytest.raises(ValueError, match="allowed: fgsm, pgdN"):
         from_spec(spec, tiny, 0.1)

@@ -13,7 +13,7 @@ CI_PARAMETERS = {
     "04_attack_explorer.ipynb": dict(TRAIN_LIMIT=2000, EPOCHS=1, AT_EPOCHS=1, AT_STEPS=2, DENOISER_EPOCHS=1,
                                      N_CURVE=60, CURVE_EPS=[0.0, 0.1, 0.3], STATIC_EPS=[0.2]),
     "05_honest_evaluation.ipynb": dict(N_EVAL=60, EPS_LIST=[0.1, 0.3], ATTACKS=["fgsm", "pgd5", "pgd10"],
-                                       AUTOATTACK="fast", AA_N=30,
+                                       AUTOATTACK="fast", AA_N=30, SQUARE_QUERIES=100,
                                        CLASSIFIERS=["mnist_resnet_standard", "mnist_resnet_afd"]),
 }
 
@@ -105,6 +105,7 @@ def test_05_honest_evaluation(executed):
         assert m[f"{name}/apgd"] <= m[f"{name}/pgd10_on_aa_images"] + 100 / 30
     # the planted masking: PGD is fooled, the checklist is not, BPDA breaks it
     assert m["planted/pgd_eps0.3"] > 80 and m["planted/checks_passed"] is False and m["planted/bpda_eps0.3"] < 20
+    assert m["planted/square_eps0.3"] < m["planted/pgd_eps0.3"] - 30, "Square needs no gradient"
     assert "SUSPECT" in m["verdict/quantized standard (planted)"]
     for key in (k for k in m if k.endswith("/end-to-end")):
         assert m[key] <= m[key.replace("end-to-end", "oblivious")] + 5
