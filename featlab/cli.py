@@ -194,6 +194,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
     sanity = {"passed": all(c["passed"] for c in checks), "checks": checks}
     for r in rows:
         atk = build_attack(r["attack"], model, r["eps"], norm=a.norm, seed=a.seed)
+        # "white-box" is the threat model (the attacker may see everything), also for Square, which uses no gradient
         rec = {**base, "threat_model": "white-box", "norm": r["norm"], "eps": r["eps"], "attack": r["attack"],
                "attack_repr": repr(atk), "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
                "wall_s": r["wall_s"], "sanity": sanity}

@@ -261,7 +261,7 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
     1. monotone: per attack, accuracy does not rise (by more than ``tol`` points) as eps grows;
     2. reaches zero: at ``large_eps`` (e.g. 1.0 in Linf: any image) the strongest attack leaves
        at most ``zero_tol`` percent;
-    3. iterative >= one-step: every PGD/AutoAttack is at least as strong as FGSM at the same eps;
+    3. iterative >= one-step: every Linf PGD/AutoAttack is at least as strong as FGSM at the same eps;
     4. more effort does not help the model: PGD with more steps x restarts is not weaker;
     5. AutoAttack <= PGD (same eps);
     6. end-to-end <= oblivious for preprocessing defenses (same eps);
@@ -283,9 +283,13 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         checks.append({"check": name, "passed": bool(passed), "detail": detail})
 
     by_attack: dict[str, dict[float, float]] = {}
+    norm_of: dict[str, str | None] = {}     # an attack's norm: its rows' "norm", else its spec's tail
     for r in rows:
-        key = r.get("attack") if "threat_model" not in r else r["threat_model"]
-        by_attack.setdefault(str(key), {})[float(r["eps"])] = float(r["robust_acc"])
+        key = str(r.get("attack") if "threat_model" not in r else r["threat_model"])
+        by_attack.setdefault(key, {})[float(r["eps"])] = float(r["robust_acc"])
+        if float(r["eps"]) > 0 and key not in norm_of:
+            tail = "l2" if key.endswith("_l2") else "linf" if key.endswith("_linf") else None
+            norm_of[key] = _norm_name(r.get("norm")) or tail
     for name, curve in sorted(by_attack.items()):
         eps_sorted = sorted(curve)
         if len(eps_sorted) >= 2:
@@ -328,19 +332,19 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         bad = [f"{aa} {acc:.1f}% > {p} {by_attack[p][e]:.1f}% at eps {e:g}" for e, acc in by_attack[aa].items()
                for p in steps_of if not p.endswith("_l2") and e in by_attack[p] and acc > by_attack[p][e] + tol]
         add(f"{aa} <= PGD", not bad, "ok" if not bad else "; ".join(bad))
-    blackbox = [n for n in by_attack if n.startswith("square")]
-    # Square runs in the evaluation's norm: compare it with the gradient attacks that do too (no _l2/_linf tail)
-    whitebox = [n for n in by_attack if (n == "fgsm" or n in steps_of or n.startswith("apgd"))
-                and not n.endswith(("_l2", "_linf"))]
-    for sq in blackbox:
-        bad = []
+    # Square (gradient-free) against the gradient attacks in the same norm (AutoAttack contains Square: not one)
+    for sq in (n for n in by_attack if n.startswith("square")):
+        grad_attacks = [n for n in by_attack if (n == "fgsm" or n in steps_of or n.startswith("apgd"))
+                        and norm_of.get(n) == norm_of.get(sq)]
+        bad, compared = [], False
         for e, acc in sorted(by_attack[sq].items()):
-            grad = {p: by_attack[p][e] for p in whitebox if e in by_attack[p]}
-            if grad:
+            grad = {p: by_attack[p][e] for p in grad_attacks if e in by_attack[p]}
+            if e > 0 and grad:
+                compared = True
                 best = min(grad, key=grad.get)
                 if acc < grad[best] - tol:
                     bad.append(f"{sq} {acc:.1f}% < {best} {grad[best]:.1f}% at eps {e:g}")
-        if any(e in by_attack[p] for p in whitebox for e in by_attack[sq]):
+        if compared:
             add(f"gradient-free {sq} not stronger than gradient attacks", not bad, "ok" if not bad else "; ".join(bad))
     if "end-to-end" in by_attack and "oblivious" in by_attack:
         e2e, obl = by_attack["end-to-end"], by_attack["oblivious"]

@@ -42,7 +42,7 @@ def test_checklist_flags_planted_gradient_masking(trained_mnist, mnist_small):
     sq = sweep(masked, x, y, ["square100"], [0.3], progress=False)
     assert sq[0]["robust_acc"] < pgd03 - 30, "Square needs no gradient, so the rounding does not stop it"
     sq_check = {c["check"]: c for c in checklist(rep["rows"] + sq)}["gradient-free square100 not stronger than gradient attacks"]
-    assert not sq_check["passed"] and "< pgd10" in sq_check["detail"]
+    assert not sq_check["passed"] and "square100" in sq_check["detail"]
     assert rep["gradient_stats"]["dead_fraction"] == 100.0
     bpda = robust_accuracy(masked, x, y, BPDA(Quantize(8), trained_mnist, eps=0.3, steps=10, step_size=0.075),
                            progress=False)
@@ -83,10 +83,23 @@ def test_each_check_fails_on_its_own_symptom(rows, extra, check):
 def test_checklist_passes_consistent_rows():
     rows = (_rows({0.1: 60.0, 0.3: 20.0, 1.0: 0.0}) + _rows({0.1: 70.0, 0.3: 35.0}, "fgsm")
             + _rows({0.1: 62.0, 0.3: 21.0}, "pgd10") + _rows({0.1: 59.0, 0.3: 19.0}, "autoattack")
-            + _rows({0.1: 61.0, 0.3: 30.0}, "square") + _rows({0.3: 90.0}, "pgd40_l2"))      # an L2 attack is not compared with Linf Square
+            + _rows({0.1: 61.0, 0.3: 30.0}, "square") + _rows({0.3: 90.0}, "pgd40_l2"))   # L2: not compared with FGSM
     checks = checklist(rows, large_eps=1.0)
-    assert len(checks) >= 7 and all(c["passed"] for c in checks), checks
+    assert len(checks) >= 9 and all(c["passed"] for c in checks), checks
     assert any(c["check"].startswith("gradient-free square") for c in checks)
+
+
+def test_square_is_compared_in_its_own_norm_and_never_at_eps_zero():
+    name = "gradient-free square not stronger than gradient attacks"
+    linf = _rows({0.3: 50.0}) + _rows({0.3: 30.0}, "square")
+    assert not {c["check"]: c for c in checklist(linf)}[name]["passed"]
+    # a stronger L2 PGD says nothing about Linf Square (by the spec's tail, or by the rows' norm)
+    assert {c["check"]: c for c in checklist(linf + _rows({0.3: 10.0}, "pgd40_l2"))}[name]["passed"] is False
+    l2 = [{"attack": "pgd10", "eps": 0.3, "norm": "l2", "robust_acc": 90.0}]
+    square_linf = [{"attack": "square", "eps": 0.3, "norm": "linf", "robust_acc": 30.0}]
+    assert name not in {c["check"] for c in checklist(l2 + square_linf)}
+    # eps 0 rows (the clean accuracy every sweep writes) are no comparison
+    assert name not in {c["check"] for c in checklist(_rows({0.0: 99.0, 0.3: 30.0}, "square") + _rows({0.0: 99.0, 0.1: 60.0}))}
 
 
 def test_sweep_rows_and_bad_arguments(tiny):

@@ -106,6 +106,7 @@ def test_05_honest_evaluation(executed):
     # the planted masking: PGD is fooled, the checklist is not, BPDA breaks it
     assert m["planted/pgd_eps0.3"] > 80 and m["planted/checks_passed"] is False and m["planted/bpda_eps0.3"] < 20
     assert m["planted/square_eps0.3"] < m["planted/pgd_eps0.3"] - 30, "Square needs no gradient"
+    assert m["planted/square_check_passed"] is False
     assert "SUSPECT" in m["verdict/quantized standard (planted)"]
     for key in (k for k in m if k.endswith("/end-to-end")):
         assert m[key] <= m[key.replace("end-to-end", "oblivious")] + 5

@@ -93,7 +93,8 @@ def square(model: nn.Module, eps: float, norm: str = "linf", n_queries: int = 50
 
     The checklist's black-box control: it needs only the model's outputs, so a model whose
     gradients mislead PGD (masking) does not fool it. If Square beats the gradient attacks,
-    the gradient attacks' numbers overstate the robustness.
+    the gradient attacks' numbers overstate the robustness. Like torchattacks' APGD, it seeds
+    torch's global RNG with ``seed`` on every call (every batch gets the same random squares).
     """
     import torchattacks
     check_number("eps", eps, low=0.0, high=1.0 if norm == "linf" else None)
