@@ -9,10 +9,10 @@ pixel units (e.g. 0.3 on MNIST, 8/255 on CIFAR-10).
 """
 from __future__ import annotations
 
-from ._utils import get_device, seed_everything
+from ._utils import choose_fast_path, cpu_has_native_bf16, get_device, seed_everything
 from . import attacks, checkpoint, data, defenses, evaluate, models, pretrained, probe, results, train, viz, widgets
 
 __version__ = "0.1.0"
 
 __all__ = ["attacks", "checkpoint", "data", "defenses", "evaluate", "models", "pretrained", "probe", "results", "train", "viz", "widgets",
-           "get_device", "seed_everything", "__version__"]
+           "get_device", "seed_everything", "choose_fast_path", "cpu_has_native_bf16", "__version__"]

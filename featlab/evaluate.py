@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._utils import GradientMaskingWarning, check_images, check_labels, check_number, get_device
-from .attacks.base import model_device
+from .attacks.base import Attack, model_device
 
 RESULT_KEYS = ("dataset", "model", "method", "threat_model", "norm", "eps", "attack", "n_eval", "clean_acc",
                "robust_acc", "epochs", "seed", "command", "commit", "device", "wall_s", "date")
@@ -77,29 +77,53 @@ def check_threat_model(x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, 
                            f"its robust accuracy would count images outside the threat model")
 
 
+def _same_forward(attack_model: nn.Module, model: nn.Module) -> bool:
+    """Whether the attack's model computes the same outputs as the evaluated model (then the
+    attack's own "fooled" is the evaluation's, and it may stop early)."""
+    if attack_model is model:
+        return True
+    same = getattr(attack_model, "same_forward_as", None)
+    return bool(same(model)) if callable(same) else False
+
+
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    batch_size: int = 500, progress: bool = True) -> float:
-    """Accuracy in percent on ``attack(x, y)``, attacking batch by batch.
+                    batch_size: int = 500, progress: bool = True, early_exit: bool = True) -> float:
+    """Accuracy in percent on ``attack(x, y)``, attacking batch by batch, in fp32.
 
-    ``attack`` is any callable ``(x, y) -> x_adv``: a featlab attack or a torchattacks one. Every
-    result is checked against the attack's own ``eps`` and ``norm`` (when it has them) and the
-    [0, 1] box (:func:`check_threat_model`), so a third-party attack cannot inflate the success rate.
+    An example counts as robust when the model classifies it correctly both clean and after the
+    attack (as AutoAttack counts). ``attack`` is any callable ``(x, y) -> x_adv``: a featlab attack or
+    a torchattacks one. A featlab attack on this very model that supports it (PGD, BPDA) runs through
+    :meth:`~featlab.attacks.Attack.run_for_accuracy`: examples misclassified clean are not attacked,
+    each example keeps its first fooling iterate, and with ``early_exit`` (default) an example stops
+    costing gradients once fooled; ``early_exit=False`` computes every step for every example and
+    gives the same number (tests/test_speed.py). Every result is checked against the attack's own
+    ``eps`` and ``norm`` (when it has them) and the [0, 1] box (:func:`check_threat_model`), so a
+    third-party attack cannot inflate the success rate.
     """
     check_images(x)
     check_labels(y, len(x), getattr(model, "num_classes", None))
     device, correct = model_device(model), 0
     name = getattr(attack, "name", type(attack).__name__)
+    tracked = (isinstance(attack, Attack) and attack.supports_early_exit
+               and _same_forward(attack.model, model))
+    was_training = model.training
     for xb, yb in _batches(x, y, batch_size, f"robust acc ({name})", progress):
         xb, yb = xb.to(device), yb.to(device)
-        x_adv = attack(xb, yb)
+        model.eval()
+        with torch.no_grad():
+            clean_ok = model(xb).argmax(1) == yb
+        model.train(was_training)
+        if tracked:
+            x_adv = attack.run_for_accuracy(xb, yb, active=clean_ok, early_exit=early_exit)
+        else:
+            x_adv = attack(xb, yb)
         eps = getattr(attack, "eps", None)
         check_threat_model(xb, x_adv, float(eps) if isinstance(eps, (int, float)) else None,
                            getattr(attack, "norm", None), name)
-        was_training = model.training
         model.eval()
         with torch.no_grad():
-            correct += (model(x_adv).argmax(1) == yb).sum().item()
+            correct += (clean_ok & (model(x_adv).argmax(1) == yb)).sum().item()
         model.train(was_training)
     return 100.0 * correct / len(x)
 

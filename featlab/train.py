@@ -1,21 +1,21 @@
 """One trainer, pluggable objectives.
 
 An :class:`Objective` says what one batch of training does; the :class:`Trainer` owns the
-loop: device (cuda > mps > cpu), AMP (bfloat16 autocast) and channels_last on CUDA, the
-per-epoch data order (derived from the seed and the epoch, so a resumed run sees the same
-batches), tqdm progress, per-epoch history (loss, train acc, clean acc, robust acc) and
-atomic, resumable checkpoints.
+loop: device (cuda > mps > cpu), the fast path (bf16 autocast and channels_last on CUDA and on
+CPUs with native bf16, :func:`featlab.choose_fast_path`), the per-epoch data order (derived from
+the seed and the epoch, so a resumed run sees the same batches), tqdm progress, per-epoch history
+(loss, train acc, clean acc, robust acc) and atomic, resumable checkpoints.
 
     >>> model = featlab.models.create("mnist_cnn")
     >>> trainer = Trainer(model, PGDAT(eps=0.3, steps=10), epochs=5, checkpoint="runs/pgd_at.pt")
     >>> history = trainer.fit(x_train, y_train, eval_data=(x_test[:1000], y_test[:1000]))
 
-Objectives so far: "standard" (cross-entropy) and "pgd_at" (Madry et al. 2018); later ones
-(TRADES, AFD, the denoiser) plug in the same way.
+Objectives: "standard" (cross-entropy), "pgd_at" (Madry et al. 2018), "trades"; AFD and the
+denoiser plug in the same way (``featlab.defenses``). An objective's logs are tensors: the trainer
+turns them into numbers once every ``log_every`` steps, so a GPU is not synchronised every step.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any, Callable
@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from ._utils import check_images, check_labels, check_number, get_device
+from ._utils import FastPath, check_images, check_labels, check_number, choose_fast_path, get_device
 from .attacks import PGD
 from .evaluate import accuracy, robust_accuracy
 
@@ -48,7 +48,8 @@ class Objective:
         """Return (scalar loss to minimise, logits used for train accuracy, extra logs)."""
         raise NotImplementedError("an Objective must implement loss() or train_step()")
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """One update; returns logs as detached scalar tensors (or floats), never synchronising."""
         t = self.trainer
         t.model.train()
         with t.autocast():
@@ -56,9 +57,18 @@ class Objective:
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t.optimizer.step()
-        out = {"loss": loss.item(), "train_acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}
-        out.update({k: float(v) for k, v in logs.items()})
+        out = {"loss": loss.detach(), "train_acc": 100.0 * (logits.detach().argmax(1) == y).float().mean()}
+        out.update({k: v.detach() if isinstance(v, torch.Tensor) else float(v) for k, v in logs.items()})
         return out
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers this objective owns besides the trainer's (AFD: E alone and D). The trainer
+        applies its LR schedule to each of them too, and checkpoints them."""
+        return {}
+
+    def epoch_logs(self) -> dict[str, float]:
+        """Extra numbers for the epoch's history record (called once per epoch, after the steps)."""
+        return {}
 
     def evaluation_model(self, model: nn.Module) -> nn.Module:
         """The classifier whose accuracy the trainer reports (the denoiser objective wraps it)."""
@@ -168,7 +178,7 @@ class TRADES(Objective):
         robust = nn.functional.kl_div(torch.log_softmax(model(x_adv), dim=1), torch.softmax(logits, dim=1),
                                       reduction="batchmean")
         natural = nn.functional.cross_entropy(logits, y)
-        return natural + self.beta * robust, logits, {"natural": natural.item(), "robust_kl": robust.item()}
+        return natural + self.beta * robust, logits, {"natural": natural.detach(), "robust_kl": robust.detach()}
 
     def config(self):
         return {"name": self.name, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
@@ -184,6 +194,24 @@ def create_objective(name: str, **kwargs: Any) -> Objective:
     return OBJECTIVES[name](**kwargs)
 
 
+def _clone_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> Any:
+    """A scheduler of the same class and settings as ``scheduler``, bound to ``optimizer``."""
+    import copy
+    import inspect
+    sig = inspect.signature(type(scheduler).__init__)
+    kwargs = {}
+    for name in list(sig.parameters)[2:]:           # skip self, optimizer
+        if name in ("last_epoch", "verbose") or not hasattr(scheduler, name):
+            continue
+        value = getattr(scheduler, name)
+        kwargs[name] = sorted(value.elements()) if name == "milestones" else copy.deepcopy(value)
+    try:
+        return type(scheduler)(optimizer, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"scheduler: cannot build a {type(scheduler).__name__} for the objective's own optimisers "
+                        f"({e}); use StepLR, MultiStepLR, CosineAnnealingLR or ExponentialLR") from e
+
+
 class Trainer:
     """The training loop shared by every objective.
 
@@ -197,42 +225,62 @@ class Trainer:
         augment: callable applied to each training batch on the device (e.g.
             :func:`featlab.data.cifar_augment`), or None.
         device: "auto" (cuda > mps > cpu), or a device.
-        amp: bfloat16 autocast (default: on for CUDA, off elsewhere).
+        precision: "auto" (default: bf16 autocast on CUDA and on CPUs with native bf16, fp32
+            elsewhere), "fp32" (the fast path off) or "bf16".
+        memory_format: "auto" (default: channels_last with bf16 and on CUDA), "contiguous" or
+            "channels_last". ``FEATLAB_FAST=0`` makes both "auto"s plain fp32 + contiguous.
+            ``trainer.fast.describe()`` says what was picked; the CLI stores it in the run's config.
         checkpoint: path written atomically after every epoch; with ``resume=True`` an
             existing file there is loaded and training continues after its last epoch.
         seed: fixes the data order of every epoch (default 0).
         eval_attack: ``model -> attack`` used for the per-epoch robust accuracy (optional).
         progress: show tqdm bars (default True).
+        log_every: the logs are read (one device sync) every this many steps (default 25); with a
+            ``callback`` they are read every step.
     """
 
     def __init__(self, model: nn.Module, objective: Objective | None = None, *, epochs: int = 1,
                  batch_size: int = 128, optimizer: torch.optim.Optimizer | None = None,
                  scheduler: Any = None, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 device: str | torch.device | None = "auto", amp: bool | None = None,
-                 checkpoint: str | None = None, resume: bool = True, seed: int = 0,
-                 eval_attack: Callable[[nn.Module], Callable] | None = None, progress: bool = True):
+                 device: str | torch.device | None = "auto", precision: str = "auto",
+                 memory_format: str = "auto", checkpoint: str | None = None, resume: bool = True, seed: int = 0,
+                 eval_attack: Callable[[nn.Module], Callable] | None = None, progress: bool = True,
+                 log_every: int = 25):
         check_number("epochs", epochs, low=1, integer=True)
         check_number("batch_size", batch_size, low=1, integer=True)
         check_number("seed", seed, low=0, integer=True)
+        check_number("log_every", log_every, low=1, integer=True)
         self.device = get_device(device)
-        self.model = model.to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.fast: FastPath = choose_fast_path(self.device, precision, memory_format)
+        self.model = self.fast.prepare(model.to(self.device))
+        self.log_every = int(log_every)
         self.objective = objective or Standard()
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
         self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.scheduler, self.augment = scheduler, augment
-        self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
         self.checkpoint, self.resume, self.progress = checkpoint, resume, progress
         self.eval_attack = eval_attack
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
         self.objective.bind(self)
+        for name, opt in self.objective.optimizers().items():
+            if opt is self.optimizer:
+                raise ValueError(f"objective: its optimizer {name!r} is the trainer's optimizer; list only the others")
+        self.extra_schedulers = self._schedulers_for_objective()
 
     def autocast(self):
-        if self.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The autocast context of the fast path (a no-op in fp32); objectives wrap forward passes in it."""
+        return self.fast.autocast()
+
+    def _schedulers_for_objective(self) -> dict[str, Any]:
+        """A copy of the trainer's LR schedule for each optimiser the objective owns (as the AFD code
+        schedules all three): same class and settings, bound to that optimiser."""
+        if self.scheduler is None:
+            return {}
+        out = {}
+        for name, opt in self.objective.optimizers().items():
+            out[name] = _clone_scheduler(self.scheduler, opt)
+        return out
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self, epoch: int) -> dict[str, Any]:
@@ -242,6 +290,8 @@ class Trainer:
                  "seed": self.seed, "epochs": self.epochs}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
+        state["objective_optimizers"] = {k: o.state_dict() for k, o in self.objective.optimizers().items()}
+        state["objective_schedulers"] = {k: sch.state_dict() for k, sch in self.extra_schedulers.items()}
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -258,6 +308,14 @@ class Trainer:
         self.objective.load_state_dict(state.get("objective", {}))
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
+        for k, opt in self.objective.optimizers().items():
+            if k not in state.get("objective_optimizers", {}):
+                raise ckpt.CheckpointError(f"checkpoint: {self.checkpoint} has no state for the objective's optimizer "
+                                           f"{k!r}; it was written by another featlab version or objective")
+            opt.load_state_dict(state["objective_optimizers"][k])
+        for k, sch in self.extra_schedulers.items():
+            if k in state.get("objective_schedulers", {}):
+                sch.load_state_dict(state["objective_schedulers"][k])
         self.history = list(state.get("history", []))
         torch.set_rng_state(state["rng"].cpu())
         if "cuda_rng" in state and torch.cuda.is_available():
@@ -269,6 +327,14 @@ class Trainer:
         if self.checkpoint and self.resume and Path(self.checkpoint).is_file():
             self.load_state_dict(ckpt.load(self.checkpoint, map_location=self.device))
 
+    def prepare_batch(self, xb: torch.Tensor) -> torch.Tensor:
+        """A training batch already on the device: augmented, then in the fast path's memory format."""
+        if self.augment is not None:
+            xb = self.augment(xb)
+        if self.fast.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
+
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, x: torch.Tensor, y: torch.Tensor,
             eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -278,7 +344,8 @@ class Trainer:
 
         ``eval_data`` (x, y) gives clean (and, with ``eval_attack``, robust) accuracy per epoch.
         ``stop_after`` ends this call after that many epochs (to simulate an interruption).
-        ``callback(step, logs)`` is called after every batch (live plots, e.g. ``viz.LiveLoss``).
+        ``callback(step, logs)`` is called after every batch with the logs as floats (live plots,
+        e.g. ``viz.LiveLoss``); it costs one device sync per step.
         """
         check_images(x, name="x")
         check_labels(y, len(x), getattr(self.model, "num_classes", None))
@@ -292,26 +359,28 @@ class Trainer:
             t0 = time.perf_counter()
             self.objective.on_epoch_start(epoch, self.epochs)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-            sums: dict[str, float] = {}
+            sums: dict[str, Any] = {}      # weighted sums, kept on the device until the epoch ends
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{self.epochs} [{self.objective.name}]",
                        disable=not self.progress, leave=False)
             for i in bar:
                 idx = order[i * self.batch_size:(i + 1) * self.batch_size]
                 xb = x[idx].to(self.device, non_blocking=True)
                 yb = y[idx].to(self.device, non_blocking=True)
-                if self.augment is not None:
-                    xb = self.augment(xb)
+                xb = self.prepare_batch(xb)
                 logs = self.objective.train_step(xb, yb)
                 for k, v in logs.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
                 if callback is not None:
-                    callback(epoch * steps + i, logs)
-                if i % 10 == 0:
-                    bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.3f}")
-            record = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()},
+                    callback(epoch * steps + i, {k: float(v) for k, v in logs.items()})
+                if i % self.log_every == 0 or i == steps - 1:
+                    bar.set_postfix(loss=f"{float(logs.get('loss', float('nan'))):.3f}")
+            record = {"epoch": epoch + 1, **{k: float(v) / n for k, v in sums.items()},
                       "lr": self.optimizer.param_groups[0]["lr"]}
+            record.update(self.objective.epoch_logs())
             if self.scheduler is not None:
                 self.scheduler.step()
+                for sch in self.extra_schedulers.values():
+                    sch.step()
             if eval_data is not None:
                 evaluated = self.objective.evaluation_model(self.model)
                 record["clean_acc"] = accuracy(evaluated, *eval_data)

@@ -44,6 +44,8 @@ class Attack:
     name = "attack"
     norm = "linf"
     params: tuple[str, ...] = ()
+    #: whether :meth:`run_for_accuracy` can stop attacking an example once it is fooled
+    supports_early_exit = False
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | None = None):
         if not isinstance(model, nn.Module):
@@ -68,8 +70,17 @@ class Attack:
         gets a zero gradient, not an error: that is gradient masking, and the evaluation
         checklist (``featlab.evaluate.checklist``) is there to notice it.
         """
+        return self.input_grad_and_output(x, y)[0]
+
+    def input_grad_and_output(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gradient as :meth:`input_grad`, the model's output at x): the output comes free with the
+        forward pass, and tells an iterative attack which examples are already fooled."""
         x = x.detach().requires_grad_(True)
-        loss = self.loss(x, y).sum()
+        output = self.model(x)
+        loss = self.loss_fn(output, y)
+        if loss.dim() == 0:
+            raise ValueError("loss_fn must return one loss per example, shape (N,), not a scalar")
+        loss = loss.sum()
         grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
         if grad is None:
             if not getattr(self, "_warned_no_grad", False):
@@ -77,8 +88,8 @@ class Attack:
                 warnings.warn(f"{type(self).__name__}: the loss does not depend differentiably on the input (a "
                               f"detach, no_grad or a hard threshold in the model?); the attack gets a zero gradient "
                               f"and its robust accuracy means nothing", GradientMaskingWarning, stacklevel=3)
-            return torch.zeros_like(x)
-        return grad
+            grad = torch.zeros_like(x)
+        return grad, output.detach()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError("an Attack subclass must implement forward(x, y)")
@@ -93,9 +104,26 @@ class Attack:
         check_labels(y, x.shape[0], getattr(self.model, "num_classes", None))
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._in_eval_mode(self.forward, x, y)
+
+    def run_for_accuracy(self, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor | None = None,
+                         early_exit: bool = True) -> torch.Tensor:
+        """Adversarial examples for measuring robust accuracy (``featlab.evaluate.robust_accuracy``).
+
+        An attack that ``supports_early_exit`` keeps, per example, the first iterate that fools the
+        model (else its usual result); examples where ``active`` (bool, (N,)) is False, e.g. those
+        the model already misclassifies, are not attacked and come back unchanged. ``early_exit=True``
+        stops computing for an example once it is fooled: the returned examples are the same as with
+        ``early_exit=False``, only cheaper. Other attacks run as ``attack(x, y)``.
+        """
+        return self(x, y)
+
+    def _in_eval_mode(self, fn: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                      *args: Any) -> torch.Tensor:
         self.check_inputs(x, y)
         device = model_device(self.model)
         x, y = x.detach().to(device), y.to(device)
+        args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
         was_training = self.model.training
         # the attack needs gradients to the input only: freezing the parameters meanwhile spares
         # autograd the weight-gradient bookkeeping and guarantees nothing leaks into .grad
@@ -105,7 +133,7 @@ class Attack:
             for p in frozen:
                 p.requires_grad_(False)
             with torch.enable_grad():
-                x_adv = self.forward(x, y)
+                x_adv = fn(x, y, *args)
         finally:
             for p in frozen:
                 p.requires_grad_(True)

@@ -24,6 +24,11 @@ class IdentityBackward(nn.Module):
             self.check_input = classifier.check_input
         self.eval()     # attacked in eval mode; the attack restores this mode afterwards
 
+    def same_forward_as(self, model: nn.Module) -> bool:
+        """True for a ``Defended(preprocess, classifier)`` of the same two modules (same outputs)."""
+        pre = getattr(model, "denoiser", getattr(model, "preprocess", None))
+        return pre is self.preprocess and getattr(model, "classifier", None) is self.classifier
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             cleaned = self.preprocess(x)

@@ -37,6 +37,14 @@ class PGD(Attack):
 
     Shape: x (N, C, H, W) in [0, 1], y (N,) -> x_adv like x, inside the ball and [0, 1].
 
+    For robust accuracy (:meth:`run_for_accuracy`, which ``featlab.evaluate.robust_accuracy`` uses)
+    PGD keeps, per example, the first iterate that fools the model, and with ``early_exit`` stops
+    computing gradients for it from then on: on a standard model most examples fall within a few
+    steps, so the attack costs a fraction of ``steps`` forward/backward passes with exactly the same
+    result. The random starts are drawn for the whole batch either way, so the early exit changes
+    no other example's trajectory. Only for the default cross-entropy loss (a custom ``loss_fn``
+    has no notion of "fooled").
+
         >>> atk = PGD(model, eps=0.3, steps=40, step_size=0.01)
         >>> x_adv = atk(x, y)
 
@@ -45,6 +53,7 @@ class PGD(Attack):
 
     name = "pgd"
     params = ("eps", "steps", "step_size", "norm", "random_start", "restarts", "targeted")
+    supports_early_exit = True
 
     def __init__(self, model: nn.Module, eps: float = 0.3, steps: int = 40, step_size: float | None = None,
                  norm: str = "linf", random_start: bool | float = True, restarts: int = 1,
@@ -100,6 +109,78 @@ class PGD(Attack):
                     grad = grad / _per_example_norm(grad).clamp_min(1e-12)
                     x_adv = self._project(x_adv.add_(grad, alpha=step), x)
         return x_adv
+
+    def _step(self, x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """One ascent step and projection for a block of rows (their own x)."""
+        step = (-1.0 if self.targeted else 1.0) * self.step_size
+        if self.norm == "linf":
+            lo, hi = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
+            return torch.maximum(torch.minimum(x_adv + step * grad.sign(), hi), lo)
+        grad = grad / _per_example_norm(grad).clamp_min(1e-12)
+        return self._project(x_adv + step * grad, x)
+
+    def _fooled(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pred = out.argmax(1)
+        return pred == y if self.targeted else pred != y
+
+    def _run_tracked(self, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor,
+                     early_exit: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One PGD run that freezes each example at its first fooling iterate.
+
+        Returns (x_adv, fooled, loss): fooled (N,) bool covers every iterate, the last included;
+        loss is the final loss of the examples not fooled. With ``early_exit`` only the examples
+        still active and not fooled go through the model; the arithmetic per example is the same.
+        """
+        x_adv = self._start(x)                               # whole-batch draw, whatever is active
+        n = x.shape[0]
+        done = ~active                                       # frozen: not attacked, or fooled
+        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        every = torch.arange(n, device=x.device)
+        for _ in range(self.steps):
+            rows = every[~done] if early_exit else every
+            if rows.numel() == 0:
+                break
+            grad, out = self.input_grad_and_output(x_adv[rows], y[rows])
+            with torch.no_grad():
+                hit = self._fooled(out, y[rows]) & ~done[rows]
+                fooled[rows[hit]] = True
+                done[rows[hit]] = True
+                move = ~done[rows]
+                r = rows[move]
+                x_adv[r] = self._step(x_adv[r], grad[move], x[r])
+        loss = torch.full((n,), -float("inf"), device=x.device)
+        with torch.no_grad():                                # the last iterate of the rest
+            rows = every[~done] if early_exit else every
+            if rows.numel():
+                out = self.model(x_adv[rows])
+                last_hit = self._fooled(out, y[rows]) & ~done[rows]
+                row_loss = self.loss_fn(out, y[rows])
+                loss[rows] = -row_loss if self.targeted else row_loss
+                fooled[rows[last_hit]] = True
+        return x_adv, fooled, loss
+
+    def _forward_tracked(self, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor,
+                         early_exit: bool) -> torch.Tensor:
+        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device) if active is None else active.bool()
+        if active.shape != (x.shape[0],):
+            raise ValueError(f"active must be a bool tensor of shape ({x.shape[0]},), got {tuple(active.shape)}")
+        if self.eps == 0:
+            return x.clone()
+        best, fooled, best_loss = self._run_tracked(x, y, active, early_exit)
+        for _ in range(self.restarts - 1):
+            cand, ok, loss = self._run_tracked(x, y, active & ~fooled if early_exit else active, early_exit)
+            better = ~fooled & (ok | (loss > best_loss))     # a fooled example keeps its first success
+            best[better] = cand[better]
+            best_loss = torch.where(better, loss, best_loss)
+            fooled |= ok & active
+        best[~active] = x[~active]
+        return best
+
+    def run_for_accuracy(self, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor | None = None,
+                         early_exit: bool = True) -> torch.Tensor:
+        if self.loss_fn is not cross_entropy_per_example:    # no notion of fooled: the plain attack
+            return self(x, y)
+        return self._in_eval_mode(self._forward_tracked, x, y, active, bool(early_exit))
 
     # -- restarts: keep each example's strongest result -------------------------------------
     @torch.no_grad()

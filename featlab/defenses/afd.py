@@ -17,6 +17,7 @@ Introduced in notebooks/03_afd.ipynb.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -54,9 +55,10 @@ class ProjectionDiscriminator(nn.Module):
         return self.linear(f).squeeze(1) + (self.embed(y) * f).sum(1)
 
 
-def _grad_norm(params) -> float:
-    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
+def _grad_norm(params) -> torch.Tensor:
+    """The global L2 norm of the parameters' gradients, as a tensor (no device sync)."""
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.stack(norms).norm() if norms else torch.zeros(())
 
 
 class AFD(Objective):
@@ -71,8 +73,11 @@ class AFD(Objective):
         lr_ec, lr_e, lr_d: SGD learning rates of E+C, E alone, D (defaults 0.1, 0.5, 0.5: MNIST).
         momentum: SGD momentum (0.9); weight_decay: on E+C only (1e-4).
 
-    ``optimizer_ec`` is meant to be the Trainer's optimiser (so LR schedules apply to it); the
-    objective owns ``optimizer_e`` and ``optimizer_d`` and checkpoints them with D.
+    ``optimizer_ec`` is meant to be the Trainer's optimiser; the objective also owns ``optimizer_e``
+    and ``optimizer_d`` and declares them in :meth:`optimizers`, so the Trainer applies its LR
+    schedule to all three (as the reference code does) and checkpoints them. Under a Trainer every
+    forward pass runs in the trainer's autocast (bf16 on the fast path); D itself always runs in fp32.
+    Logs are tensors (no device sync); the step-by-step methods used by hand return the same.
     """
 
     name = "afd"
@@ -112,10 +117,23 @@ class AFD(Objective):
                              "optimizer=afd.optimizer_ec)), so E+C updates, schedules and checkpoints use it")
         self.discriminator.to(trainer.device)
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer_e": self.optimizer_e, "optimizer_d": self.optimizer_d}
+
+    def _autocast(self):
+        trainer = getattr(self, "trainer", None)
+        return trainer.autocast() if trainer is not None else contextlib.nullcontext()
+
+    def _score(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """D's scores, computed in fp32 even inside autocast (D is tiny; its spectral norms stay exact)."""
+        with torch.autocast(h.device.type, enabled=False):
+            return self.discriminator(h.float(), y)
+
     # -- the pieces ---------------------------------------------------------------------------
     def make_adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.attack_name == "pgd":
-            return PGD(self.model, eps=self.eps, steps=self.steps, step_size=self.step_size)(x, y)
+            with self._autocast():
+                return PGD(self.model, eps=self.eps, steps=self.steps, step_size=self.step_size)(x, y)
         import torchattacks
         was = self.model.training
         atk = torchattacks.APGD(self.model, norm="Linf", eps=self.eps, steps=self.steps, loss="ce", n_restarts=1)
@@ -137,15 +155,16 @@ class AFD(Objective):
 
     def _classifier_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         self.model.train()
-        h = self.model.embed(x)
-        logits = self.model.head(h)
-        ce = nn.functional.cross_entropy(logits, y)
+        with self._autocast():
+            h = self.model.embed(x)
+            logits = self.model.head(h)
+            ce = nn.functional.cross_entropy(logits, y)
         self.optimizer_ec.zero_grad(set_to_none=True)
         ce.backward()
         gn = _grad_norm(self.model.parameters())
         self.optimizer_ec.step()
-        logs = {"ce_clean": ce.item(), "grad_norm_ec": gn,
-                "train_acc": 100.0 * (logits.argmax(1) == y).float().mean().item()}
+        logs = {"ce_clean": ce.detach(), "grad_norm_ec": gn,
+                "train_acc": 100.0 * (logits.detach().argmax(1) == y).float().mean()}
         return logs, h.detach()
 
     def discriminator_step(self, h_clean: torch.Tensor, h_adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -155,7 +174,7 @@ class AFD(Objective):
         fixed zero), measured before the update.
         """
         self.discriminator.train()
-        s_clean, s_adv = self.discriminator(h_clean.detach(), y), self.discriminator(h_adv.detach(), y)
+        s_clean, s_adv = self._score(h_clean.detach(), y), self._score(h_adv.detach(), y)
         d_loss, _ = self.discriminator_losses(s_clean, s_adv)
         self.optimizer_d.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -163,9 +182,9 @@ class AFD(Objective):
         self.optimizer_d.step()
         with torch.no_grad():
             thr = (s_clean.mean() + s_adv.mean()) / 2
-            acc_c, acc_a = (s_clean > thr).float().mean().item(), (s_adv < thr).float().mean().item()
-        return {"d_loss": d_loss.item(), "d_acc_clean": 100.0 * acc_c, "d_acc_adv": 100.0 * acc_a,
-                "d_score_gap": (s_clean.mean() - s_adv.mean()).item(), "grad_norm_d": gn}
+            acc_c, acc_a = (s_clean > thr).float().mean(), (s_adv < thr).float().mean()
+        return {"d_loss": d_loss.detach(), "d_acc_clean": 100.0 * acc_c, "d_acc_adv": 100.0 * acc_a,
+                "d_score_gap": (s_clean.mean() - s_adv.mean()).detach(), "grad_norm_d": gn}
 
     def encoder_step(self, x_adv: torch.Tensor, y: torch.Tensor, h_adv: torch.Tensor | None = None) -> dict[str, float]:
         """(4) Update E alone so that D scores E(x_adv) as clean (D and C are not changed).
@@ -174,11 +193,12 @@ class AFD(Objective):
         """
         self.model.train()
         if h_adv is None:
-            h_adv = self.model.embed(x_adv)
+            with self._autocast():
+                h_adv = self.model.embed(x_adv)
         for p in self.discriminator.parameters():
             p.requires_grad_(False)
         try:
-            _, e_loss = self.discriminator_losses(torch.zeros(1, device=x_adv.device), self.discriminator(h_adv, y))
+            _, e_loss = self.discriminator_losses(torch.zeros(1, device=x_adv.device), self._score(h_adv, y))
             self.optimizer_e.zero_grad(set_to_none=True)
             e_loss.backward()
             gn = _grad_norm(self.model.encoder.parameters())
@@ -186,7 +206,7 @@ class AFD(Objective):
         finally:
             for p in self.discriminator.parameters():
                 p.requires_grad_(True)
-        return {"e_adv_loss": e_loss.item(), "grad_norm_e": gn}
+        return {"e_adv_loss": e_loss.detach(), "grad_norm_e": gn}
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One full AFD step on a batch; returns every loss term, D's accuracy and gradient norms.
@@ -199,13 +219,14 @@ class AFD(Objective):
         x, y = x.to(device), y.to(device)
         x_adv = self.make_adversarial(x, y)                                    # (1)
         logs, _ = self._classifier_update(x, y)                                # (2)
-        with torch.no_grad():                  # both embeddings from the same (updated) encoder
+        with torch.no_grad(), self._autocast():   # both embeddings from the same (updated) encoder
             h_clean = self.model.embed(x)
-        h_adv = self.model.embed(x_adv)
+        with self._autocast():
+            h_adv = self.model.embed(x_adv)
         logs.update(self.discriminator_step(h_clean, h_adv, y))               # (3)
         logs.update(self.encoder_step(x_adv, y, h_adv))                       # (4)
-        with torch.no_grad():
-            logs["train_adv_acc"] = 100.0 * (self.model.head(h_adv.detach()).argmax(1) == y).float().mean().item()
+        with torch.no_grad(), self._autocast():
+            logs["train_adv_acc"] = 100.0 * (self.model.head(h_adv.detach()).argmax(1) == y).float().mean()
         logs["loss"] = logs["ce_clean"]
         return logs
 
@@ -214,14 +235,12 @@ class AFD(Objective):
         return self.step(x, y)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"discriminator": self.discriminator.state_dict(), "optimizer_e": self.optimizer_e.state_dict(),
-                "optimizer_d": self.optimizer_d.state_dict()}
+        """D's weights (the Trainer checkpoints ``optimizer_e`` and ``optimizer_d`` via :meth:`optimizers`)."""
+        return {"discriminator": self.discriminator.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             self.discriminator.load_state_dict(state["discriminator"])
-            self.optimizer_e.load_state_dict(state["optimizer_e"])
-            self.optimizer_d.load_state_dict(state["optimizer_d"])
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **self.hparams}

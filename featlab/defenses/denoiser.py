@@ -215,11 +215,11 @@ class DenoiserObjective(Objective):
         denoised = model(x_adv)
         terms = self.loss_fn.terms(denoised, x)
         total = torch.stack(list(terms.values())).sum()
-        logs = {k: v.item() for k, v in terms.items()}
+        logs = {k: v.detach() for k, v in terms.items()}
         if self.clean_weight > 0:
             clean_loss = self.loss_fn(model(x), x)
             total = total + self.clean_weight * clean_loss
-            logs["clean_term"] = clean_loss.item()
+            logs["clean_term"] = clean_loss.detach()
         with torch.no_grad():
             logits = self.classifier(denoised)
         logs.update(eps=eps, pgd=float(kind == "pgd"))
