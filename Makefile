@@ -11,7 +11,7 @@ SHARED_DATA ?= ../shared/data/prepare.py
 # (offline lab machines), else downloaded by torchvision on first use.
 export FEATLAB_DATA ?= $(CURDIR)/.cache/data
 
-.PHONY: setup data notebooks test test-fast lab bench clean
+.PHONY: setup data notebooks test test-fast lab bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ lab: data
 
 bench: data
 	$(PY) bench/attack_speed.py
+	$(PY) bench/train_speed.py
+
+## the CUDA path, on a GPU machine (<= 8 min on one H100); says so and exits 0 without CUDA
+gpu-check: data
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -101,7 +101,6 @@ def cmd_train(a: argparse.Namespace) -> None:
               "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config(),
               "optimizer": a.optimizer, "lr": a.lr, "batch_size": a.batch_size, "limit": a.limit,
               "command": _command(), "device": device_description(device), **extra}
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     eval_attack = None
     if a.method != "standard":
         eval_attack = lambda m: PGD(m, eps=a.eps, steps=10, step_size=2.5 * a.eps / 10)  # noqa: E731
@@ -109,7 +108,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     t0 = time.time()
     trainer = Trainer(model, objective, epochs=a.epochs, batch_size=a.batch_size, optimizer=opt, scheduler=sched,
                       augment=augment, device=device, checkpoint=str(out / "checkpoint.pt"), seed=a.seed,
-                      eval_attack=eval_attack)
+                      eval_attack=eval_attack, precision=a.precision, memory_format=a.memory_format)
+    config.update(trainer.fast.describe())        # the precision and memory format this run trains in
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     history = trainer.fit(x, y, eval_data=(xt, yt))
     wall = time.time() - t0
     (out / "history.json").write_text(json.dumps({"history": history, "wall_s_this_call": wall}, indent=2) + "\n")
@@ -181,7 +182,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
     t0 = time.time()
     base = {"dataset": dataset, "model": config["model"], "method": config["method"], "n_eval": len(x),
             "seed": a.seed, "command": _command(), "train_command": config.get("command"),
-            "train_device": config.get("device"), "device": device_description(device), **trained}
+            "train_device": config.get("device"), "device": device_description(device),
+            "train_precision": config.get("precision", "fp32"), "train_memory_format": config.get("memory_format",
+                                                                                                   "contiguous"),
+            "precision": "fp32", **trained}
     if config["method"] == "denoiser":
         _eval_denoiser(a, label, model, classifier(), config, x, y, base)
         return
@@ -304,6 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--eval-n", type=int, default=1000)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32 (evaluation is always fp32)")
+    t.add_argument("--memory-format", choices=["auto", "contiguous", "channels_last"], default="auto",
+                   help="auto: channels_last with bf16 and on CUDA")
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run folder or a shipped model; writes results/*.json")

@@ -29,6 +29,12 @@ def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, desc: str, progr
         yield x[i:i + batch_size], y[i:i + batch_size]
 
 
+def fp32(device: torch.device | str):
+    """A context that turns off any autocast around it: featlab measures accuracy in fp32, so that a
+    robustness number does not depend on the precision a caller happens to train in."""
+    return torch.autocast(torch.device(device).type, enabled=False)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500, progress: bool = False) -> torch.Tensor:
     """Predicted labels (N,) for images x (N, C, H, W) in [0, 1]; model left in its mode."""
@@ -36,8 +42,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500, progress: 
     device, was_training = model_device(model), model.training
     model.eval()
     try:
-        preds = [model(xb.to(device)).argmax(1).cpu()
-                 for xb, _ in _batches(x, torch.zeros(len(x)), batch_size, "predict", progress)]
+        with fp32(device):
+            preds = [model(xb.to(device)).argmax(1).cpu()
+                     for xb, _ in _batches(x, torch.zeros(len(x)), batch_size, "predict", progress)]
     finally:
         model.train(was_training)
     return torch.cat(preds)
@@ -89,7 +96,8 @@ def _same_forward(attack_model: nn.Module, model: nn.Module) -> bool:
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     batch_size: int = 500, progress: bool = True, early_exit: bool = True) -> float:
-    """Accuracy in percent on ``attack(x, y)``, attacking batch by batch, in fp32.
+    """Accuracy in percent on ``attack(x, y)``, attacking batch by batch, in fp32 (any autocast
+    around the call is switched off: see :func:`fp32`).
 
     An example counts as robust when the model classifies it correctly both clean and after the
     attack (as AutoAttack counts). ``attack`` is any callable ``(x, y) -> x_adv``: a featlab attack or
@@ -110,21 +118,22 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     was_training = model.training
     for xb, yb in _batches(x, y, batch_size, f"robust acc ({name})", progress):
         xb, yb = xb.to(device), yb.to(device)
-        model.eval()
-        with torch.no_grad():
-            clean_ok = model(xb).argmax(1) == yb
-        model.train(was_training)
-        if tracked:
-            x_adv = attack.run_for_accuracy(xb, yb, active=clean_ok, early_exit=early_exit)
-        else:
-            x_adv = attack(xb, yb)
-        eps = getattr(attack, "eps", None)
-        check_threat_model(xb, x_adv, float(eps) if isinstance(eps, (int, float)) else None,
-                           getattr(attack, "norm", None), name)
-        model.eval()
-        with torch.no_grad():
-            correct += (clean_ok & (model(x_adv).argmax(1) == yb)).sum().item()
-        model.train(was_training)
+        with fp32(device):
+            model.eval()
+            with torch.no_grad():
+                clean_ok = model(xb).argmax(1) == yb
+            model.train(was_training)
+            if tracked:
+                x_adv = attack.run_for_accuracy(xb, yb, active=clean_ok, early_exit=early_exit)
+            else:
+                x_adv = attack(xb, yb)
+            eps = getattr(attack, "eps", None)
+            check_threat_model(xb, x_adv, float(eps) if isinstance(eps, (int, float)) else None,
+                               getattr(attack, "norm", None), name)
+            model.eval()
+            with torch.no_grad():
+                correct += (clean_ok & (model(x_adv).argmax(1) == yb)).sum().item()
+            model.train(was_training)
     return 100.0 * correct / len(x)
 
 
