@@ -3,7 +3,7 @@ plain fp32 NCHW, as ratios measured in one run on the same model, batch and init
 
     python bench/train_speed.py [--models mnist_resnet preact_resnet18] [--objectives standard pgd_at afd]
                                 [--attack-steps 5] [--repeats 3] [--threads 1]
-    python bench/train_speed.py --parity [--n-train 10000]   # 1-epoch PGD-AT, fp32 vs fast path
+    python bench/train_speed.py --parity [--n-train 10000] [--seed 0]   # 1-epoch PGD-AT, fp32 vs fast path
 
 Speed mode: for every model and objective, one ``Trainer`` per path takes whole training steps
 (``objective.train_step`` on the trainer's prepared batch: attack, forward, backward, optimiser), the
@@ -88,22 +88,22 @@ def parity(a: argparse.Namespace) -> None:
     xt, yt = featlab.data.load("mnist", "test", limit=1000)
     out = {}
     for k, p in PATHS.items():
-        featlab.seed_everything(0)
+        featlab.seed_everything(a.seed)
         model = featlab.models.create("mnist_resnet")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         t0 = time.perf_counter()
         trainer = Trainer(model, PGDAT(eps=0.3, steps=10, eps_start=0.1, ramp_epochs=1), epochs=1, optimizer=opt,
-                          seed=0, progress=False, **p)
+                          seed=a.seed, progress=False, **p)
         trainer.fit(x, y)
         train_s = time.perf_counter() - t0
         m = trainer.model.eval()
-        torch.manual_seed(0)
+        torch.manual_seed(a.seed)
         out[k] = {**trainer.fast.describe(), "train_s": round(train_s, 1),
                   "clean": featlab.evaluate.accuracy(m, xt, yt),
                   "pgd20": featlab.evaluate.robust_accuracy(m, xt, yt, featlab.attacks.PGD(m, eps=0.3, steps=20),
                                                             progress=False)}
         print(json.dumps({k: out[k]}), flush=True)
-    print(json.dumps({"bench": "train_parity", "model": "mnist_resnet", "method": "pgd_at", "epochs": 1,
+    print(json.dumps({"bench": "train_parity", "seed": a.seed, "model": "mnist_resnet", "method": "pgd_at", "epochs": 1,
                       "n_train": a.n_train, "n_eval": 1000, "eval": "fp32, PGD-20 eps 0.3",
                       "device": featlab.evaluate.device_description(), "threads": torch.get_num_threads(),
                       "paths": out, "train_speedup": round(out["fp32_nchw"]["train_s"] / out["fast"]["train_s"], 2),
@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--parity", action="store_true")
     p.add_argument("--n-train", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0, help="parity: the run seed (weights, data order, attacks)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     featlab.seed_everything(0)
