@@ -56,6 +56,8 @@ def _denoiser_parts(a: argparse.Namespace, device: torch.device):
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    if a.train_attack != "pgd" and a.method != "afd":
+        raise SystemExit(f"--train-attack {a.train_attack}: only --method afd takes another training attack than pgd")
     seed_everything(a.seed)
     if a.method == "afd":
         a.optimizer = "sgd"               # AFD's E+C optimiser is its own SGD (as in the authors' code)
@@ -74,7 +76,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         if a.method == "afd":
             from .defenses import AFD
             objective = AFD(model, eps=a.eps, steps=a.attack_steps, step_size=a.step_size or 2.5 * a.eps / a.attack_steps,
-                            loss=a.afd_loss, lr_ec=a.lr, lr_e=a.lr_e, lr_d=a.lr_d)
+                            attack=a.train_attack, loss=a.afd_loss, lr_ec=a.lr, lr_e=a.lr_e, lr_d=a.lr_d)
         else:
             kwargs: dict[str, Any] = {}
             if a.method == "pgd_at":
@@ -293,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--step-size", type=float, default=None, help="attack step (default 2.5 * eps / steps)")
     t.add_argument("--beta", type=float, default=6.0, help="trades: weight of the KL term")
     t.add_argument("--afd-loss", choices=["wgan", "bce"], default="wgan", help="afd: discriminator loss")
+    t.add_argument("--train-attack", choices=["pgd", "apgd-ce"], default="pgd",
+                   help="afd: the attack that makes x_adv (apgd-ce with --attack-steps 40 is the AFD code's MNIST default)")
     t.add_argument("--lr-e", type=float, default=0.5, help="afd: learning rate of the encoder's adversarial step")
     t.add_argument("--lr-d", type=float, default=0.5, help="afd: learning rate of the discriminator")
     t.add_argument("--eps-start", type=float, default=None)

@@ -118,3 +118,63 @@ def test_trades_step_and_attack_start():
     assert loss.requires_grad and logits.shape == (16, 10) and logs["robust_kl"] >= 0
     x_adv = featlab.attacks.PGD(m, eps=0.1, steps=0 + 1, random_start=0.001)(x, y)
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_wgan_losses_have_the_papers_signs():
+    afd = AFD(featlab.models.create("mnist_resnet"), steps=1)
+    s_clean, s_adv = torch.tensor([2.0, 4.0]), torch.tensor([-1.0, 0.0])
+    d_loss, e_loss = afd.discriminator_losses(s_clean, s_adv)
+    assert d_loss.item() == pytest.approx(-0.5 - 3.0)     # mean D(adv) - mean D(clean): D wants clean high
+    assert e_loss.item() == pytest.approx(0.5)            # -mean D(adv): E wants its adversarial scores high
+
+
+@pytest.mark.parametrize("loss", ["wgan", "bce"])
+def test_discriminator_learns_to_score_clean_above_adversarial(loss):
+    """A sign flip in D's loss would push the score gap negative, and D's accuracy below chance."""
+    featlab.seed_everything(0)
+    afd = AFD(featlab.models.create("mnist_resnet"), steps=1, loss=loss, lr_d=0.05)
+    afd.discriminator = ProjectionDiscriminator(16, 10)
+    afd.optimizer_d = torch.optim.SGD(afd.discriminator.parameters(), lr=0.05, momentum=0.9)
+    h_clean, h_adv = torch.randn(256, 16), torch.randn(256, 16) + 0.5
+    y = torch.randint(0, 10, (256,))
+    for _ in range(150):
+        last = afd.discriminator_step(h_clean, h_adv, y)
+    assert last["d_score_gap"] > 0
+    assert (last["d_acc_clean"] + last["d_acc_adv"]) / 2 > 75
+
+
+def test_discriminator_is_the_reference_snpdfc3():
+    d = ProjectionDiscriminator(64, 10)
+    linears = [m for m in d.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, 64), (64, 64), (64, 1)]
+    assert all(hasattr(m, "parametrizations") for m in linears + [d.embed]), "every map is spectral-normalised"
+
+
+def test_apgd_training_attack_leaves_the_global_rng_alone():
+    featlab.seed_everything(0)
+    model = featlab.models.create("mnist_resnet")
+    afd = AFD(model, steps=3, attack="apgd-ce")
+    x, y = _batch(8)
+    state = torch.get_rng_state()
+    x_adv = afd.make_adversarial(x, y)
+    assert torch.equal(state, torch.get_rng_state()), "torchattacks reseeded torch's global RNG"
+    assert (x_adv - x).abs().max() <= 0.3 + 1e-6
+
+
+def test_a_discriminator_at_chance_for_a_whole_epoch_is_reported():
+    from featlab.defenses import AFDGameWarning
+    featlab.seed_everything(0)
+    m = featlab.models.create("mnist_resnet")
+    afd = AFD(m, steps=1, lr_d=1e-12)                 # D cannot move: it stays at chance
+    afd.chance_band = 101.0                          # every step counts as "at chance" on 64 images
+    x, y = _batch(64)
+    with pytest.warns(AFDGameWarning, match="sat at chance for the whole epoch"):
+        h = Trainer(m, afd, epochs=1, batch_size=32, optimizer=afd.optimizer_ec, device="cpu",
+                    progress=False).fit(x, y)
+    assert {"d_acc_epoch_mean", "d_acc_epoch_best", "input_grad_norm"} <= set(h[-1])
+
+
+def test_reference_mnist_encoder_has_two_blocks_per_stage():
+    ref, small = featlab.models.create("mnist_resnet18"), featlab.models.create("mnist_resnet")
+    assert len(ref.encoder.layer2) == 2 and ref.embed(torch.rand(2, 1, 28, 28)).shape == (2, 64)
+    assert sum(p.numel() for p in ref.parameters()) > 1.8 * sum(p.numel() for p in small.parameters())

@@ -18,6 +18,7 @@ Introduced in notebooks/03_afd.ipynb.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import torch
@@ -29,10 +30,16 @@ from ..attacks import PGD
 from ..train import Objective
 
 
-class ProjectionDiscriminator(nn.Module):
-    """Spectral-normalised MLP on the embedding with a label-projection term (Miyato & Koyama 2018).
+class AFDGameWarning(UserWarning):
+    """The AFD game did not happen: the discriminator sat at chance for a whole epoch."""
 
-    score(h, y) = w^T phi(h) + <embed(y), phi(h)>, phi = 3 SN-linear layers (d -> d -> d), LeakyReLU 0.2.
+
+class ProjectionDiscriminator(nn.Module):
+    """Spectral-normalised MLP on the embedding with a label-projection term (Miyato & Koyama 2018),
+    the AFD code's SNPDFC3: three SN-linear maps d -> d -> d -> 1.
+
+    score(h, y) = w^T phi(h) + <embed(y), phi(h)>, phi = 2 SN-linear layers (d -> d -> d), LeakyReLU 0.2;
+    the output layer w (d -> 1) and the label embedding are xavier-initialised, as in the reference.
 
     Args:
         dim: embedding size d (64 for the MNIST small ResNet, 512 for ResNet-18).
@@ -45,10 +52,12 @@ class ProjectionDiscriminator(nn.Module):
         check_number("dim", dim, low=1, integer=True)
         check_number("num_classes", num_classes, low=2, integer=True)
         act = nn.LeakyReLU(0.2)
-        self.phi = nn.Sequential(spectral_norm(nn.Linear(dim, dim)), act, spectral_norm(nn.Linear(dim, dim)), act,
-                                 spectral_norm(nn.Linear(dim, dim)), act)
-        self.linear = spectral_norm(nn.Linear(dim, 1))
-        self.embed = spectral_norm(nn.Embedding(num_classes, dim))
+        self.phi = nn.Sequential(spectral_norm(nn.Linear(dim, dim)), act, spectral_norm(nn.Linear(dim, dim)), act)
+        out, emb = nn.Linear(dim, 1), nn.Embedding(num_classes, dim)
+        nn.init.xavier_uniform_(out.weight)
+        nn.init.xavier_uniform_(emb.weight)
+        self.linear = spectral_norm(out)
+        self.embed = spectral_norm(emb)
 
     def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         f = self.phi(h)
@@ -137,7 +146,11 @@ class AFD(Objective):
         import torchattacks
         was = self.model.training
         atk = torchattacks.APGD(self.model, norm="Linf", eps=self.eps, steps=self.steps, loss="ce", n_restarts=1)
-        x_adv = atk(x, y)
+        # torchattacks' APGD reseeds torch's global RNG on every call: fork it, so the data order,
+        # augmentation and every later random draw of the run are untouched
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._autocast():
+            x_adv = atk(x, y)
         self.model.train(was)
         return x_adv.detach()
 
@@ -155,6 +168,7 @@ class AFD(Objective):
 
     def _classifier_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
         self.model.train()
+        x = x.detach().requires_grad_(True)      # the input gradient comes with the same backward pass
         with self._autocast():
             h = self.model.embed(x)
             logits = self.model.head(h)
@@ -163,7 +177,9 @@ class AFD(Objective):
         ce.backward()
         gn = _grad_norm(self.model.parameters())
         self.optimizer_ec.step()
-        logs = {"ce_clean": ce.detach(), "grad_norm_ec": gn,
+        # per-example input-gradient norm of the clean loss (x len(x): the mean loss divides by it)
+        input_gn = (x.grad.detach().float().flatten(1).norm(dim=1) * len(x)).mean()
+        logs = {"ce_clean": ce.detach(), "grad_norm_ec": gn, "input_grad_norm": input_gn,
                 "train_acc": 100.0 * (logits.detach().argmax(1) == y).float().mean()}
         return logs, h.detach()
 
@@ -231,8 +247,34 @@ class AFD(Objective):
         return logs
 
     # -- Trainer protocol -------------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return self.step(x, y)
+    #: D's balanced accuracy (percent) below which a whole epoch counts as "D at chance"
+    chance_band = 55.0
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        self._epoch_d_acc: list[torch.Tensor] = []
+        self._epoch = epoch + 1
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        logs = self.step(x, y)
+        if hasattr(self, "_epoch_d_acc"):
+            self._epoch_d_acc.append((logs["d_acc_clean"] + logs["d_acc_adv"]) / 2)
+        return logs
+
+    def epoch_logs(self) -> dict[str, float]:
+        """D's best and mean balanced accuracy over the epoch's steps; warns when even the best step
+        stayed at chance (then D never told clean from adversarial embeddings this epoch: either it
+        did not learn, or E won; ``featlab.probe`` has a post-hoc discriminator to tell which)."""
+        accs = getattr(self, "_epoch_d_acc", [])
+        if not accs:
+            return {}
+        t = torch.stack(accs).float()
+        best, mean = float(t.max()), float(t.mean())
+        if best < self.chance_band:
+            warnings.warn(f"AFD epoch {self._epoch}: the discriminator sat at chance for the whole epoch (balanced "
+                          f"accuracy at most {best:.1f}%, mean {mean:.1f}%): it never told clean from adversarial "
+                          f"embeddings. Either D did not learn (check lr_d and grad_norm_d) or the encoder won; a "
+                          f"fresh probe discriminator on the frozen encoder tells which.", AFDGameWarning, stacklevel=2)
+        return {"d_acc_epoch_mean": mean, "d_acc_epoch_best": best}
 
     def state_dict(self) -> dict[str, Any]:
         """D's weights (the Trainer checkpoints ``optimizer_e`` and ``optimizer_d`` via :meth:`optimizers`)."""

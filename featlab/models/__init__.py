@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import FeatureModel, L2Normalize, Normalize
-from .mnist import mnist_cnn, mnist_resnet
+from .mnist import mnist_cnn, mnist_resnet, mnist_resnet18
 from .resnet import preact_resnet18, resnet18
 
 # name -> (factory, dataset it is built for)
 MODELS: dict[str, tuple[Callable[..., FeatureModel], str]] = {
     "mnist_cnn": (mnist_cnn, "mnist"),
     "mnist_resnet": (mnist_resnet, "mnist"),
+    "mnist_resnet18": (mnist_resnet18, "mnist"),
     "resnet18": (resnet18, "cifar10"),
     "preact_resnet18": (preact_resnet18, "cifar10"),
 }
@@ -38,4 +39,4 @@ def default_dataset(name: str) -> str:
 
 
 __all__ = ["FeatureModel", "Normalize", "L2Normalize", "MODELS", "create", "default_dataset",
-           "mnist_cnn", "mnist_resnet", "resnet18", "preact_resnet18"]
+           "mnist_cnn", "mnist_resnet", "mnist_resnet18", "resnet18", "preact_resnet18"]
