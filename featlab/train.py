@@ -308,11 +308,12 @@ class Trainer:
         self.objective.load_state_dict(state.get("objective", {}))
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
+        saved = {**state.get("objective", {}), **state.get("objective_optimizers", {})}   # older runs: in "objective"
         for k, opt in self.objective.optimizers().items():
-            if k not in state.get("objective_optimizers", {}):
+            if k not in saved:
                 raise ckpt.CheckpointError(f"checkpoint: {self.checkpoint} has no state for the objective's optimizer "
-                                           f"{k!r}; it was written by another featlab version or objective")
-            opt.load_state_dict(state["objective_optimizers"][k])
+                                           f"{k!r}; it was written by another objective")
+            opt.load_state_dict(saved[k])
         for k, sch in self.extra_schedulers.items():
             if k in state.get("objective_schedulers", {}):
                 sch.load_state_dict(state["objective_schedulers"][k])
