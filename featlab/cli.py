@@ -76,7 +76,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         if a.method == "afd":
             from .defenses import AFD
             objective = AFD(model, eps=a.eps, steps=a.attack_steps, step_size=a.step_size or 2.5 * a.eps / a.attack_steps,
-                            attack=a.train_attack, loss=a.afd_loss, lr_ec=a.lr, lr_e=a.lr_e, lr_d=a.lr_d)
+                            attack=a.train_attack, loss=a.afd_loss, lr_ec=a.lr, lr_e=a.lr_e, lr_d=a.lr_d,
+                            game=not a.afd_no_game)
         else:
             kwargs: dict[str, Any] = {}
             if a.method == "pgd_at":
@@ -239,6 +240,35 @@ def _eval_denoiser(a, label: str, denoiser, classifier, config: dict, x, y, base
     print(f"-> {write_result(f'{label}_threat_models', records, a.results_dir)}")
 
 
+def cmd_separability(a: argparse.Namespace) -> None:
+    """AFD's post-hoc probe: a fresh discriminator on the frozen encoder's clean vs PGD embeddings."""
+    from .defenses import embedding_separability
+    seed_everything(a.seed)
+    device = get_device(a.device)
+    model, config, trained, label, _ = _eval_target(a, device)
+    if config["method"] == "denoiser":
+        raise SystemExit("--run/--pretrained: separability probes a classifier's encoder, not a denoiser")
+    x, y = data.load(config["dataset"], "train", limit=a.n, seed=a.seed)
+    step = 2.5 * a.eps / a.attack_steps
+    t0 = time.time()
+    rows = {}
+    for loss in ("bce", "wgan"):
+        seed_everything(a.seed)
+        rows[loss] = embedding_separability(model, x, y, PGD(model, eps=a.eps, steps=a.attack_steps, step_size=step),
+                                            steps=a.steps, loss=loss, seed=a.seed)
+        print(f"{label} {loss}: train {rows[loss]['train_acc']:.1f}%  held out {rows[loss]['holdout_acc']:.1f}%")
+    record = {"probe": "embedding_separability", "model": config["model"], "method": config["method"],
+              "dataset": config["dataset"], "eps": a.eps, "attack": f"pgd{a.attack_steps} step {step:g}",
+              "n_images": len(x), "split": "train", "probe_steps": a.steps, "seed": a.seed, "command": _command(),
+              "train_command": config.get("command"), "device": device_description(device),
+              "wall_s": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "results": rows, **trained}
+    out = Path(a.results_dir) / "probes" / f"separability_{label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    print(f"-> {out}")
+
+
 def cmd_probe(a: argparse.Namespace) -> None:
     """Relative feature distortion per tap, adversarial vs random noise, for trained runs."""
     from . import probe
@@ -295,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--step-size", type=float, default=None, help="attack step (default 2.5 * eps / steps)")
     t.add_argument("--beta", type=float, default=6.0, help="trades: weight of the KL term")
     t.add_argument("--afd-loss", choices=["wgan", "bce"], default="wgan", help="afd: discriminator loss")
+    t.add_argument("--afd-no-game", action="store_true",
+                   help="afd: the mechanism ablation: no encoder update against the discriminator")
     t.add_argument("--train-attack", choices=["pgd", "apgd-ce"], default="pgd",
                    help="afd: the attack that makes x_adv (apgd-ce with --attack-steps 40 is the AFD code's MNIST default)")
     t.add_argument("--lr-e", type=float, default=0.5, help="afd: learning rate of the encoder's adversarial step")
@@ -354,6 +386,19 @@ def main(argv: list[str] | None = None) -> None:
     pr.add_argument("--name", default="probe")
     pr.add_argument("--results-dir", default="results")
     pr.set_defaults(func=cmd_probe)
+    sp = sub.add_parser("separability", help="AFD's probe: can a fresh discriminator tell clean from adversarial "
+                                             "embeddings? -> results/probes/")
+    st = sp.add_mutually_exclusive_group(required=True)
+    st.add_argument("--pretrained", default=None, metavar="NAME")
+    st.add_argument("--run", default=None)
+    sp.add_argument("--eps", type=float, default=0.3)
+    sp.add_argument("--attack-steps", type=int, default=10)
+    sp.add_argument("--n", type=int, default=2048, help="training images embedded (a quarter held out)")
+    sp.add_argument("--steps", type=int, default=400, help="the probe's SGD steps")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--results-dir", default="results")
+    sp.set_defaults(func=cmd_separability)
     argv = list(sys.argv[1:] if argv is None else argv)
     _ARGV[:] = argv
     if argv[:1] == ["notebooks"]:          # `featlab notebooks ...`: the papermill runner's own options

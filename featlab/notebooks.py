@@ -20,8 +20,13 @@ from typing import Any
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
+_RECORDED: dict[str, Any] = {}
+
+
 def record(name: str, value: Any) -> Any:
-    """Store ``value`` (JSON-serialisable) under ``name`` in the metrics file of this run."""
+    """Store ``value`` (JSON-serialisable) under ``name``: in this kernel (:func:`recorded`) and in
+    the metrics file of this run when the runner set one."""
+    _RECORDED[name] = value
     path = os.environ.get("FEATLAB_METRICS")
     if path:
         p = Path(path)
@@ -29,6 +34,11 @@ def record(name: str, value: Any) -> Any:
         data[name] = value
         p.write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
     return value
+
+
+def recorded() -> dict[str, Any]:
+    """Every value :func:`record` stored in this kernel, by name (a notebook's verdict reads them)."""
+    return dict(_RECORDED)
 
 
 def running_unattended() -> bool:

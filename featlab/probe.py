@@ -180,3 +180,41 @@ def sweep(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps
             sets[f"random-{kind}"] = random_noise(x, eps, kind=kind, generator=g)
         out.setdefault(name, {})[eps] = compare(model, x, sets, layers)
     return out
+
+
+@torch.no_grad()
+def centroid_accuracy(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+                      batch_size: int = 500) -> dict[str, float]:
+    """Share (percent) of embeddings whose nearest class centroid is their own class.
+
+    Centroids are the class means of the CLEAN embeddings; the share is measured for the clean and for
+    the adversarial embeddings. A desensitised encoder keeps adversarial embeddings in their own class's
+    region (AFD's claim); a standard one moves them into other classes' clusters (notebook 03).
+
+    Args:
+        model: a featlab model with ``embed``; x, x_adv: clean and perturbed images (N, C, H, W) in
+            [0, 1] on any device; y: labels (N,).
+    Returns: {"clean": percent, "adversarial": percent}.
+    """
+    check_images(x, name="x")
+    check_images(x_adv, name="x_adv")
+    if x_adv.shape != x.shape:
+        raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, got {tuple(x_adv.shape)}")
+    if not hasattr(model, "embed"):
+        raise TypeError("model must be a featlab model with embed(x)")
+    device, was = model_device(model), model.training
+    model.eval()
+    try:
+        h = torch.cat([model.embed(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+        ha = torch.cat([model.embed(x_adv[i:i + batch_size].to(device)).float().cpu()
+                        for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was)
+    y = y.cpu()
+    classes = torch.unique(y)
+    centroids = torch.stack([h[y == c].mean(0) for c in classes])
+
+    def share(emb: torch.Tensor) -> float:
+        nearest = classes[torch.cdist(emb, centroids).argmin(1)]
+        return 100.0 * (nearest == y).float().mean().item()
+    return {"clean": share(h), "adversarial": share(ha)}

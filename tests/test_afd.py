@@ -178,3 +178,37 @@ def test_reference_mnist_encoder_has_two_blocks_per_stage():
     ref, small = featlab.models.create("mnist_resnet18"), featlab.models.create("mnist_resnet")
     assert len(ref.encoder.layer2) == 2 and ref.embed(torch.rand(2, 1, 28, 28)).shape == (2, 64)
     assert sum(p.numel() for p in ref.parameters()) > 1.8 * sum(p.numel() for p in small.parameters())
+
+
+def test_separability_probe_tells_shifted_embeddings_from_identical_ones():
+    from featlab.defenses import embedding_separability
+    from conftest import tiny_model
+    featlab.seed_everything(0)
+    m = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 1, 8, 8, generator=g) * 0.5
+    y = torch.randint(0, 3, (256,), generator=g)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.train()
+    same = embedding_separability(m, x, y, lambda xb, yb: xb.clone(), steps=200)
+    moved = embedding_separability(m, x, y, lambda xb, yb: (xb + 0.4).clamp(0, 1), steps=200)
+    assert 40 <= same["holdout_acc"] <= 60, same          # nothing to tell apart: chance
+    assert moved["holdout_acc"] > 90 and moved["holdout_gap"] > 0, moved
+    assert m.training and all(torch.equal(v, m.state_dict()[k]) for k, v in before.items()), "model untouched"
+    with pytest.raises(ValueError, match="holdout must be"):
+        embedding_separability(m, x, y, lambda xb, yb: xb, holdout=0.0)
+
+
+def test_the_ablation_switches_off_only_the_encoders_update_against_d():
+    featlab.seed_everything(0)
+    model = featlab.models.create("mnist_resnet")
+    afd = AFD(model, steps=2, game=False)
+    x, y = _batch()
+    calls = []
+    afd.encoder_step = lambda *a, **k: calls.append(1) or {}
+    b = _snap(afd.discriminator)
+    logs = afd.step(x, y)
+    assert not calls and "e_adv_loss" not in logs and _changed(b, afd.discriminator), "D still learns"
+    assert afd.config()["game"] is False
+    with pytest.raises(TypeError, match="game must be"):
+        AFD(model, game="off")

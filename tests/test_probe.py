@@ -92,3 +92,17 @@ def test_adversarial_beats_random_on_trained_mnist(trained_mnist, mnist_small):
     res = probe.sweep({"m": trained_mnist}, xt[:200], yt[:200], [0.1], attack_steps=10)["m"][0.1]
     amp = probe.amplification(res["adversarial"], res["random-sign"])
     assert amp["embedding"] > 1.5 and amp["logits"] > amp["input"]
+
+
+def test_centroid_accuracy_sees_embeddings_leave_their_class(tiny):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 1, 8, 8, generator=g) * 0.3
+    y = torch.arange(60) % 3
+    x = (x + 0.3 * y.view(-1, 1, 1, 1)).clamp(0, 1)          # classes sit apart in brightness
+    same = probe.centroid_accuracy(tiny, x, x.clone(), y)
+    assert same["clean"] == same["adversarial"]
+    swapped = x[(torch.arange(60) + 1) % 60]                   # every image replaced by one of another class
+    moved = probe.centroid_accuracy(tiny, x, swapped, y)
+    assert moved["clean"] > 60 and moved["adversarial"] < 40
+    with pytest.raises(ValueError, match="x_adv must have the shape"):
+        probe.centroid_accuracy(tiny, x, x[:10], y)

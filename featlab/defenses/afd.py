@@ -81,6 +81,9 @@ class AFD(Objective):
         loss: "wgan" (default, as the reference code) or "bce" (standard GAN loss).
         lr_ec, lr_e, lr_d: SGD learning rates of E+C, E alone, D (defaults 0.1, 0.5, 0.5: MNIST).
         momentum: SGD momentum (0.9); weight_decay: on E+C only (1e-4).
+        game: True (default): the full game. False: the mechanism ablation: step (4), the encoder's
+            update against D, is switched off; D still trains and reports how separable the two
+            embeddings are, but nothing pushes E to close the gap (so E+C learn from clean data only).
 
     ``optimizer_ec`` is meant to be the Trainer's optimiser; the objective also owns ``optimizer_e``
     and ``optimizer_d`` and declares them in :meth:`optimizers`, so the Trainer applies its LR
@@ -93,7 +96,7 @@ class AFD(Objective):
 
     def __init__(self, model: nn.Module, eps: float = 0.3, steps: int = 40, step_size: float = 0.01,
                  attack: str = "pgd", loss: str = "wgan", lr_ec: float = 0.1, lr_e: float = 0.5, lr_d: float = 0.5,
-                 momentum: float = 0.9, weight_decay: float = 1e-4):
+                 momentum: float = 0.9, weight_decay: float = 1e-4, game: bool = True):
         for name in ("encoder", "head", "embed"):
             if not hasattr(model, name):
                 raise TypeError(f"model must be a featlab model with encoder, head and embed; it has no {name!r}")
@@ -110,8 +113,11 @@ class AFD(Objective):
         self.optimizer_ec = torch.optim.SGD(model.parameters(), lr=lr_ec, momentum=momentum, weight_decay=weight_decay)
         self.optimizer_e = torch.optim.SGD(model.encoder.parameters(), lr=lr_e, momentum=momentum)
         self.optimizer_d = torch.optim.SGD(self.discriminator.parameters(), lr=lr_d, momentum=momentum)
+        if not isinstance(game, bool):
+            raise TypeError(f"game must be True (the full AFD game) or False (the ablation), got {game!r}")
+        self.game = game
         self.hparams = dict(eps=eps, steps=steps, step_size=step_size, attack=attack, loss=loss, lr_ec=lr_ec,
-                            lr_e=lr_e, lr_d=lr_d, momentum=momentum, weight_decay=weight_decay)
+                            lr_e=lr_e, lr_d=lr_d, momentum=momentum, weight_decay=weight_decay, game=game)
         self.device: torch.device | None = None
 
     def __repr__(self) -> str:
@@ -240,7 +246,8 @@ class AFD(Objective):
         with self._autocast():
             h_adv = self.model.embed(x_adv)
         logs.update(self.discriminator_step(h_clean, h_adv, y))               # (3)
-        logs.update(self.encoder_step(x_adv, y, h_adv))                       # (4)
+        if self.game:
+            logs.update(self.encoder_step(x_adv, y, h_adv))                   # (4)
         with torch.no_grad(), self._autocast():
             logs["train_adv_acc"] = 100.0 * (self.model.head(h_adv.detach()).argmax(1) == y).float().mean()
         logs["loss"] = logs["ce_clean"]
@@ -286,3 +293,84 @@ class AFD(Objective):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **self.hparams}
+
+
+def embedding_separability(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                           attack: Any, steps: int = 400, lr: float = 0.1, loss: str = "bce",
+                           holdout: float = 0.25, seed: int = 0, batch_size: int = 500) -> dict[str, float]:
+    """How well a FRESH discriminator tells the frozen encoder's clean embeddings from adversarial ones.
+
+    The post-hoc probe behind AFD's claim: AFD trains its encoder so that a discriminator cannot
+    separate E(x) from E(x_adv). During training, D at chance can mean "D never learned" or "E won";
+    a new :class:`ProjectionDiscriminator`, trained here for ``steps`` full-batch SGD steps on the
+    embeddings of a (1 - ``holdout``) share of the images and scored on the rest, tells them apart.
+    Works for any featlab model (standard, PGD-AT, TRADES, AFD), so the numbers compare.
+
+    Args:
+        model: a featlab model with ``embed`` and ``num_classes``; left unchanged, in its own mode.
+        x, y: images in [0, 1] (N, C, H, W) and labels (N,).
+        attack: a callable ``(x, y) -> x_adv`` against ``model`` (e.g. ``PGD(model, eps=0.3, steps=10)``).
+        steps, lr: the probe's SGD steps and learning rate (momentum 0.9); loss: "bce" (default) or "wgan".
+        holdout: share of images scored, never trained on (default 0.25).
+        seed: the split and the probe's initialisation.
+
+    Returns:
+        {"train_acc", "holdout_acc"}: balanced accuracy in percent (50 = cannot tell them apart),
+        {"holdout_gap"}: mean score clean - adversarial on the held-out images, and {"n_train", "n_holdout"}.
+    """
+    from .._utils import check_images, check_labels
+    from ..attacks.base import model_device
+    check_images(x)
+    check_labels(y, len(x), getattr(model, "num_classes", None))
+    check_choice("loss", loss, ("wgan", "bce"))
+    check_number("steps", steps, low=1, integer=True)
+    check_number("lr", lr, low=0.0, low_open=True)
+    check_number("holdout", holdout, low=0.0, high=0.9, low_open=True)
+    if not hasattr(model, "embed"):
+        raise TypeError("model must be a featlab model with embed(x) (the encoder's output)")
+    device, was_training = model_device(model), model.training
+    x_adv = torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]).cpu() for i in range(0, len(x), batch_size)])
+    model.eval()
+    try:
+        with torch.no_grad():
+            h_c = torch.cat([model.embed(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+            h_a = torch.cat([model.embed(x_adv[i:i + batch_size].to(device)).float().cpu()
+                             for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=g)
+    n_hold = max(1, int(round(holdout * len(x))))
+    hold, train = order[:n_hold], order[n_hold:]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        disc = ProjectionDiscriminator(h_c.shape[1], int(getattr(model, "num_classes", int(y.max()) + 1)))
+    opt = torch.optim.SGD(disc.parameters(), lr=lr, momentum=0.9)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    yc = y.cpu()
+    for _ in range(steps):
+        s_c, s_a = disc(h_c[train], yc[train]), disc(h_a[train], yc[train])
+        if loss == "wgan":
+            d_loss = s_a.mean() - s_c.mean()
+        else:
+            d_loss = bce(s_c, torch.ones_like(s_c)) + bce(s_a, torch.zeros_like(s_a))
+        opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt.step()
+    disc.eval()
+
+    def balanced(idx: torch.Tensor) -> tuple[float, float]:
+        with torch.no_grad():
+            s_c, s_a = disc(h_c[idx], yc[idx]), disc(h_a[idx], yc[idx])
+            # BCE scores are logits (threshold 0); WGAN scores have no fixed zero: the midpoint of the
+            # TRAINING means is the threshold, so the held-out accuracy is not fitted on held-out data
+            if loss == "bce":
+                thr = torch.zeros(())
+            else:
+                thr = (disc(h_c[train], yc[train]).mean() + disc(h_a[train], yc[train]).mean()) / 2
+            acc = 50.0 * ((s_c > thr).float().mean() + (s_a <= thr).float().mean())
+            return float(acc), float(s_c.mean() - s_a.mean())
+    train_acc, _ = balanced(train)
+    hold_acc, gap = balanced(hold)
+    return {"train_acc": train_acc, "holdout_acc": hold_acc, "holdout_gap": gap,
+            "n_train": len(train), "n_holdout": len(hold)}
