@@ -257,16 +257,15 @@ def cmd_separability(a: argparse.Namespace) -> None:
         rows[loss] = embedding_separability(model, x, y, PGD(model, eps=a.eps, steps=a.attack_steps, step_size=step),
                                             steps=a.steps, loss=loss, seed=a.seed)
         print(f"{label} {loss}: train {rows[loss]['train_acc']:.1f}%  held out {rows[loss]['holdout_acc']:.1f}%")
-    record = {"probe": "embedding_separability", "model": config["model"], "method": config["method"],
-              "dataset": config["dataset"], "eps": a.eps, "attack": f"pgd{a.attack_steps} step {step:g}",
-              "n_images": len(x), "split": "train", "probe_steps": a.steps, "seed": a.seed, "command": _command(),
+    # a results record (the schema of featlab.evaluate.RESULT_KEYS) whose numbers are the probe's
+    record = {"dataset": config["dataset"], "model": config["model"], "method": config["method"],
+              "threat_model": "white-box", "norm": "linf", "eps": a.eps, "attack": f"pgd{a.attack_steps}",
+              "n_eval": len(x), "split": "train", "clean_acc": round(rows["bce"]["clean_acc"], 2),
+              "robust_acc": round(rows["bce"]["robust_acc"], 2), "seed": a.seed, "command": _command(),
               "train_command": config.get("command"), "device": device_description(device),
-              "wall_s": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "results": rows, **trained}
-    out = Path(a.results_dir) / "probes" / f"separability_{label}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    print(f"-> {out}")
+              "wall_s": round(time.time() - t0, 1), "probe": "embedding_separability", "probe_steps": a.steps,
+              "separability": rows, **trained}
+    print(f"-> {write_result(f'separability_{label}', record, Path(a.results_dir) / 'probes')}")
 
 
 def cmd_probe(a: argparse.Namespace) -> None:

@@ -58,7 +58,10 @@ class Attack:
     # -- the hook subclasses use ------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example loss (N,) of the model at x."""
-        out = self.loss_fn(self.model(x), y)
+        return self._per_example_loss(self.model(x), y)
+
+    def _per_example_loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.loss_fn(output, y)
         if out.dim() == 0:
             raise ValueError("loss_fn must return one loss per example, shape (N,), not a scalar")
         return out
@@ -77,10 +80,7 @@ class Attack:
         forward pass, and tells an iterative attack which examples are already fooled."""
         x = x.detach().requires_grad_(True)
         output = self.model(x)
-        loss = self.loss_fn(output, y)
-        if loss.dim() == 0:
-            raise ValueError("loss_fn must return one loss per example, shape (N,), not a scalar")
-        loss = loss.sum()
+        loss = self._per_example_loss(output, y).sum()
         grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
         if grad is None:
             if not getattr(self, "_warned_no_grad", False):

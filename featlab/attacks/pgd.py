@@ -97,17 +97,10 @@ class PGD(Attack):
 
     def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = self._start(x)
-        step = (-1.0 if self.targeted else 1.0) * self.step_size
-        if self.norm == "linf":   # the box [x - eps, x + eps] within [0, 1], computed once
-            lo, hi = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
         for _ in range(self.steps):
             grad = self.input_grad(x_adv, y)
             with torch.no_grad():
-                if self.norm == "linf":
-                    x_adv = torch.maximum(torch.minimum(x_adv.add_(grad.sign_(), alpha=step), hi), lo)
-                else:
-                    grad = grad / _per_example_norm(grad).clamp_min(1e-12)
-                    x_adv = self._project(x_adv.add_(grad, alpha=step), x)
+                x_adv = self._step(x_adv, grad, x)
         return x_adv
 
     def _step(self, x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

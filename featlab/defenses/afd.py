@@ -25,8 +25,9 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .._utils import check_choice, check_number
+from .._utils import check_choice, check_images, check_labels, check_number
 from ..attacks import PGD
+from ..attacks.base import model_device
 from ..train import Objective
 
 
@@ -316,10 +317,9 @@ def embedding_separability(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     Returns:
         {"train_acc", "holdout_acc"}: balanced accuracy in percent (50 = cannot tell them apart),
-        {"holdout_gap"}: mean score clean - adversarial on the held-out images, and {"n_train", "n_holdout"}.
+        {"holdout_gap"}: mean score clean - adversarial on the held-out images, {"n_train", "n_holdout"},
+        and the model's own {"clean_acc", "robust_acc"} on these images under ``attack`` (percent).
     """
-    from .._utils import check_images, check_labels
-    from ..attacks.base import model_device
     check_images(x)
     check_labels(y, len(x), getattr(model, "num_classes", None))
     check_choice("loss", loss, ("wgan", "bce"))
@@ -336,6 +336,8 @@ def embedding_separability(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             h_c = torch.cat([model.embed(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
             h_a = torch.cat([model.embed(x_adv[i:i + batch_size].to(device)).float().cpu()
                              for i in range(0, len(x), batch_size)])
+            clean_ok = model.head(h_c.to(device)).argmax(1).cpu() == y.cpu()
+            adv_ok = model.head(h_a.to(device)).argmax(1).cpu() == y.cpu()
     finally:
         model.train(was_training)
     g = torch.Generator().manual_seed(seed)
@@ -373,4 +375,6 @@ def embedding_separability(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     train_acc, _ = balanced(train)
     hold_acc, gap = balanced(hold)
     return {"train_acc": train_acc, "holdout_acc": hold_acc, "holdout_gap": gap,
-            "n_train": len(train), "n_holdout": len(hold)}
+            "n_train": len(train), "n_holdout": len(hold),
+            "clean_acc": 100.0 * clean_ok.float().mean().item(),
+            "robust_acc": 100.0 * (clean_ok & adv_ok).float().mean().item()}
