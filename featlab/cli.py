@@ -56,8 +56,9 @@ def _denoiser_parts(a: argparse.Namespace, device: torch.device):
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    if a.train_attack != "pgd" and a.method != "afd":
-        raise SystemExit(f"--train-attack {a.train_attack}: only --method afd takes another training attack than pgd")
+    if a.train_attack != "pgd" and a.method not in ("afd", "pgd_at"):
+        raise SystemExit(f"--train-attack {a.train_attack}: only --method afd and pgd_at take another training "
+                         f"attack than pgd (trades maximises its own KL loss)")
     seed_everything(a.seed)
     if a.method == "afd":
         a.optimizer = "sgd"               # AFD's E+C optimiser is its own SGD (as in the authors' code)
@@ -82,7 +83,7 @@ def cmd_train(a: argparse.Namespace) -> None:
             kwargs: dict[str, Any] = {}
             if a.method == "pgd_at":
                 kwargs = dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, eps_start=a.eps_start,
-                              ramp_epochs=a.ramp_epochs)
+                              ramp_epochs=a.ramp_epochs, attack=a.train_attack)
             elif a.method == "trades":
                 kwargs = dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, beta=a.beta)
             objective = create_objective(a.method, **kwargs)
@@ -327,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--afd-no-game", action="store_true",
                    help="afd: the mechanism ablation: no encoder update against the discriminator")
     t.add_argument("--train-attack", choices=["pgd", "apgd-ce"], default="pgd",
-                   help="afd: the attack that makes x_adv (apgd-ce with --attack-steps 40 is the AFD code's MNIST default)")
+                   help="afd, pgd_at: the attack that makes x_adv (apgd-ce with --attack-steps 40 is the AFD code's "
+                        "MNIST default)")
     t.add_argument("--lr-e", type=float, default=0.5, help="afd: learning rate of the encoder's adversarial step")
     t.add_argument("--lr-d", type=float, default=0.5, help="afd: learning rate of the discriminator")
     t.add_argument("--eps-start", type=float, default=None)

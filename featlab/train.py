@@ -25,8 +25,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from ._utils import FastPath, check_images, check_labels, check_number, choose_fast_path, get_device
+from ._utils import FastPath, check_choice, check_images, check_labels, check_number, choose_fast_path, get_device
 from .attacks import PGD
+from .attacks.apgd import apgd_ce_examples
 from .evaluate import accuracy, robust_accuracy
 
 
@@ -106,19 +107,25 @@ class PGDAT(Objective):
         ramp_epochs: epoch e (0-based) trains at eps_start + min(1, (e + 1) / ramp_epochs) * (eps - eps_start),
             so eps reaches its final value at epoch ``ramp_epochs`` (default 0: no ramp).
         norm: "linf" (default) or "l2".
+        attack: "pgd" (default) or "apgd-ce" (torchattacks' APGD-CE with ``steps`` iterations, Linf
+            only: the training attack of the AFD code, so PGD-AT and AFD can be compared at one budget).
     """
 
     name = "pgd_at"
 
     def __init__(self, eps: float = 0.3, steps: int = 10, step_size: float | None = None,
-                 eps_start: float | None = None, ramp_epochs: int = 0, norm: str = "linf"):
+                 eps_start: float | None = None, ramp_epochs: int = 0, norm: str = "linf", attack: str = "pgd"):
         check_number("eps", eps, low=0.0, high=1.0 if norm == "linf" else None)
+        check_choice("attack", attack, ("pgd", "apgd-ce"))
+        if attack == "apgd-ce" and norm != "linf":
+            raise ValueError(f"attack: 'apgd-ce' trains in Linf only; norm is {norm!r} (allowed with it: 'linf')")
         check_number("steps", steps, low=1, integer=True)
         check_number("ramp_epochs", ramp_epochs, low=0, integer=True)
         if eps_start is not None:
             check_number("eps_start", eps_start, low=0.0, high=eps)
         self.eps, self.steps, self.step_size, self.norm = float(eps), int(steps), step_size, norm
         self.eps_start, self.ramp_epochs = eps_start, int(ramp_epochs)
+        self.attack_name = attack
         self.current_eps = self.eps
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
@@ -133,13 +140,17 @@ class PGDAT(Objective):
         return PGD(model, eps=self.current_eps, steps=self.steps, step_size=step, norm=self.norm)
 
     def loss(self, model, x, y):
-        x_adv = self.attack(model)(x, y)          # the attack runs the model in eval mode
+        if self.attack_name == "apgd-ce":
+            x_adv = apgd_ce_examples(model, x, y, self.current_eps, self.steps)   # in the trainer's autocast
+        else:
+            x_adv = self.attack(model)(x, y)      # the attack runs the model in eval mode
         logits = model(x_adv)
         return nn.functional.cross_entropy(logits, y), logits, {"eps": self.current_eps}
 
     def config(self):
         return {"name": self.name, "eps": self.eps, "steps": self.steps, "step_size": self.step_size,
-                "eps_start": self.eps_start, "ramp_epochs": self.ramp_epochs, "norm": self.norm}
+                "eps_start": self.eps_start, "ramp_epochs": self.ramp_epochs, "norm": self.norm,
+                **({"attack": self.attack_name} if self.attack_name != "pgd" else {})}
 
 
 class TRADES(Objective):

@@ -27,6 +27,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from .._utils import check_choice, check_images, check_labels, check_number
 from ..attacks import PGD
+from ..attacks.apgd import apgd_ce_examples
 from ..attacks.base import model_device
 from ..train import Objective
 
@@ -150,16 +151,7 @@ class AFD(Objective):
         if self.attack_name == "pgd":
             with self._autocast():
                 return PGD(self.model, eps=self.eps, steps=self.steps, step_size=self.step_size)(x, y)
-        import torchattacks
-        was = self.model.training
-        atk = torchattacks.APGD(self.model, norm="Linf", eps=self.eps, steps=self.steps, loss="ce", n_restarts=1)
-        # torchattacks' APGD reseeds torch's global RNG on every call: fork it, so the data order,
-        # augmentation and every later random draw of the run are untouched
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), self._autocast():
-            x_adv = atk(x, y)
-        self.model.train(was)
-        return x_adv.detach()
+        return apgd_ce_examples(self.model, x, y, self.eps, self.steps, autocast=self._autocast())
 
     def discriminator_losses(self, s_clean: torch.Tensor, s_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(D's loss, E's adversarial loss) from D's scores on clean and adversarial embeddings."""
