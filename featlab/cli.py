@@ -95,7 +95,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     elif a.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=a.lr)
     else:
-        opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=True)
+        opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=not a.no_nesterov)
     sched = None
     if a.milestones:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=a.milestones, gamma=0.1)
@@ -103,7 +103,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     config = {"dataset": dataset, "model": a.model if a.method != "denoiser" else "unet_denoiser",
               "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config(),
-              "optimizer": a.optimizer, "lr": a.lr, "batch_size": a.batch_size, "limit": a.limit,
+              "optimizer": a.optimizer, "lr": a.lr,
+              **({"nesterov": False} if a.optimizer == "sgd" and a.no_nesterov else {}), "batch_size": a.batch_size, "limit": a.limit,
               "command": _command(), "device": device_description(device), **extra}
     eval_attack = None
     if a.method != "standard":
@@ -316,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    t.add_argument("--no-nesterov", action="store_true",
+                   help="sgd: plain momentum (as AFD's own E+C optimiser), not Nesterov's")
     t.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: 1e-3 for adam, 0.1 for sgd and for afd's E+C, as in the AFD code)")
     t.add_argument("--weight-decay", type=float, default=5e-4)
