@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -25,6 +26,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data, models
+from . import distributed
 from ._utils import get_device, seed_everything
 from .attacks import PGD, from_spec, parse_pgd_spec, strongest_pgd
 from .evaluate import (accuracy, checklist, device_description, input_gradient_stats, large_eps_rows, report_checks,
@@ -64,7 +66,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         a.optimizer = "sgd"               # AFD's E+C optimiser is its own SGD (as in the authors' code)
     if a.lr is None:
         a.lr = 0.1 if a.optimizer == "sgd" else 1e-3
-    device = get_device(a.device)
+    device = distributed.init(a.device)        # under torchrun: joins the process group (gloo / nccl)
     extra: dict[str, Any] = {}
     if a.method == "denoiser":
         model, objective, ccfg = _denoiser_parts(a, device)
@@ -105,7 +107,8 @@ def cmd_train(a: argparse.Namespace) -> None:
               "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config(),
               "optimizer": a.optimizer, "lr": a.lr,
               **({"nesterov": False} if a.optimizer == "sgd" and a.no_nesterov else {}), "batch_size": a.batch_size, "limit": a.limit,
-              "command": _command(), "device": device_description(device), **extra}
+              "command": _command(), "device": device_description(device),
+              "world_size": distributed.world_size(), "sync_batchnorm": a.sync_bn, **extra}
     eval_attack = None
     if a.method != "standard":
         eval_attack = lambda m: PGD(m, eps=a.eps, steps=10, step_size=2.5 * a.eps / 10)  # noqa: E731
@@ -113,12 +116,15 @@ def cmd_train(a: argparse.Namespace) -> None:
     t0 = time.time()
     trainer = Trainer(model, objective, epochs=a.epochs, batch_size=a.batch_size, optimizer=opt, scheduler=sched,
                       augment=augment, device=device, checkpoint=str(out / "checkpoint.pt"), seed=a.seed,
-                      eval_attack=eval_attack, precision=a.precision, memory_format=a.memory_format)
+                      eval_attack=eval_attack, precision=a.precision, memory_format=a.memory_format,
+                      sync_batchnorm=a.sync_bn)
     config.update(trainer.fast.describe())        # the precision and memory format this run trains in
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if distributed.is_main():
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     history = trainer.fit(x, y, eval_data=(xt, yt))
     wall = time.time() - t0
-    (out / "history.json").write_text(json.dumps({"history": history, "wall_s_this_call": wall}, indent=2) + "\n")
+    if distributed.is_main():
+        (out / "history.json").write_text(json.dumps({"history": history, "wall_s_this_call": wall}, indent=2) + "\n")
     print(json.dumps(history[-1]))
 
 
@@ -180,7 +186,7 @@ def _eval_target(a: argparse.Namespace, device: torch.device) -> tuple[torch.nn.
 
 def cmd_eval(a: argparse.Namespace) -> None:
     seed_everything(a.seed)
-    device = get_device(a.device)
+    device = distributed.init(a.device)        # under torchrun: the images are shared out (featlab.evaluate)
     model, config, trained, label, classifier = _eval_target(a, device)
     dataset = config["dataset"]
     x, y = data.load(dataset, "test", limit=a.n_eval, seed=a.seed)
@@ -190,7 +196,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
             "train_device": config.get("device"), "device": device_description(device),
             "train_precision": config.get("precision", "fp32"), "train_memory_format": config.get("memory_format",
                                                                                                    "contiguous"),
-            "precision": "fp32", **trained}
+            "precision": "fp32", "world_size": distributed.world_size(), **trained}
     if config["method"] == "denoiser":
         _eval_denoiser(a, label, model, classifier(), config, x, y, base)
         return
@@ -348,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--eval-n", type=int, default=1000)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)")
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32 (evaluation is always fp32)")
     t.add_argument("--memory-format", choices=["auto", "contiguous", "channels_last"], default="auto",
@@ -410,7 +418,12 @@ def main(argv: list[str] | None = None) -> None:
         run_notebooks(argv[1:])
         return
     a = p.parse_args(argv)
-    a.func(a)
+    if distributed.env_world_size() > 1 and os.environ.get("RANK", "0") != "0":
+        sys.stdout = open(os.devnull, "w")      # under torchrun rank 0 speaks (errors still reach stderr)
+    try:
+        a.func(a)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._utils import GradientMaskingWarning, check_images, check_labels, check_number, get_device
 from .attacks.base import Attack, model_device
 
@@ -35,19 +36,30 @@ def fp32(device: torch.device | str):
     return torch.autocast(torch.device(device).type, enabled=False)
 
 
+def _batch_count(n: int, batch_size: int) -> int:
+    check_number("batch_size", batch_size, low=1, integer=True)
+    return (n + batch_size - 1) // batch_size
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500, progress: bool = False) -> torch.Tensor:
-    """Predicted labels (N,) for images x (N, C, H, W) in [0, 1]; model left in its mode."""
+    """Predicted labels (N,) for images x (N, C, H, W) in [0, 1]; model left in its mode.
+
+    Under torchrun (:mod:`featlab.distributed`) the batches are shared out and gathered: call it on
+    every rank; each gets all N labels."""
     check_images(x)
     device, was_training = model_device(model), model.training
+    n_batches = _batch_count(len(x), batch_size)
     model.eval()
+    local = {}
     try:
         with fp32(device):
-            preds = [model(xb.to(device)).argmax(1).cpu()
-                     for xb, _ in _batches(x, torch.zeros(len(x)), batch_size, "predict", progress)]
+            for b in tqdm(distributed.my_batches(n_batches), desc="predict", leave=False,
+                          disable=not (progress and distributed.is_main())):
+                local[b] = model(x[b * batch_size:(b + 1) * batch_size].to(device)).argmax(1).cpu()
     finally:
         model.train(was_training)
-    return torch.cat(preds)
+    return torch.cat(distributed.gather_batches(local, n_batches)) if n_batches else torch.zeros(0, dtype=torch.long)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
@@ -95,9 +107,18 @@ def _same_forward(attack_model: nn.Module, model: nn.Module) -> bool:
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    batch_size: int = 500, progress: bool = True, early_exit: bool = True) -> float:
-    """Accuracy in percent on ``attack(x, y)``, attacking batch by batch, in fp32 (any autocast
-    around the call is switched off: see :func:`fp32`).
+                    batch_size: int = 500, progress: bool = True, early_exit: bool = True, seed: int = 0) -> float:
+    """Accuracy in percent on ``attack(x, y)``: the mean of :func:`robust_correct`."""
+    ok = robust_correct(model, x, y, attack, batch_size, progress, early_exit, seed)
+    return 100.0 * ok.float().mean().item()
+
+
+def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   batch_size: int = 500, progress: bool = True, early_exit: bool = True,
+                   seed: int = 0) -> torch.Tensor:
+    """Per example (N,) bool: correct both clean and on ``attack(x, y)``, attacking batch by batch in
+    fp32 (any autocast around the call is switched off: see :func:`fp32`).
 
     An example counts as robust when the model classifies it correctly both clean and after the
     attack (as AutoAttack counts). ``attack`` is any callable ``(x, y) -> x_adv``: a featlab attack or
@@ -108,17 +129,28 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     gives the same number (tests/test_speed.py). Every result is checked against the attack's own
     ``eps`` and ``norm`` (when it has them) and the [0, 1] box (:func:`check_threat_model`), so a
     third-party attack cannot inflate the success rate.
+
+    Batch ``b`` runs with torch's RNG seeded by ``distributed.batch_seed(seed, b)`` (the caller's RNG
+    is restored afterwards), so random starts do not depend on what ran before. Under torchrun the
+    batches are dealt round-robin to the ranks and the result gathered: the same tensor, exactly,
+    as one process computes (tests/test_distributed.py). Call it on every rank.
     """
     check_images(x)
     check_labels(y, len(x), getattr(model, "num_classes", None))
-    device, correct = model_device(model), 0
+    check_number("seed", seed, low=0, integer=True)
+    device = model_device(model)
     name = getattr(attack, "name", type(attack).__name__)
     tracked = (isinstance(attack, Attack) and attack.supports_early_exit
                and _same_forward(attack.model, model))
     was_training = model.training
-    for xb, yb in _batches(x, y, batch_size, f"robust acc ({name})", progress):
-        xb, yb = xb.to(device), yb.to(device)
-        with fp32(device):
+    n_batches = _batch_count(len(x), batch_size)
+    local: dict[int, torch.Tensor] = {}
+    for b in tqdm(distributed.my_batches(n_batches), desc=f"robust acc ({name})", leave=False,
+                  disable=not (progress and distributed.is_main())):
+        xb = x[b * batch_size:(b + 1) * batch_size].to(device)
+        yb = y[b * batch_size:(b + 1) * batch_size].to(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), fp32(device):
+            torch.manual_seed(distributed.batch_seed(seed, b))
             model.eval()
             with torch.no_grad():
                 clean_ok = model(xb).argmax(1) == yb
@@ -132,9 +164,10 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                getattr(attack, "norm", None), name)
             model.eval()
             with torch.no_grad():
-                correct += (clean_ok & (model(x_adv).argmax(1) == yb)).sum().item()
+                local[b] = (clean_ok & (model(x_adv).argmax(1) == yb)).cpu()
             model.train(was_training)
-    return 100.0 * correct / len(x)
+    parts = distributed.gather_batches(local, n_batches)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
 
 
 # --------------------------------------------------------------------------- result records
@@ -177,6 +210,9 @@ def write_result(name: str, record: dict[str, Any] | list[dict[str, Any]],
     defaults = {"commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "versions": versions}
     records = [record] if isinstance(record, dict) else list(record)
+    path = Path(results_dir) / f"{name}.json"
+    if not distributed.is_main():          # under torchrun, rank 0 alone writes (the records are the same)
+        return path
     out = []
     for rec in records:
         rec = {**defaults, **rec}
@@ -184,7 +220,6 @@ def write_result(name: str, record: dict[str, Any] | list[dict[str, Any]],
         if missing:
             raise ValueError(f"record is missing required key(s) {missing}; required: {list(RESULT_KEYS)}")
         out.append(rec)
-    path = Path(results_dir) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out[0] if isinstance(record, dict) else out, indent=2, sort_keys=True) + "\n")
@@ -256,7 +291,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str]
         for eps in eps_list:
             t0 = time.time()
             atk = None if eps == 0 else factory(model, eps)
-            rob = clean if atk is None else robust_accuracy(model, x, y, atk, batch_size, progress)
+            rob = clean if atk is None else robust_accuracy(model, x, y, atk, batch_size, progress, seed=seed)
             rows.append({"attack": name, "eps": float(eps), "norm": _norm_name(getattr(atk, "norm", None)) or norm,
                          "clean_acc": clean, "robust_acc": rob, "wall_s": round(time.time() - t0, 2)})
     return rows

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed
 from ._utils import FastPath, check_choice, check_images, check_labels, check_number, choose_fast_path, get_device
 from .attacks import PGD
 from .attacks.apgd import apgd_ce_examples
@@ -38,6 +39,9 @@ class Objective:
     """
 
     name = "objective"
+    #: True for objectives that step their own optimisers on pieces of the model (AFD): under torchrun
+    #: the trainer does not wrap the model in DDP and the objective all-reduces its gradients itself
+    own_gradients = False
 
     def bind(self, trainer: "Trainer") -> None:
         self.trainer = trainer
@@ -54,9 +58,10 @@ class Objective:
         t = self.trainer
         t.model.train()
         with t.autocast():
-            loss, logits, logs = self.loss(t.model, x, y)
+            loss, logits, logs = self.loss(t.forward_model, x, y)
         t.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # under torchrun DDP averages over ranks; this weight makes it the mean over the global batch
+        (loss * (t.shard_weight * t.world_size) if t.world_size > 1 else loss).backward()
         t.optimizer.step()
         out = {"loss": loss.detach(), "train_acc": 100.0 * (logits.detach().argmax(1) == y).float().mean()}
         out.update({k: v.detach() if isinstance(v, torch.Tensor) else float(v) for k, v in logs.items()})
@@ -248,6 +253,15 @@ class Trainer:
         progress: show tqdm bars (default True).
         log_every: the logs are read (one device sync) every this many steps (default 25); with a
             ``callback`` they are read every step.
+        sync_batchnorm: under torchrun on CUDA, BatchNorm statistics over the global batch
+            (``torch.nn.SyncBatchNorm``; default False: per-rank statistics, as DDP does by default).
+
+    Under torchrun (:mod:`featlab.distributed`, after ``distributed.init()``) ``batch_size`` is the
+    global batch: every rank draws the same permutation from ``seed`` and trains on its slice of each
+    batch; DDP averages the gradients (objectives with ``own_gradients``, AFD, all-reduce their own).
+    Each rank's RNG is reseeded at every epoch from (seed, epoch, rank), so attacks' random starts
+    differ between ranks and a resumed run continues exactly. Rank 0 alone writes the checkpoint;
+    every rank resumes from it. The epoch's logs are averaged over all ranks.
     """
 
     def __init__(self, model: nn.Module, objective: Objective | None = None, *, epochs: int = 1,
@@ -256,12 +270,19 @@ class Trainer:
                  device: str | torch.device | None = "auto", precision: str = "auto",
                  memory_format: str = "auto", checkpoint: str | None = None, resume: bool = True, seed: int = 0,
                  eval_attack: Callable[[nn.Module], Callable] | None = None, progress: bool = True,
-                 log_every: int = 25):
+                 log_every: int = 25, sync_batchnorm: bool = False):
         check_number("epochs", epochs, low=1, integer=True)
         check_number("batch_size", batch_size, low=1, integer=True)
         check_number("seed", seed, low=0, integer=True)
         check_number("log_every", log_every, low=1, integer=True)
         self.device = get_device(device)
+        self.world_size, self.rank = distributed.world_size(), distributed.rank()
+        self.shard_weight = 1.0               # this rank's share of the current global batch
+        if sync_batchnorm:
+            if self.world_size == 1 or self.device.type != "cuda":
+                raise ValueError("sync_batchnorm: needs torchrun on CUDA (torch's SyncBatchNorm runs on GPUs); "
+                                 f"here world size is {self.world_size} on {self.device.type}")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.fast: FastPath = choose_fast_path(self.device, precision, memory_format)
         self.model = self.fast.prepare(model.to(self.device))
         self.log_every = int(log_every)
@@ -273,11 +294,24 @@ class Trainer:
         self.eval_attack = eval_attack
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
+        self.ddp = None
+        if self.world_size > 1 and not self.objective.own_gradients:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                               else None)
+        elif self.world_size > 1:
+            distributed.broadcast_module(self.model)
         self.objective.bind(self)
         for name, opt in self.objective.optimizers().items():
             if opt is self.optimizer:
                 raise ValueError(f"objective: its optimizer {name!r} is the trainer's optimizer; list only the others")
         self.extra_schedulers = self._schedulers_for_objective()
+
+    @property
+    def forward_model(self) -> nn.Module:
+        """The module a training forward pass goes through: the DDP wrapper under torchrun, else the model.
+        Attacks unwrap it (their gradients are per rank and never all-reduced)."""
+        return self.ddp if self.ddp is not None else self.model
 
     def autocast(self):
         """The autocast context of the fast path (a no-op in fp32); objectives wrap forward passes in it."""
@@ -336,6 +370,7 @@ class Trainer:
 
     def _maybe_resume(self) -> None:
         from pathlib import Path
+        distributed.barrier()            # rank 0 may still be writing it
         if self.checkpoint and self.resume and Path(self.checkpoint).is_file():
             self.load_state_dict(ckpt.load(self.checkpoint, map_location=self.device))
 
@@ -361,21 +396,34 @@ class Trainer:
         """
         check_images(x, name="x")
         check_labels(y, len(x), getattr(self.model, "num_classes", None))
-        self._maybe_resume()
         n = len(x)
         steps = math.ceil(n / self.batch_size)
+        world, rank, main = self.world_size, self.rank, self.rank == 0
+        last = n - (steps - 1) * self.batch_size
+        if world > 1 and min(self.batch_size, last) < world:
+            raise ValueError(f"batch_size: every one of the {world} ranks needs at least one image of each global "
+                             f"batch; {n} images in batches of {self.batch_size} leave a last batch of {last}. "
+                             f"Choose a batch_size that leaves a last batch of at least {world}")
+        self._maybe_resume()
+        show = self.progress and main
         done = 0
         for epoch in range(self.start_epoch, self.epochs):
             if stop_after is not None and done >= stop_after:
                 break
             t0 = time.perf_counter()
+            if world > 1:       # per-rank streams from the run seed: random starts differ between ranks
+                torch.manual_seed(distributed.batch_seed(self.seed * 100003 + epoch, 1 + rank))
             self.objective.on_epoch_start(epoch, self.epochs)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
             sums: dict[str, Any] = {}      # weighted sums, kept on the device until the epoch ends
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{self.epochs} [{self.objective.name}]",
-                       disable=not self.progress, leave=False)
+                       disable=not show, leave=False)
             for i in bar:
                 idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+                if world > 1:                                  # this rank's slice of the global batch
+                    mine = idx.tensor_split(world)[rank]
+                    self.shard_weight = len(mine) / len(idx)
+                    idx = mine
                 xb = x[idx].to(self.device, non_blocking=True)
                 yb = y[idx].to(self.device, non_blocking=True)
                 xb = self.prepare_batch(xb)
@@ -384,8 +432,13 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
                 if callback is not None:
                     callback(epoch * steps + i, {k: float(v) for k, v in logs.items()})
-                if i % self.log_every == 0 or i == steps - 1:
+                if show and (i % self.log_every == 0 or i == steps - 1):
                     bar.set_postfix(loss=f"{float(logs.get('loss', float('nan'))):.3f}")
+            if world > 1:                                      # the epoch's means over every rank's images
+                keys = sorted(sums)
+                total = distributed.all_reduce_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64)
+                                                               .to(self.device) for k in keys]))
+                sums = dict(zip(keys, total))
             record = {"epoch": epoch + 1, **{k: float(v) / n for k, v in sums.items()},
                       "lr": self.optimizer.param_groups[0]["lr"]}
             record.update(self.objective.epoch_logs())
@@ -393,18 +446,19 @@ class Trainer:
                 self.scheduler.step()
                 for sch in self.extra_schedulers.values():
                     sch.step()
-            if eval_data is not None:
+            if eval_data is not None:          # sharded over the ranks by featlab.evaluate
                 evaluated = self.objective.evaluation_model(self.model)
                 record["clean_acc"] = accuracy(evaluated, *eval_data)
                 if self.eval_attack is not None:
                     record["robust_acc"] = robust_accuracy(evaluated, *eval_data, self.eval_attack(evaluated),
-                                                           progress=self.progress)
+                                                           progress=show, seed=self.seed)
             record["time_s"] = time.perf_counter() - t0
             self.history.append(record)
-            if self.progress:
+            if show:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if self.checkpoint:
+            if self.checkpoint and main:
                 ckpt.save(self.state_dict(epoch), self.checkpoint)
+            distributed.barrier()
             done += 1
             self.start_epoch = epoch + 1
         self.model.eval()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .._utils import check_number
+from .base import unwrap
 
 
 def apgd_ce_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
@@ -21,6 +22,7 @@ def apgd_ce_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     import torchattacks
     check_number("eps", eps, low=0.0, high=1.0)
     check_number("steps", steps, low=1, integer=True)
+    model = unwrap(model)
     was = model.training
     atk = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, loss="ce", n_restarts=1)
     devices = [x.device] if x.device.type == "cuda" else []

@@ -23,6 +23,12 @@ def cross_entropy_per_example(output: torch.Tensor, y: torch.Tensor) -> torch.Te
     return nn.functional.cross_entropy(output, y, reduction="none")
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (attacks never all-reduce their gradients)."""
+    from torch.nn.parallel import DistributedDataParallel
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def model_device(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -52,7 +58,7 @@ class Attack:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable as loss_fn(output, y), got {type(loss_fn).__name__}")
-        self.model = model
+        self.model = unwrap(model)
         self.loss_fn: LossFn = loss_fn or cross_entropy_per_example
 
     # -- the hook subclasses use ------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .. import distributed
 from .._utils import check_choice, check_images, check_labels, check_number
 from ..attacks import PGD
 from ..attacks.apgd import apgd_ce_examples
@@ -95,6 +96,7 @@ class AFD(Objective):
     """
 
     name = "afd"
+    own_gradients = True        # under torchrun it all-reduces its gradients itself (no DDP wrapper)
 
     def __init__(self, model: nn.Module, eps: float = 0.3, steps: int = 40, step_size: float = 0.01,
                  attack: str = "pgd", loss: str = "wgan", lr_ec: float = 0.1, lr_e: float = 0.5, lr_d: float = 0.5,
@@ -133,6 +135,14 @@ class AFD(Objective):
             raise ValueError("optimizer: pass AFD's own optimizer_ec to the Trainer (Trainer(model, afd, "
                              "optimizer=afd.optimizer_ec)), so E+C updates, schedules and checkpoints use it")
         self.discriminator.to(trainer.device)
+        distributed.broadcast_module(self.discriminator)     # under torchrun: rank 0's D everywhere
+
+    def _sync(self, params) -> None:
+        """Under torchrun: average this update's gradients over the ranks (weighted by each rank's
+        share of the global batch). AFD steps three optimisers on pieces of the model (embed, head,
+        D), which DDP's forward hook cannot see, so it all-reduces them itself."""
+        trainer = getattr(self, "trainer", None)
+        distributed.average_gradients(params, weight=trainer.shard_weight if trainer is not None else 1.0)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"optimizer_e": self.optimizer_e, "optimizer_d": self.optimizer_d}
@@ -174,6 +184,7 @@ class AFD(Objective):
             ce = nn.functional.cross_entropy(logits, y)
         self.optimizer_ec.zero_grad(set_to_none=True)
         ce.backward()
+        self._sync(self.model.parameters())
         gn = _grad_norm(self.model.parameters())
         self.optimizer_ec.step()
         # per-example input-gradient norm of the clean loss (x len(x): the mean loss divides by it)
@@ -193,6 +204,7 @@ class AFD(Objective):
         d_loss, _ = self.discriminator_losses(s_clean, s_adv)
         self.optimizer_d.zero_grad(set_to_none=True)
         d_loss.backward()
+        self._sync(self.discriminator.parameters())
         gn = _grad_norm(self.discriminator.parameters())
         self.optimizer_d.step()
         with torch.no_grad():
@@ -216,6 +228,7 @@ class AFD(Objective):
             _, e_loss = self.discriminator_losses(torch.zeros(1, device=x_adv.device), self._score(h_adv, y))
             self.optimizer_e.zero_grad(set_to_none=True)
             e_loss.backward()
+            self._sync(self.model.encoder.parameters())
             gn = _grad_norm(self.model.encoder.parameters())
             self.optimizer_e.step()
         finally:

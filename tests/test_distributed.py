@@ -1,0 +1,121 @@
+"""featlab under torchrun on CPU: 2 processes with gloo against one process, on the same work.
+
+Every run is a subprocess with one thread (torchrun gives each worker one), so one process and two
+compute the same batches with the same kernels.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import featlab
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = str(Path(__file__).with_name("dist_worker.py"))
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+
+
+def _env() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FEATLAB_DIST_TIMEOUT": "120"}
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def single(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def ok(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.slow
+def test_sharded_eval_equals_single_process_exactly(tmp_path):
+    """PGD and the fast AutoAttack (APGD-CE + APGD-T; 25 iterations for CI's time) on 200 images, in
+    4 batches dealt to 2 ranks: the gathered per-example correctness is the single process's, bit for bit."""
+    ok(torchrun(WORKER, "eval", str(tmp_path / "d.pt")))
+    ok(single(WORKER, "eval", str(tmp_path / "s.pt")))
+    d, s = torch.load(tmp_path / "d.pt"), torch.load(tmp_path / "s.pt")
+    assert (d["world_size"], s["world_size"]) == (2, 1)
+    assert len(d["pgd"]) == len(d["apgd"]) == 200
+    assert torch.equal(d["pred"], s["pred"])
+    assert torch.equal(d["pgd"], s["pgd"]), (d["pgd"].float().mean(), s["pgd"].float().mean())
+    assert torch.equal(d["apgd"], s["apgd"]), (d["apgd"].float().mean(), s["apgd"].float().mean())
+    # the attacks did something (else equality would be trivial)
+    assert d["apgd"].sum() < d["pgd"].sum() + 1 and d["pgd"].float().mean() < (d["pred"] >= 0).float().mean()
+
+
+@pytest.mark.parametrize("method", ["standard", "afd"])
+def test_distributed_training_equals_single_process(tmp_path, method):
+    """2 epochs of 5 global batches of 128 (64 per rank): the weights and the epoch logs match one
+    process training on the whole batches. Standard goes through DDP; AFD all-reduces its three
+    optimisers' gradients itself."""
+    ok(torchrun(WORKER, "train", str(tmp_path / "d.pt"), "--method", method))
+    ok(single(WORKER, "train", str(tmp_path / "s.pt"), "--method", method))
+    d, s = torch.load(tmp_path / "d.pt"), torch.load(tmp_path / "s.pt")
+    assert (d["world_size"], s["world_size"]) == (2, 1)
+    for k, v in s["model"].items():
+        torch.testing.assert_close(d["model"][k], v, rtol=1e-4, atol=1e-5, msg=f"parameter {k}")
+    featlab.seed_everything(0)
+    init = featlab.models.create("mnist_cnn").state_dict()
+    moved = max((s["model"][k] - init[k]).abs().max().item() for k in init)
+    assert moved > 1e-3, "training did not move the weights: the comparison would be empty"
+    for hd, hs in zip(d["history"], s["history"]):
+        assert abs(hd["loss"] - hs["loss"]) < 1e-4 and hd["lr"] == hs["lr"]
+    if method == "afd":
+        for k, v in s["discriminator"].items():
+            torch.testing.assert_close(d["discriminator"][k], v, rtol=1e-4, atol=1e-5, msg=f"discriminator {k}")
+
+
+def test_resume_under_torchrun(tmp_path):
+    """Interrupted after epoch 1 and resumed under torchrun = trained straight through under torchrun."""
+    ok(torchrun(WORKER, "train", str(tmp_path / "full.pt"), "--checkpoint", str(tmp_path / "full.ckpt")))
+    ok(torchrun(WORKER, "train", str(tmp_path / "half.pt"), "--checkpoint", str(tmp_path / "r.ckpt"),
+                "--stop-after", "1"))
+    half = torch.load(tmp_path / "half.pt")
+    assert len(half["history"]) == 1
+    ok(torchrun(WORKER, "train", str(tmp_path / "resumed.pt"), "--checkpoint", str(tmp_path / "r.ckpt")))
+    full, resumed = torch.load(tmp_path / "full.pt"), torch.load(tmp_path / "resumed.pt")
+    assert len(resumed["history"]) == 2
+    for k, v in full["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
+    p = torchrun(WORKER, "fail", str(tmp_path / "never.pt"), timeout=240)
+    assert p.returncode != 0
+    assert "boom from rank 1" in p.stdout + p.stderr
+    assert not (tmp_path / "never.pt").exists()
+
+
+def test_cli_eval_record_under_torchrun_equals_its_single_process_twin(tmp_path):
+    args = ["-m", "featlab.cli", "eval", "--pretrained", "mnist_cnn_pgd_at", "--attacks", "pgd10", "--eps", "0.3",
+            "--n-eval", "100", "--batch-size", "25", "--large-eps", "0"]
+    ok(torchrun(*args, "--results-dir", str(tmp_path / "d")))
+    ok(single(*args, "--results-dir", str(tmp_path / "s")))
+    name = "pretrained_mnist_cnn_pgd_at_pgd10_linf_eps0.3_n100.json"
+    d, s = (json.loads((tmp_path / w / name).read_text()) for w in ("d", "s"))
+    assert (d["world_size"], s["world_size"]) == (2, 1)
+    for k in ("clean_acc", "robust_acc", "n_eval", "attack", "eps"):
+        assert d[k] == s[k], k
+    assert s["robust_acc"] < s["clean_acc"]
+
+
+def test_cli_rejects_sync_bn_on_cpu(tmp_path):
+    p = single("-m", "featlab.cli", "train", "--model", "mnist_cnn", "--epochs", "1", "--limit", "64",
+               "--sync-bn", "--device", "cpu", "--out", str(tmp_path / "run"))
+    assert p.returncode != 0 and "sync_batchnorm" in p.stderr
