@@ -105,6 +105,9 @@ def main() -> int:
     p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--cal-steps", type=int, default=30, help="steps per calibration epoch")
     p.add_argument("--work", default="/tmp/gpu_mnist_work", help="run folders and logs (archived into --out)")
+    p.add_argument("--runs", nargs="*", default=None,
+                   help="evaluate these run folders (no training): the eps-0.3 table only, AutoAttack as its own job")
+    p.add_argument("--eval-batch", type=int, default=500)
     p.add_argument("--commit", default=None, help="the commit of the tree sent here (records say 'unknown' "
                                                   "without .git; this fills it in)")
     a = p.parse_args()
@@ -120,6 +123,19 @@ def main() -> int:
     limit = ["--limit", str(a.limit)] if a.limit else []
     n_train = a.limit or 60000
     steps_per_epoch = math.ceil(n_train / 128)
+
+    if a.runs:
+        res = work / "results"
+        common = ["--n-eval", str(a.n_eval), "--large-eps", "0", *dev, "--batch-size", str(a.eval_batch),
+                  "--results-dir", str(res)]
+        jobs = {}
+        for r in a.runs:
+            name = Path(r).name
+            jobs[name + "_sweep"] = [featlab_cmd("eval", "--run", r, *EVALS[0], *common)]
+            jobs[name + "_aa"] = [featlab_cmd("eval", "--run", r, *EVALS[1], *common)]
+        rc = run_parallel(jobs, timeout=max(10.0, left(a.deadline_s) - 20), logdir=work / "logs")
+        emit(out, {"step": "eval", "rc": rc})
+        return finish(a, out, work, res)
 
     # 1. calibration: 2 epochs of 30 steps each, all four methods at once
     cal = {k: [featlab_cmd("train", *COMMON, *v, *dev, "--limit", str(128 * a.cal_steps), "--epochs", "2", "--eval-n", "100",
@@ -164,7 +180,11 @@ def main() -> int:
     rc = run_parallel(jobs, timeout=max(10.0, left(a.deadline_s) - 25), logdir=work / "logs")
     emit(out, {"step": "eval", "rc": rc})
 
-    # 4. records: fill in the commit of the tree sent here; then one archive
+    return finish(a, out, work, res)
+
+
+def finish(a: argparse.Namespace, out: Path, work: Path, res: Path) -> int:
+    """Records: fill in the commit of the tree sent here; then one archive of everything."""
     for f in list(res.rglob("*.json")):
         recs = json.loads(f.read_text())
         for r in recs if isinstance(recs, list) else [recs]:
@@ -179,7 +199,6 @@ def main() -> int:
         tar.add(work, arcname="gpu_mnist")
     emit(out, {"step": "done"})
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

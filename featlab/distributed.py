@@ -5,7 +5,8 @@
 
 - :func:`init` joins the process group that torchrun describes in the environment (``WORLD_SIZE``,
   ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``...): **gloo** on CPU, **nccl** on CUDA (each process
-  takes the GPU ``LOCAL_RANK``). Without torchrun (``WORLD_SIZE`` unset or 1) nothing changes.
+  takes the GPU ``LOCAL_RANK``). Without torchrun nothing changes; under torchrun with one process the
+  distributed paths run all the same (DDP, the gathers), which is how nccl is checked on one GPU.
 - Training (:class:`featlab.train.Trainer`): every rank draws the same global permutation from the
   run seed and takes its slice of each global batch; DDP averages the gradients (objectives that
   run their own updates, AFD, all-reduce theirs with :func:`average_gradients`). Rank 0 alone
@@ -37,9 +38,15 @@ def env_world_size() -> int:
         raise ValueError(f"WORLD_SIZE: {os.environ['WORLD_SIZE']!r} is not an integer (torchrun sets it)") from None
 
 
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or another launcher that sets RANK, LOCAL_RANK and WORLD_SIZE) started this process."""
+    return all(k in os.environ for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+
+
 def is_distributed() -> bool:
-    """True inside an initialised process group of more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True inside an initialised process group (under torchrun, even with one process: then the DDP and
+    gather paths run too, e.g. nccl on one GPU)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
@@ -61,9 +68,10 @@ def init(device: str | torch.device | None = "auto", timeout_s: float | None = N
     ``device``: "auto" (cuda > mps > cpu), "cpu" or "cuda". Under torchrun on CUDA each process
     takes ``cuda:LOCAL_RANK`` and the backend is nccl; on CPU it is gloo.
     """
-    world = env_world_size()
     dev = get_device(device)
-    if world <= 1:
+    if not launched_by_torchrun():
+        if env_world_size() > 1:
+            raise RuntimeError("WORLD_SIZE > 1 but RANK/LOCAL_RANK are not set: start featlab with torchrun")
         return dev
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -279,9 +279,10 @@ class Trainer:
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
         self.shard_weight = 1.0               # this rank's share of the current global batch
         if sync_batchnorm:
-            if self.world_size == 1 or self.device.type != "cuda":
+            if not distributed.is_distributed() or self.device.type != "cuda":
                 raise ValueError("sync_batchnorm: needs torchrun on CUDA (torch's SyncBatchNorm runs on GPUs); "
-                                 f"here world size is {self.world_size} on {self.device.type}")
+                                 f"here: {'torchrun' if distributed.is_distributed() else 'no torchrun'}, "
+                                 f"device {self.device.type}")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.fast: FastPath = choose_fast_path(self.device, precision, memory_format)
         self.model = self.fast.prepare(model.to(self.device))
@@ -295,11 +296,11 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.start_epoch = 0
         self.ddp = None
-        if self.world_size > 1 and not self.objective.own_gradients:
+        if distributed.is_distributed() and not self.objective.own_gradients:
             from torch.nn.parallel import DistributedDataParallel
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                                else None)
-        elif self.world_size > 1:
+        elif distributed.is_distributed():
             distributed.broadcast_module(self.model)
         self.objective.bind(self)
         for name, opt in self.objective.optimizers().items():
@@ -411,7 +412,7 @@ class Trainer:
             if stop_after is not None and done >= stop_after:
                 break
             t0 = time.perf_counter()
-            if world > 1:       # per-rank streams from the run seed: random starts differ between ranks
+            if distributed.is_distributed():       # per-rank streams from the run seed: random starts differ between ranks
                 torch.manual_seed(distributed.batch_seed(self.seed * 100003 + epoch, 1 + rank))
             self.objective.on_epoch_start(epoch, self.epochs)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))

@@ -100,3 +100,15 @@ def test_export_roundtrip(tmp_path):
     model.eval()
     assert torch.allclose(back(x), model(x), atol=5e-2)
     assert pretrained.info("mine", folder)["epochs"] == 1
+
+
+def test_export_refuses_weights_that_do_not_fit_the_config(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "mnist_resnet", "dataset": "mnist", "method": "standard"}))
+    featlab.checkpoint.save({"model": featlab.models.create("mnist_cnn").state_dict()}, run / "checkpoint.pt")
+    folder = tmp_path / "pre"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="run_dir: the weights .* do not fit the model its config.json names"):
+        pretrained.export(run, "mine", folder=folder)
+    assert not list(folder.iterdir()), "nothing written"

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import pickle
 
 import pytest
@@ -119,6 +121,49 @@ def test_checkpoint_roundtrip_atomic(tmp_path):
     ckpt.load_model_weights(m2, p)
     assert torch.equal(m2.head.weight, m.head.weight)
     assert os.listdir(tmp_path / "a") == ["m.pt"]
+
+
+def test_a_flipped_bit_never_changes_what_loads(tmp_path):
+    """Every single-bit flip of a saved checkpoint is refused, or loads exactly the saved content
+    (flips in bytes that torch's zip reader ignores, such as padding): never other numbers."""
+    state = {"model": {"w": torch.randn(200, generator=torch.Generator().manual_seed(0))}, "epoch": 3}
+    raw = ckpt.save(state, tmp_path / "m.pt").read_bytes()
+    refused = 0
+    for pos in range(0, len(raw), 3):
+        flipped = bytearray(raw)
+        flipped[pos] ^= 1 << (pos % 8)
+        (tmp_path / "f.pt").write_bytes(bytes(flipped))
+        try:
+            got = ckpt.load(tmp_path / "f.pt")
+        except ckpt.CheckpointError:
+            refused += 1
+            continue
+        assert torch.equal(got["model"]["w"], state["model"]["w"]) and got["epoch"] == 3, f"byte {pos}"
+    assert refused > len(raw) // 3 // 2          # most flips are caught (the payload is the bulk of the file)
+
+
+def test_checkpoint_mode_follows_umask_and_stale_tmp_files_are_swept(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = ckpt.save({"a": torch.zeros(2)}, tmp_path / "m.pt")
+        assert (p.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+    # a writer killed with SIGKILL between its temporary file and the rename
+    code = ("import os, featlab.checkpoint as c, torch\n"
+            "c.os.replace = lambda *a: os.kill(os.getpid(), 9)\n"
+            f"c.save({{'a': torch.zeros(2)}}, {str(tmp_path / 'k.pt')!r})\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -9
+    assert [f.name for f in tmp_path.glob(".k.pt.*.tmp")], "the killed save left no temporary file to sweep"
+    ckpt.save({"a": torch.ones(2)}, tmp_path / "k.pt")
+    assert not list(tmp_path.glob(".k.pt.*.tmp"))
+    assert torch.equal(ckpt.load(tmp_path / "k.pt")["a"], torch.ones(2))
+
+
+def test_checkpoints_written_before_checksums_still_load(tmp_path):
+    torch.save({"model": {"w": torch.ones(3)}, "epoch": 1}, tmp_path / "old.pt")
+    assert torch.equal(ckpt.load(tmp_path / "old.pt")["model"]["w"], torch.ones(3))
 
 
 class _Payload:

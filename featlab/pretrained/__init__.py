@@ -116,6 +116,15 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
                              f"got {classifier!r}, shipped classifiers: "
                              f"{[k for k, e in man.items() if e['kind'] == 'classifier']}")
     weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    shape = {"kind": kind, "model": config["model"], "dataset": config["dataset"]}
+    if kind == "denoiser":
+        convs = [v for v in state["model"].values() if v.dim() == 4]
+        shape.update(width=config["width"], depth=config["depth"], channels=int(convs[0].shape[1]) if convs else 0)
+    try:                    # the weights must build the model the config names, before anything is written
+        _build(shape).load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ValueError(f"run_dir: the weights in {run / 'checkpoint.pt'} do not fit the model its config.json "
+                         f"names ({config['model']}, {config['dataset']}): {str(e).splitlines()[0]}") from None
     out = ckpt.save({"model": weights}, folder / f"{name}.pt")
     history = state.get("history", [])
     entry: dict[str, Any] = {
@@ -125,9 +134,7 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
         "train_wall_s": round(sum(h.get("time_s", 0.0) for h in history), 1), "objective": config.get("objective"),
         "history": history, "metrics": metrics or {}}
     if kind == "denoiser":
-        first_conv = next(v for v in state["model"].values() if v.dim() == 4)
-        entry.update(classifier=classifier, width=config["width"], depth=config["depth"],
-                     channels=int(first_conv.shape[1]))
+        entry.update(classifier=classifier, width=shape["width"], depth=shape["depth"], channels=shape["channels"])
     man[name] = entry
     tmp = folder / "manifest.json.tmp"
     tmp.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
