@@ -42,13 +42,87 @@ def _command() -> str:
     return "featlab " + " ".join(shlex.quote(a) for a in _ARGV)
 
 
+# --------------------------------------------------------------------------- flag checks (before any loading)
+class UsageError(ValueError):
+    """A flag's value is wrong: reported as a usage error (exit status 2)."""
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v} must be >= {low}")
+        return v
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _float_in(low: float, high: float | None = None, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if v != v or (v <= low if low_open else v < low) or (high is not None and v > high):
+            rng = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"{text} must be {rng}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+def _attack_spec(text: str) -> str:
+    try:                   # the spec parser itself, on a stand-in model: nothing is loaded
+        from_spec(text, torch.nn.Linear(1, 10), 0.1)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e).replace("attacks: ", "")) from None
+    return text
+
+
+def _run_folder(text: str) -> str:
+    run = Path(text)
+    folder = run.parent if run.suffix == ".pt" else run
+    missing = [f for f in ("config.json", "checkpoint.pt") if not (folder / f).is_file()]
+    if missing:
+        raise argparse.ArgumentTypeError(f"{text} is not a featlab run folder (no {' or '.join(missing)} in {folder})")
+    return text
+
+
+def _pretrained_name(text: str) -> str:
+    from . import pretrained
+    try:
+        pretrained.info(text)
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e).replace("name: ", "")) from None
+    return text
+
+
+_IDENTITY = ("dataset", "model", "method", "seed", "epochs", "objective")
+
+
+def _check_out_folder(out: Path, config: dict) -> None:
+    """--out may resume the same run; a folder holding another run is refused before anything is written."""
+    old_path = out / "config.json"
+    if not old_path.is_file():
+        return
+    try:
+        old = json.loads(old_path.read_text())
+    except ValueError:
+        raise UsageError(f"--out: {old_path} is not readable JSON; choose another --out") from None
+    diff = {k: (old.get(k), config.get(k)) for k in _IDENTITY if old.get(k) != config.get(k)}
+    if diff:
+        raise UsageError(f"--out: {out} holds another run (saved vs now: {diff}); choose another --out, or delete "
+                         f"the folder to start over")
+
+
 build_attack = from_spec   # the CLI's --attacks specs (featlab.attacks.from_spec)
 
 
 def _denoiser_parts(a: argparse.Namespace, device: torch.device):
     from .defenses import DenoiserObjective, FeatureLoss, UNetDenoiser
-    if not a.classifier_run:
-        raise SystemExit("--classifier-run is required with --method denoiser (the frozen classifier to defend)")
     classifier, ccfg = _load_run(Path(a.classifier_run), device)
     taps = {t: 1.0 for t in a.feature_taps} if a.feature_taps is not None else None
     loss = FeatureLoss(classifier, taps=taps, pixel_weight=a.pixel_weight)
@@ -58,9 +132,6 @@ def _denoiser_parts(a: argparse.Namespace, device: torch.device):
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    if a.train_attack != "pgd" and a.method not in ("afd", "pgd_at"):
-        raise SystemExit(f"--train-attack {a.train_attack}: only --method afd and pgd_at take another training "
-                         f"attack than pgd (trades maximises its own KL loss)")
     seed_everything(a.seed)
     if a.method == "afd":
         a.optimizer = "sgd"               # AFD's E+C optimiser is its own SGD (as in the authors' code)
@@ -89,6 +160,9 @@ def cmd_train(a: argparse.Namespace) -> None:
             elif a.method == "trades":
                 kwargs = dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, beta=a.beta)
             objective = create_objective(a.method, **kwargs)
+    identity = {"dataset": dataset, "model": a.model if a.method != "denoiser" else "unet_denoiser",
+                "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config()}
+    _check_out_folder(Path(a.out), json.loads(json.dumps(identity)))     # before any data or file is touched
     x, y = data.load(dataset, "train", limit=a.limit, seed=a.seed)
     xt, yt = data.load(dataset, "test", limit=a.eval_n, seed=a.seed)
     params = model.parameters()
@@ -315,44 +389,45 @@ def cmd_probe(a: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="featlab", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a model with one objective; resumable run folder")
     t.add_argument("--dataset", choices=sorted(data.DATASETS), default=None)
     t.add_argument("--model", choices=sorted(models.MODELS), default="mnist_cnn")
     t.add_argument("--method", choices=["standard", "pgd_at", "trades", "afd", "denoiser"], default="standard")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--epochs", type=_int_at_least(1), default=1)
+    t.add_argument("--batch-size", type=_int_at_least(1), default=128)
     t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     t.add_argument("--no-nesterov", action="store_true",
                    help="sgd: plain momentum (as AFD's own E+C optimiser), not Nesterov's")
-    t.add_argument("--lr", type=float, default=None,
+    t.add_argument("--lr", type=_float_in(0.0, low_open=True), default=None,
                    help="learning rate (default: 1e-3 for adam, 0.1 for sgd and for afd's E+C, as in the AFD code)")
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--milestones", type=int, nargs="*", default=[])
-    t.add_argument("--eps", type=float, default=0.3)
-    t.add_argument("--attack-steps", type=int, default=10)
-    t.add_argument("--step-size", type=float, default=None, help="attack step (default 2.5 * eps / steps)")
-    t.add_argument("--beta", type=float, default=6.0, help="trades: weight of the KL term")
+    t.add_argument("--weight-decay", type=_float_in(0.0), default=5e-4)
+    t.add_argument("--milestones", type=_int_at_least(1), nargs="*", default=[])
+    t.add_argument("--eps", type=_float_in(0.0), default=0.3)
+    t.add_argument("--attack-steps", type=_int_at_least(1), default=10)
+    t.add_argument("--step-size", type=_float_in(0.0, low_open=True), default=None, help="attack step (default 2.5 * eps / steps)")
+    t.add_argument("--beta", type=_float_in(0.0), default=6.0, help="trades: weight of the KL term")
     t.add_argument("--afd-loss", choices=["wgan", "bce"], default="wgan", help="afd: discriminator loss")
     t.add_argument("--afd-no-game", action="store_true",
                    help="afd: the mechanism ablation: no encoder update against the discriminator")
     t.add_argument("--train-attack", choices=["pgd", "apgd-ce"], default="pgd",
                    help="afd, pgd_at: the attack that makes x_adv (apgd-ce with --attack-steps 40 is the AFD code's "
                         "MNIST default)")
-    t.add_argument("--lr-e", type=float, default=0.5, help="afd: learning rate of the encoder's adversarial step")
-    t.add_argument("--lr-d", type=float, default=0.5, help="afd: learning rate of the discriminator")
-    t.add_argument("--eps-start", type=float, default=None)
-    t.add_argument("--ramp-epochs", type=int, default=0)
-    t.add_argument("--limit", type=int, default=None, help="train on a stratified subset")
-    t.add_argument("--classifier-run", default=None, help="denoiser: run folder of the frozen classifier")
+    t.add_argument("--lr-e", type=_float_in(0.0, low_open=True), default=0.5, help="afd: learning rate of the encoder's adversarial step")
+    t.add_argument("--lr-d", type=_float_in(0.0, low_open=True), default=0.5, help="afd: learning rate of the discriminator")
+    t.add_argument("--eps-start", type=_float_in(0.0), default=None)
+    t.add_argument("--ramp-epochs", type=_int_at_least(0), default=0)
+    t.add_argument("--limit", type=_int_at_least(1), default=None, help="train on a stratified subset")
+    t.add_argument("--classifier-run", type=_run_folder, default=None, help="denoiser: run folder of the frozen classifier")
     t.add_argument("--feature-taps", nargs="*", default=None,
                    help="denoiser: taps of the feature loss (default: all spatial taps; none: pixel loss only)")
-    t.add_argument("--pixel-weight", type=float, default=0.0, help="denoiser: weight of the pixel MSE term")
-    t.add_argument("--eps-min", type=float, default=0.05, help="denoiser: low end of the training eps range")
-    t.add_argument("--width", type=int, default=16, help="denoiser: U-Net width")
-    t.add_argument("--depth", type=int, default=2, help="denoiser: U-Net depth")
-    t.add_argument("--eval-n", type=int, default=1000)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--pixel-weight", type=_float_in(0.0), default=0.0, help="denoiser: weight of the pixel MSE term")
+    t.add_argument("--eps-min", type=_float_in(0.0), default=0.05, help="denoiser: low end of the training eps range")
+    t.add_argument("--width", type=_int_at_least(1), default=16, help="denoiser: U-Net width")
+    t.add_argument("--depth", type=_int_at_least(1), default=2, help="denoiser: U-Net depth")
+    t.add_argument("--eval-n", type=_int_at_least(1), default=1000)
+    t.add_argument("--seed", type=_int_at_least(0), default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--sync-bn", action="store_true",
                    help="under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)")
@@ -364,23 +439,23 @@ def main(argv: list[str] | None = None) -> None:
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run folder or a shipped model; writes results/*.json")
     target = e.add_mutually_exclusive_group(required=True)
-    target.add_argument("--pretrained", default=None, metavar="NAME",
+    target.add_argument("--pretrained", type=_pretrained_name, default=None, metavar="NAME",
                         help="a model shipped with featlab (featlab.pretrained.available(), or an alias)")
-    target.add_argument("--run", "--checkpoint", dest="run",
+    target.add_argument("--run", "--checkpoint", dest="run", type=_run_folder,
                         help="a run folder of featlab train (or its checkpoint.pt)")
-    e.add_argument("--attacks", nargs="+", default=["pgd40"])
-    e.add_argument("--eps", type=float, nargs="+", default=[0.3])
+    e.add_argument("--attacks", type=_attack_spec, nargs="+", default=["pgd40"])
+    e.add_argument("--eps", type=_float_in(0.0), nargs="+", default=[0.3])
     e.add_argument("--norm", choices=["linf", "l2"], default="linf")
-    e.add_argument("--n-eval", type=int, default=1000)
-    e.add_argument("--large-eps", type=float, default=None,
+    e.add_argument("--n-eval", type=_int_at_least(1), default=1000)
+    e.add_argument("--large-eps", type=_float_in(0.0), default=None,
                    help="eps of the checklist's 'reaches ~0' point (default 1.0 in Linf; 0 turns it off)")
-    e.add_argument("--batch-size", type=int, default=500)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=_int_at_least(1), default=500)
+    e.add_argument("--seed", type=_int_at_least(0), default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--results-dir", default="results")
     e.set_defaults(func=cmd_eval)
     ex = sub.add_parser("export", help="ship a run's weights (float16) as featlab.pretrained.load(NAME)")
-    ex.add_argument("--run", required=True)
+    ex.add_argument("--run", type=_run_folder, required=True)
     ex.add_argument("--name", required=True)
     ex.add_argument("--classifier", default=None, help="denoiser runs: the pretrained name of its classifier")
     ex.set_defaults(func=cmd_export)
@@ -389,10 +464,10 @@ def main(argv: list[str] | None = None) -> None:
     rs.add_argument("--out", default=None, help="default: <results-dir>/RESULTS.md")
     rs.set_defaults(func=cmd_results)
     pr = sub.add_parser("probe", help="feature distortion per tap, adversarial vs random noise")
-    pr.add_argument("--run", action="append", required=True, help="a run folder (repeat for several)")
-    pr.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
-    pr.add_argument("--steps", type=int, default=40)
-    pr.add_argument("--n-eval", type=int, default=1000)
+    pr.add_argument("--run", type=_run_folder, action="append", required=True, help="a run folder (repeat for several)")
+    pr.add_argument("--eps", type=_float_in(0.0, 1.0), nargs="+", default=[0.1, 0.2, 0.3])
+    pr.add_argument("--steps", type=_int_at_least(1), default=40)
+    pr.add_argument("--n-eval", type=_int_at_least(1), default=1000)
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device", default="auto")
     pr.add_argument("--name", default="probe")
@@ -401,12 +476,12 @@ def main(argv: list[str] | None = None) -> None:
     sp = sub.add_parser("separability", help="AFD's probe: can a fresh discriminator tell clean from adversarial "
                                              "embeddings? -> results/probes/")
     st = sp.add_mutually_exclusive_group(required=True)
-    st.add_argument("--pretrained", default=None, metavar="NAME")
-    st.add_argument("--run", default=None)
-    sp.add_argument("--eps", type=float, default=0.3)
-    sp.add_argument("--attack-steps", type=int, default=10)
-    sp.add_argument("--n", type=int, default=2048, help="training images embedded (a quarter held out)")
-    sp.add_argument("--steps", type=int, default=400, help="the probe's SGD steps")
+    st.add_argument("--pretrained", type=_pretrained_name, default=None, metavar="NAME")
+    st.add_argument("--run", type=_run_folder, default=None)
+    sp.add_argument("--eps", type=_float_in(0.0, 1.0), default=0.3)
+    sp.add_argument("--attack-steps", type=_int_at_least(1), default=10)
+    sp.add_argument("--n", type=_int_at_least(8), default=2048, help="training images embedded (a quarter held out)")
+    sp.add_argument("--steps", type=_int_at_least(1), default=400, help="the probe's SGD steps")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", default="auto")
     sp.add_argument("--results-dir", default="results")
@@ -417,13 +492,41 @@ def main(argv: list[str] | None = None) -> None:
         from .notebooks import main as run_notebooks
         run_notebooks(argv[1:])
         return
-    a = p.parse_args(argv)
+    a = p.parse_args(argv)                  # flag values are checked here, before anything loads (exit 2)
+    _check_flags(p, a)
     if distributed.env_world_size() > 1 and os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")      # under torchrun rank 0 speaks (errors still reach stderr)
     try:
         a.func(a)
+    except UsageError as err:
+        if a.debug:
+            raise
+        p.error(str(err))
+    except (ValueError, TypeError, RuntimeError, OSError, KeyError) as err:
+        if a.debug:
+            raise
+        # one line, naming what was wrong (featlab's errors name their argument); --debug for the traceback
+        print(f"featlab {a.cmd}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+              file=sys.stderr)
+        sys.exit(1)
     finally:
         distributed.shutdown()
+
+
+def _check_flags(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """The checks that involve two flags (usage errors, exit 2)."""
+    if a.cmd == "eval" and a.norm == "linf" and any(e > 1 for e in a.eps):
+        p.error(f"argument --eps: {max(a.eps):g} is larger than the whole [0, 1] pixel range in linf (<= 1)")
+    if a.cmd == "train":
+        if a.eps > 1:
+            p.error(f"argument --eps: {a.eps:g} must be <= 1 (linf, pixel units)")
+        if a.milestones and max(a.milestones) >= a.epochs:
+            p.error(f"argument --milestones: {max(a.milestones)} must be < --epochs {a.epochs}")
+        if a.method == "denoiser" and not a.classifier_run:
+            p.error("argument --classifier-run: required with --method denoiser (the frozen classifier to defend)")
+        if a.train_attack != "pgd" and a.method not in ("afd", "pgd_at"):
+            p.error(f"argument --train-attack: {a.train_attack} is for --method afd and pgd_at (trades maximises its "
+                    f"own KL loss)")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,57 @@ def test_eval_pretrained(tmp_path):
         cli.main(["eval", "--pretrained", "mnist_nope"])
     with pytest.raises(SystemExit):
         cli.main(["eval", "--pretrained", "mnist_afd", "--run", "runs/x"])           # one target, not both
+
+
+def _featlab(*args: str, timeout: float = 120):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "featlab.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["eval", "--run", "missing/"], "--run"),
+    (["eval", "--pretrained", "mnist_cnn_standard", "--eps", "-1"], "--eps"),
+    (["eval", "--pretrained", "mnist_cnn_standard", "--eps", "2"], "--eps"),
+    (["eval", "--pretrained", "mnist_cnn_standard", "--attacks", "bogus"], "--attacks"),
+    (["eval", "--pretrained", "mnist_cnn_standard", "--n-eval", "0"], "--n-eval"),
+    (["eval", "--pretrained", "no_such_model"], "--pretrained"),
+    (["train", "--epochs", "0", "--out", "x"], "--epochs"),
+    (["train", "--eps", "nan", "--out", "x"], "--eps"),
+    (["train", "--method", "trades", "--train-attack", "apgd-ce", "--out", "x"], "--train-attack"),
+    (["train", "--method", "denoiser", "--out", "x"], "--classifier-run"),
+    (["train", "--milestones", "3", "--epochs", "2", "--out", "x"], "--milestones"),
+])
+def test_bad_flags_are_usage_errors_that_name_the_flag(args, flag, tmp_path):
+    """Checked before any data or model is loaded: exit 2, the flag named, no traceback, nothing written."""
+    p = _featlab(*[a if a != "x" else str(tmp_path / "run") for a in args])
+    assert p.returncode == 2, p.stderr
+    assert flag in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@needs_mnist
+def test_runtime_error_is_one_line_exit_1_and_debug_shows_the_traceback(tmp_path):
+    run = tmp_path / "broken"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"dataset": "mnist", "model": "mnist_cnn", "method": "standard"}))
+    (run / "checkpoint.pt").write_text("<html>not a checkpoint</html>")
+    p = _featlab("eval", "--run", str(run), "--n-eval", "10")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "checkpoint.pt" in p.stderr and "corrupted" in p.stderr
+    p = _featlab("--debug", "eval", "--run", str(run), "--n-eval", "10")
+    assert p.returncode == 1 and "Traceback" in p.stderr
+
+
+@needs_mnist
+def test_train_refuses_an_out_folder_of_another_run_before_writing(tmp_path):
+    run = tmp_path / "run"
+    cli.main(["train", "--model", "mnist_cnn", "--epochs", "1", "--limit", "256", "--eval-n", "50",
+              "--out", str(run), "--device", "cpu"])
+    before = {f.name: f.read_bytes() for f in run.iterdir()}
+    p = _featlab("train", "--model", "mnist_resnet", "--epochs", "1", "--limit", "256", "--out", str(run))
+    assert p.returncode == 2 and "--out" in p.stderr and "another run" in p.stderr
+    assert {f.name: f.read_bytes() for f in run.iterdir()} == before
