@@ -163,7 +163,8 @@ def sweep(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps
     """For each model and eps: PGD (Linf, ``attack_steps``) vs random noise of the same Linf size.
 
     Returns ``results[model_name][eps][set]`` with sets "adversarial" and "random-<kind>".
-    Noise is drawn from a generator seeded with ``seed``, so the same call repeats exactly.
+    Noise is drawn from a generator seeded with ``seed``, and PGD's random start from torch's RNG seeded
+    with it (the caller's RNG is restored), so the same call repeats exactly.
     """
     from .attacks import PGD
     from tqdm.auto import tqdm
@@ -175,7 +176,11 @@ def sweep(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps
     for name, eps in tqdm(jobs, desc="probe sweep", leave=False):
         model = models[name]
         g = torch.Generator().manual_seed(seed)
-        sets = {"adversarial": PGD(model, eps=eps, steps=attack_steps, step_size=2.5 * eps / attack_steps)(x, y).cpu()}
+        dev = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)      # PGD's random start: the same call repeats exactly
+            sets = {"adversarial": PGD(model, eps=eps, steps=attack_steps,
+                                       step_size=2.5 * eps / attack_steps)(x, y).cpu()}
         for kind in kinds:
             sets[f"random-{kind}"] = random_noise(x, eps, kind=kind, generator=g)
         out.setdefault(name, {})[eps] = compare(model, x, sets, layers)

@@ -474,8 +474,12 @@ def train_classifier(model_name: str, x: torch.Tensor, y: torch.Tensor, method: 
     """Build a registered model and train it with one objective (Adam); returns (model, history).
 
     The notebooks' one-liner: ``model, hist = train_classifier("mnist_cnn", x, y, "pgd_at", epochs=2, eps=0.3)``.
+    ``seed`` fixes everything random: the initial weights, the data order and the attacks' starts, so
+    two processes given the same arguments return the same model.
     """
     from . import models
+    from ._utils import seed_everything
+    seed_everything(seed)              # the model's initial weights come from the seed too
     model = models.create(model_name, num_classes=num_classes)
     objective = create_objective(method, **objective_kwargs)
     eval_attack = None

@@ -34,9 +34,31 @@ def tiny_model(channels: int = 1, size: int = 8, num_classes: int = 3) -> Featur
                         (channels, size, size), num_classes, name="tiny")
 
 
+def tiny_bn_model(channels: int = 1, size: int = 8, num_classes: int = 3) -> FeatureModel:
+    """tiny_model with BatchNorm and Dropout: running the model in train mode by mistake changes its
+    BatchNorm statistics (and makes its outputs random), so mode bugs show."""
+    torch.manual_seed(1)
+    enc = nn.Sequential(OrderedDict([
+        ("conv", nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.3))),
+        ("flat", nn.Flatten()),
+    ]))
+    model = FeatureModel(Normalize([0.5] * channels, [0.25] * channels), enc, nn.Linear(4 * size * size, num_classes),
+                         (channels, size, size), num_classes, name="tiny_bn")
+    with torch.no_grad():          # non-trivial running statistics, so a reset would show too
+        bn = enc.conv[1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
 @pytest.fixture
 def tiny():
     return tiny_model()
+
+
+@pytest.fixture
+def tiny_bn():
+    return tiny_bn_model()
 
 
 def have_data(name: str) -> bool:

@@ -115,7 +115,15 @@ def test_trades_step_and_attack_start():
     m = featlab.models.create("mnist_cnn")
     x, y = _batch(16)
     loss, logits, logs = TRADES(eps=0.3, steps=2).loss(m, x, y)
-    assert loss.requires_grad and logits.shape == (16, 10) and logs["robust_kl"] >= 0
+    assert loss.requires_grad and logits.shape == (16, 10)
+    # the objective is natural CE + beta * KL(f(x) || f(x_adv)), with beta where it belongs
+    assert logs["natural"] == pytest.approx(float(torch.nn.functional.cross_entropy(m(x), y)), rel=1e-5)
+    assert float(loss) == pytest.approx(float(logs["natural"] + 6.0 * logs["robust_kl"]), rel=1e-5)
+    assert logs["robust_kl"] > 1e-4                      # the attack found a direction that moves the output
+    loss2, _, logs2 = TRADES(eps=0.3, steps=2, beta=1.0).loss(m, x, y)
+    assert float(loss2) == pytest.approx(float(logs2["natural"] + logs2["robust_kl"]), rel=1e-5)
+    _, _, logs0 = TRADES(eps=0.0, steps=2).loss(m, x, y)   # eps 0: x_adv = x, nothing to be robust to
+    assert float(logs0["robust_kl"]) < 1e-6 < float(logs["robust_kl"])
     x_adv = featlab.attacks.PGD(m, eps=0.1, steps=0 + 1, random_start=0.001)(x, y)
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
 

@@ -43,7 +43,10 @@ def test_stays_in_ball_and_pixel_range(name, eps, seed):
 
 
 @pytest.mark.parametrize("name", sorted(ATTACK_SPECS))
-def test_eps_zero_returns_x_no_grad_leak_mode_restored(name, tiny):
+def test_eps_zero_returns_x_no_grad_leak_mode_restored(name, tiny_bn):
+    """On a model with BatchNorm and Dropout: an attack that ran it in train mode would move the
+    BatchNorm statistics; one that left it in eval mode would fail the mode checks."""
+    tiny = tiny_bn
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
     assert torch.equal(ATTACK_SPECS[name](tiny, 0.0)(x, y), x)
     tiny.train()
@@ -167,3 +170,37 @@ def test_agrees_with_torchattacks_pgd(trained_mnist, mnist_small, norm, eps):
     print(f"\n{norm} eps {eps}: clean {clean:.1f}%  featlab PGD-{steps} {a:.1f}%  torchattacks PGD-{steps} {b:.1f}%")
     assert 5 < b < clean - 10, f"eps {eps} should give a non-trivial robust accuracy, got {b}"
     assert abs(a - b) <= 1.0, f"featlab {a:.1f}% vs torchattacks {b:.1f}%"
+
+
+def _linear_model():
+    torch.manual_seed(3)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)).double()
+
+
+def _ce_input_grad(lin: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d CE / d x for logits W x + b, by hand: W^T (softmax - onehot), per example."""
+    p = torch.softmax(x.flatten(1) @ lin.weight.T + lin.bias, dim=1)
+    return ((p - torch.nn.functional.one_hot(y, 4).double()) @ lin.weight).view_as(x)
+
+
+def test_fgsm_exact_on_a_linear_model():
+    model = _linear_model()
+    x = torch.rand(5, 1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 1])
+    expected = (x + 0.1 * _ce_input_grad(model[1], x, y).sign()).clamp(0, 1)
+    assert torch.equal(featlab.attacks.FGSM(model, eps=0.1)(x, y), expected)
+
+
+def test_pgd_exact_on_a_linear_model():
+    """Three Linf steps from x (no random start): step, clip to [0, 1], project onto the eps ball."""
+    model = _linear_model()
+    x = torch.rand(5, 1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([3, 2, 1, 0, 0])
+    eps, a = 0.05, 0.02
+    xe = x.clone()
+    for _ in range(3):
+        xe = xe + a * _ce_input_grad(model[1], xe, y).sign()
+        xe = torch.min(torch.max(xe, x - eps), x + eps).clamp(0, 1)
+    got = featlab.attacks.PGD(model, eps=eps, steps=3, step_size=a, random_start=False)(x, y)
+    torch.testing.assert_close(got, xe, rtol=0, atol=1e-12)
+    assert (got - x).abs().max() > 0.04            # it moved: the comparison is not x against x

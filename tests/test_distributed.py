@@ -55,8 +55,8 @@ def test_sharded_eval_equals_single_process_exactly(tmp_path):
     assert torch.equal(d["pred"], s["pred"])
     assert torch.equal(d["pgd"], s["pgd"]), (d["pgd"].float().mean(), s["pgd"].float().mean())
     assert torch.equal(d["apgd"], s["apgd"]), (d["apgd"].float().mean(), s["apgd"].float().mean())
-    # the attacks did something (else equality would be trivial)
-    assert d["apgd"].sum() < d["pgd"].sum() + 1 and d["pgd"].float().mean() < (d["pred"] >= 0).float().mean()
+    # neither all fooled nor none: the equality is not that of two constant vectors
+    assert 0 < int(d["apgd"].sum()) < 200 and 0 < int(d["pgd"].sum()) < 200
 
 
 @pytest.mark.parametrize("method", ["standard", "afd"])

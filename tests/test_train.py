@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -196,3 +197,53 @@ def test_truncated_and_tampered_checkpoints(tmp_path):
         ckpt.load(tmp_path / "missing.pt")
     with pytest.raises(ckpt.CheckpointError, match="does not fit this model"):
         ckpt.load_model_weights(featlab.models.create("mnist_cnn"), p)
+
+
+_SEEDED_CALLS = r'''
+import hashlib, json, os, sys
+import torch
+import featlab
+from featlab.attacks import PGD
+from featlab.defenses import embedding_separability
+
+def scramble():                       # each call must be reproducible by itself, whatever ran before
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+
+def digest(t):
+    return hashlib.sha256(t.detach().double().numpy().tobytes()).hexdigest()[:16]
+
+g = torch.Generator().manual_seed(0)
+x, y = torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
+out = {}
+scramble()
+model, hist = featlab.train.train_classifier("mnist_cnn", x, y, "pgd_at", epochs=1, batch_size=32, seed=7,
+                                             progress=False, device="cpu", eps=0.1, steps=2)
+out["train_classifier"] = digest(torch.cat([p.flatten() for p in model.parameters()]))
+scramble()
+out["robust_correct"] = digest(featlab.evaluate.robust_correct(model, x, y, PGD(model, eps=0.1, steps=3), progress=False,
+                                                              seed=3).double())
+scramble()
+res = featlab.probe.sweep({"m": model}, x[:16], y[:16], [0.1], attack_steps=2, seed=4)
+out["probe.sweep"] = repr({s: {k: round(v, 6) for k, v in d.mean("linf").items()} if hasattr(d, "mean") else str(d)
+                           for s, d in res["m"][0.1].items()})
+scramble()
+sep = embedding_separability(model, x, y, PGD(model, eps=0.1, steps=2), steps=20, seed=5)
+out["embedding_separability"] = repr(sorted((k, round(float(v), 6)) for k, v in sep.items()
+                                            if isinstance(v, (int, float))))
+print(json.dumps(out))
+'''
+
+
+def test_every_seeded_call_repeats_in_a_fresh_process(tmp_path):
+    """train_classifier (the model is built after seeding), robust_correct, probe.sweep and the
+    separability probe: same seed, same numbers in two fresh processes whose global RNG differs."""
+    script = tmp_path / "seeded.py"
+    script.write_text(_SEEDED_CALLS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outs = [subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+            for _ in range(2)]
+    for p in outs:
+        assert p.returncode == 0, p.stderr[-2000:]
+    first, second = (json.loads(p.stdout.strip().splitlines()[-1]) for p in outs)
+    assert set(first) == {"train_classifier", "robust_correct", "probe.sweep", "embedding_separability"}
+    assert first == second

@@ -318,7 +318,8 @@ def embedding_separability(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         attack: a callable ``(x, y) -> x_adv`` against ``model`` (e.g. ``PGD(model, eps=0.3, steps=10)``).
         steps, lr: the probe's SGD steps and learning rate (momentum 0.9); loss: "bce" (default) or "wgan".
         holdout: share of images scored, never trained on (default 0.25).
-        seed: the split and the probe's initialisation.
+        seed: the attack's random starts, the split and the probe's initialisation (the caller's RNG is
+            left as it was).
 
     Returns:
         {"train_acc", "holdout_acc"}: balanced accuracy in percent (50 = cannot tell them apart),
@@ -334,7 +335,10 @@ def embedding_separability(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if not hasattr(model, "embed"):
         raise TypeError("model must be a featlab model with embed(x) (the encoder's output)")
     device, was_training = model_device(model), model.training
-    x_adv = torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]).cpu() for i in range(0, len(x), batch_size)])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)          # the attack's random starts too: the call repeats by itself
+        x_adv = torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]).cpu()
+                           for i in range(0, len(x), batch_size)])
     model.eval()
     try:
         with torch.no_grad():
