@@ -29,8 +29,8 @@ from . import data, models
 from . import distributed
 from ._utils import get_device, seed_everything
 from .attacks import PGD, from_spec, parse_pgd_spec, strongest_pgd
-from .evaluate import (accuracy, checklist, device_description, input_gradient_stats, large_eps_rows, report_checks,
-                       robust_accuracy, sweep, write_result)
+from .evaluate import (accuracy, checklist, device_description, input_gradient_stats, large_eps_rows,
+                       per_example_worst_case, report_checks, robust_accuracy, sweep, write_result)
 from .train import Trainer, create_objective
 
 
@@ -281,11 +281,14 @@ def cmd_eval(a: argparse.Namespace) -> None:
     checks = checklist(rows, input_gradient_stats(model, x, y, a.batch_size), large_eps=large, n=len(x))
     print(report_checks(checks, label=label))
     sanity = {"passed": all(c["passed"] for c in checks), "checks": checks}
-    for r in rows:
-        atk = build_attack(r["attack"], model, r["eps"], norm=a.norm, seed=a.seed)
+    for r in rows + per_example_worst_case(rows):
+        if r["attack"] == "worst-case":      # every attack of this call, per image (as AutoAttack counts)
+            extra = {"attack_repr": "per-example worst case of " + " + ".join(r["attacks"]), "attacks": r["attacks"]}
+        else:
+            extra = {"attack_repr": repr(build_attack(r["attack"], model, r["eps"], norm=a.norm, seed=a.seed))}
         # "white-box" is the threat model (the attacker may see everything), also for Square, which uses no gradient
         rec = {**base, "threat_model": "white-box", "norm": r["norm"], "eps": r["eps"], "attack": r["attack"],
-               "attack_repr": repr(atk), "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
+               **extra, "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
                "wall_s": r["wall_s"], "sanity": sanity}
         if large is not None and r["eps"] == large and large not in a.eps:
             rec["role"] = "checklist large-eps point"       # featlab.results.worst_case leaves it out

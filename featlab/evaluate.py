@@ -271,7 +271,9 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str]
             "autoattack", ...) or a dict name -> ``factory(model, eps) -> attack``.
         eps_list: radii in pixel units; eps 0 gives the clean accuracy.
         norm: "linf" or "l2" (spec strings ending in "_l2" are L2 whatever this says).
-    Returns rows ``{"attack", "eps", "norm", "clean_acc", "robust_acc", "wall_s"}`` (percent).
+    Returns rows ``{"attack", "eps", "norm", "clean_acc", "robust_acc", "wall_s", "correct"}`` (percent;
+    ``correct`` is the per-example bool tensor, same images for every attack: see
+    :func:`per_example_worst_case`).
     """
     import time
     from .attacks import from_spec
@@ -285,16 +287,41 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str]
     if not isinstance(attacks, dict):       # malformed specs fail now, before any attack runs
         for a in attacks:
             from_spec(a, model, max(eps_list) if norm == "linf" else 1.0, norm=norm, seed=seed)
-    clean = accuracy(model, x, y, batch_size)
+    clean_ok = predict(model, x, batch_size) == y.cpu()
+    clean = 100.0 * clean_ok.float().mean().item()
     rows = []
     for name, factory in factories.items():
         for eps in eps_list:
             t0 = time.time()
             atk = None if eps == 0 else factory(model, eps)
-            rob = clean if atk is None else robust_accuracy(model, x, y, atk, batch_size, progress, seed=seed)
+            ok = clean_ok if atk is None else robust_correct(model, x, y, atk, batch_size, progress, seed=seed)
             rows.append({"attack": name, "eps": float(eps), "norm": _norm_name(getattr(atk, "norm", None)) or norm,
-                         "clean_acc": clean, "robust_acc": rob, "wall_s": round(time.time() - t0, 2)})
+                         "clean_acc": clean, "robust_acc": 100.0 * ok.float().mean().item(),
+                         "wall_s": round(time.time() - t0, 2), "correct": ok})
     return rows
+
+
+def per_example_worst_case(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every (eps, norm) that two or more attacks of a :func:`sweep` ran on the same images: the
+    share of images that **every** attack left correctly classified, as AutoAttack counts its
+    ensemble. It is at most the lowest single attack's accuracy, and lower whenever the attacks fool
+    different images. Rows ``{"attack": "worst-case", "attacks": [...], "eps", "norm", "clean_acc",
+    "robust_acc", "wall_s", "correct"}``; rows without ``correct`` are left out."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("correct") is not None and r["eps"] > 0 and r.get("attack") != "worst-case":
+            groups.setdefault((float(r["eps"]), str(r["norm"])), []).append(r)
+    out = []
+    for (eps, norm), rs in sorted(groups.items()):
+        if len(rs) < 2:
+            continue
+        if len({len(r["correct"]) for r in rs}) != 1:
+            raise ValueError("rows: the attacks ran on different numbers of images; no per-example worst case")
+        ok = torch.stack([r["correct"] for r in rs]).all(0)
+        out.append({"attack": "worst-case", "attacks": [r["attack"] for r in rs], "eps": eps, "norm": norm,
+                    "clean_acc": rs[0]["clean_acc"], "robust_acc": 100.0 * ok.float().mean().item(),
+                    "wall_s": round(sum(r["wall_s"] for r in rs), 2), "correct": ok})
+    return out
 
 
 def input_gradient_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
@@ -455,7 +482,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: list[
              attacks: tuple[str, ...] = ("fgsm", "pgd10", "pgd40", "pgd40x3"), norm: str = "linf",
              large_eps: float | None = None, batch_size: int = 500, seed: int = 0, progress: bool = True,
              label: str = "", warn: bool = True) -> dict[str, Any]:
-    """A sweep plus the checklist, run together: ``{"rows", "checks", "passed", "gradient_stats"}``.
+    """A sweep plus the checklist, run together: ``{"rows", "checks", "passed", "gradient_stats", "text",
+    "worst_case"}`` (``worst_case``: :func:`per_example_worst_case` of the rows, per eps).
 
     ``large_eps`` (default 1.0 in Linf, the whole pixel box) is added for the strongest PGD so
     the "reaches ~0" check has its point. Failed checks raise a :class:`GradientMaskingWarning`.
@@ -468,4 +496,4 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: list[
     checks = checklist(rows, stats, large_eps=large_eps, n=len(x))
     text = report_checks(checks, label=label, warn=warn)
     return {"rows": rows, "checks": checks, "passed": all(c["passed"] for c in checks), "gradient_stats": stats,
-            "text": text}
+            "text": text, "worst_case": per_example_worst_case(rows)}

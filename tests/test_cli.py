@@ -17,7 +17,12 @@ def test_train_eval_probe_roundtrip(tmp_path):
               "--results-dir", str(res), "--device", "cpu"])
     recs = {p.name: json.loads(p.read_text()) for p in res.glob("*.json")}
     expected = {f"tiny_std_{a}_linf_eps{e}_n200.json" for a in ("fgsm", "pgd5") for e in ("0.1", "0.3")}
-    assert set(recs) == expected | {"tiny_std_pgd5_linf_eps1_n200.json"}     # the checklist's "reaches ~0" point
+    worst = {f"tiny_std_worst-case_linf_eps{e}_n200.json" for e in ("0.1", "0.3")}  # per image, across attacks
+    assert set(recs) == expected | worst | {"tiny_std_pgd5_linf_eps1_n200.json"}   # + the checklist's ~0 point
+    for e in ("0.1", "0.3"):
+        w = recs[f"tiny_std_worst-case_linf_eps{e}_n200.json"]
+        assert w["attacks"] == ["fgsm", "pgd5"]
+        assert w["robust_acc"] <= min(recs[f"tiny_std_{a}_linf_eps{e}_n200.json"]["robust_acc"] for a in ("fgsm", "pgd5"))
     r = recs["tiny_std_pgd5_linf_eps0.3_n200.json"]
     assert r["sanity"]["passed"], r["sanity"]
     assert {c["check"] for c in r["sanity"]["checks"]} >= {"monotone in eps (pgd5)", "input gradients exist",
@@ -47,7 +52,7 @@ def test_eval_pretrained(tmp_path, capsys):
               "--n-eval", "100", "--large-eps", "0", "--results-dir", str(res), "--device", "cpu"])
     recs = {p.name: json.loads(p.read_text()) for p in res.glob("*.json")}
     assert set(recs) == {f"pretrained_mnist_resnet_afd_{a}_linf_eps{e}_n100.json"
-                         for a in ("fgsm", "pgd5") for e in ("0.1", "0.3")}
+                         for a in ("fgsm", "pgd5", "worst-case") for e in ("0.1", "0.3")}
     r = recs["pretrained_mnist_resnet_afd_pgd5_linf_eps0.3_n100.json"]
     assert r["method"] == "afd" and r["epochs"] == 3 and r["weights"].startswith("featlab.pretrained:mnist_resnet_afd")
     assert r["train_command"].startswith("featlab train --model mnist_resnet --method afd")

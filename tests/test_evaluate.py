@@ -69,3 +69,28 @@ def test_robust_accuracy_refuses_results_outside_the_threat_model():
     with pytest.raises(RuntimeError, match="l2 size"):
         check_threat_model(x, x + 0.05, eps=0.1, norm="L2")   # L2 size 0.4 (torchattacks spells it "L2")
     check_threat_model(x, x, eps=0.0, norm="Linf")
+
+
+def test_per_example_worst_case_counts_images_every_attack_left_correct():
+    from featlab.evaluate import per_example_worst_case
+    a = torch.tensor([True, True, False, True, False, True])
+    b = torch.tensor([True, False, True, True, False, True])
+    rows = [{"attack": "pgd40", "eps": 0.3, "norm": "linf", "clean_acc": 100.0, "robust_acc": 66.7, "wall_s": 1.0,
+             "correct": a},
+            {"attack": "square", "eps": 0.3, "norm": "linf", "clean_acc": 100.0, "robust_acc": 66.7, "wall_s": 2.0,
+             "correct": b},
+            {"attack": "pgd40", "eps": 0.1, "norm": "linf", "clean_acc": 100.0, "robust_acc": 100.0, "wall_s": 1.0,
+             "correct": torch.ones(6, dtype=torch.bool)}]
+    (w,) = per_example_worst_case(rows)               # eps 0.1 has one attack only: no row
+    assert w["attack"] == "worst-case" and w["attacks"] == ["pgd40", "square"] and w["eps"] == 0.3
+    assert w["robust_acc"] == pytest.approx(50.0)     # 3 of 6 survive both, below either attack's 66.7
+    assert torch.equal(w["correct"], a & b) and w["wall_s"] == 3.0
+
+
+def test_sweep_rows_carry_per_example_correctness(tiny):
+    from featlab.evaluate import sweep
+    x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 3, (12,))
+    rows = sweep(tiny, x, y, ["fgsm", "pgd5"], [0.0, 0.2], progress=False)
+    for r in rows:
+        assert r["correct"].dtype == torch.bool and len(r["correct"]) == 12
+        assert r["robust_acc"] == pytest.approx(100.0 * r["correct"].float().mean().item())
