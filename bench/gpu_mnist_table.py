@@ -106,7 +106,8 @@ def main() -> int:
     p.add_argument("--cal-steps", type=int, default=30, help="steps per calibration epoch")
     p.add_argument("--work", default="/tmp/gpu_mnist_work", help="run folders and logs (archived into --out)")
     p.add_argument("--runs", nargs="*", default=None,
-                   help="evaluate these run folders (no training): the eps-0.3 table only, AutoAttack as its own job")
+                   help="evaluate these run folders (no training): three jobs each (the eps-0.3 sweep, AutoAttack, "
+                        "APGD at 0.35/0.4 and L2 PGD at 2), all at once")
     p.add_argument("--eval-batch", type=int, default=500)
     p.add_argument("--commit", default=None, help="the commit of the tree sent here (records say 'unknown' "
                                                   "without .git; this fills it in)")
@@ -133,6 +134,7 @@ def main() -> int:
             name = Path(r).name
             jobs[name + "_sweep"] = [featlab_cmd("eval", "--run", r, *EVALS[0], *common)]
             jobs[name + "_aa"] = [featlab_cmd("eval", "--run", r, *EVALS[1], *common)]
+            jobs[name + "_beyond"] = [featlab_cmd("eval", "--run", r, *e, *common) for e in EVALS[2:]]
         rc = run_parallel(jobs, timeout=max(10.0, left(a.deadline_s) - 20), logdir=work / "logs")
         emit(out, {"step": "eval", "rc": rc})
         return finish(a, out, work, res)
