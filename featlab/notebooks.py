@@ -41,6 +41,84 @@ def recorded() -> dict[str, Any]:
     return dict(_RECORDED)
 
 
+class ParameterError(ValueError):
+    """A value in a notebook's parameters cell that the notebook cannot use."""
+
+
+class Rule:
+    """What one parameter may be (:func:`check_parameters`)."""
+
+    def __init__(self, kind: str, low: float | None = None, high: float | None = None, none: bool = False,
+                 choices: tuple = (), item: "Rule | None" = None):
+        self.kind, self.low, self.high, self.none, self.choices, self.item = kind, low, high, none, choices, item
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            text = "one of " + ", ".join(repr(c) for c in self.choices)
+        elif self.kind == "list":
+            text = f"a non-empty list of {self.item.describe() if self.item else 'values'}"
+        elif self.kind in ("int", "number"):
+            rng = [f">= {self.low:g}"] if self.low is not None else []
+            rng += [f"<= {self.high:g}"] if self.high is not None else []
+            text = ("an integer" if self.kind == "int" else "a number") + (" " + " and ".join(rng) if rng else "")
+        else:
+            text = {"bool": "True or False", "str": "a string"}[self.kind]
+        return text + (" (or None)" if self.none else "")
+
+    def ok(self, v: Any) -> bool:
+        if v is None:
+            return self.none
+        if self.kind == "bool":
+            return isinstance(v, bool)
+        if self.kind == "str":
+            return isinstance(v, str)
+        if self.kind == "choice":
+            return v in self.choices
+        if self.kind == "list":
+            return isinstance(v, (list, tuple)) and len(v) > 0 and all(self.item is None or self.item.ok(i) for i in v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.kind == "int" and not isinstance(v, int)):
+            return False
+        if v != v:                  # NaN
+            return False
+        return (self.low is None or v >= self.low) and (self.high is None or v <= self.high)
+
+
+def Int(low: int | None = None, high: int | None = None, none: bool = False) -> Rule:
+    return Rule("int", low, high, none)
+
+
+def Number(low: float | None = None, high: float | None = None, none: bool = False) -> Rule:
+    return Rule("number", low, high, none)
+
+
+def OneOf(*choices: Any, none: bool = False) -> Rule:
+    return Rule("choice", choices=choices, none=none)
+
+
+def ListOf(item: Rule) -> Rule:
+    return Rule("list", item=item)
+
+
+BOOL, STR = Rule("bool"), Rule("str")
+
+
+def check_parameters(values: dict[str, Any], **rules: Rule) -> None:
+    """Check a notebook's parameters-cell values (``globals()``) against ``rules``; raise one
+    :class:`ParameterError` that names every wrong parameter, its value and what it may be.
+
+        check_parameters(globals(), EPOCHS=Int(1), EPS=Number(0, 1), DEVICE=OneOf("auto", "cpu", "cuda"))
+
+    A parameter missing from ``values`` is an error too (papermill injected a misspelt name)."""
+    wrong = []
+    for name, rule in rules.items():
+        if name not in values:
+            wrong.append(f"{name} is not set (the parameters cell defines it)")
+        elif not rule.ok(values[name]):
+            wrong.append(f"{name} = {values[name]!r}: must be {rule.describe()}")
+    if wrong:
+        raise ParameterError("notebook parameters: " + "; ".join(wrong))
+
+
 def running_unattended() -> bool:
     """True under papermill/CI (the runner sets FEATLAB_NOTEBOOK_RUN=1)."""
     return os.environ.get("FEATLAB_NOTEBOOK_RUN") == "1"

@@ -119,3 +119,33 @@ def test_05_honest_evaluation(executed):
     assert "SUSPECT" in m["verdict/quantized standard (planted)"]
     for key in (k for k in m if k.endswith("/end-to-end")):
         assert m[key] <= m[key.replace("end-to-end", "oblivious")] + 5
+
+
+def test_check_parameters_names_every_wrong_value():
+    from featlab.notebooks import BOOL, STR, Int, ListOf, Number, OneOf, ParameterError, check_parameters
+    ok = dict(EPOCHS=2, EPS=0.3, EPS_LIST=[0.1, 0.3], LIMIT=None, DEVICE="auto", FLAG=True, MODE="fast")
+    rules = dict(EPOCHS=Int(1), EPS=Number(0, 1), EPS_LIST=ListOf(Number(0, 1)), LIMIT=Int(100, none=True),
+                 DEVICE=STR, FLAG=BOOL, MODE=OneOf("fast", "standard"))
+    check_parameters(ok, **rules)
+    bad = dict(ok, EPOCHS="2", EPS=float("nan"), EPS_LIST=[0.1, 3], FLAG=1, MODE="slow")
+    with pytest.raises(ParameterError) as err:
+        check_parameters(bad, **rules)
+    msg = str(err.value)
+    for part in ("EPOCHS = '2': must be an integer >= 1", "EPS = nan", "EPS_LIST = [0.1, 3]", "FLAG = 1: must be True",
+                 "MODE = 'slow': must be one of 'fast', 'standard'"):
+        assert part in msg, (part, msg)
+    assert "LIMIT" not in msg and "DEVICE" not in msg
+    with pytest.raises(ParameterError, match="SEED is not set"):
+        check_parameters(ok, SEED=Int(0))
+    with pytest.raises(ParameterError, match="EPOCHS = True"):        # a bool is not an integer here
+        check_parameters(dict(ok, EPOCHS=True), EPOCHS=Int(1))
+
+
+def test_a_notebook_stops_at_a_bad_parameter_with_its_name(tmp_path):
+    """A string where a number belongs: the cell after the parameters says so, before any data loads."""
+    import papermill
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        notebooks.run(notebooks.NOTEBOOK_DIR / "03_afd.ipynb", tmp_path, {**CI_PARAMETERS["03_afd.ipynb"],
+                                                                         "EPOCHS": "two"}, cell_timeout=120, html=False)
+    assert "EPOCHS = 'two': must be an integer >= 1" in str(err.value)
+    assert "check_parameters(globals()" in err.value.source      # the cell right after the parameters
