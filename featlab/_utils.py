@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import random
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -187,6 +188,37 @@ def check_images(x: Any, *, name: str = "x", channels: int | None = None,
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"{name} must have pixels in [0, 1] (featlab models normalise inside), "
                          f"got values in [{lo:.4g}, {hi:.4g}]")
+
+
+_SCOPE = threading.local()
+
+
+@contextlib.contextmanager
+def inputs_checked():
+    """Inside this block the models skip the value checks of their input (finite, in [0, 1]), keeping
+    the free shape checks: featlab's entry points check a batch once, then run many forward passes on
+    it and on images they made from it (attack steps, training steps) without a device sync each."""
+    _SCOPE.depth = getattr(_SCOPE, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _SCOPE.depth -= 1
+
+
+def inside_checked_scope() -> bool:
+    return getattr(_SCOPE, "depth", 0) > 0
+
+
+def check_model_input(model: Any, x: Any, name: str = "x") -> None:
+    """:func:`check_images` with the model's own shape when it declares one (featlab models and
+    ``Defended`` have ``check_input``; DDP wrappers are looked through): the one input check of every
+    public entry point that takes images for a model."""
+    inner = getattr(model, "module", model)
+    check = getattr(inner, "check_input", None)
+    if callable(check):
+        check(x, name=name)
+    else:
+        check_images(x, name=name)
 
 
 def check_labels(y: Any, n: int, num_classes: int | None, *, name: str = "y") -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from ._utils import GradientMaskingWarning, check_images, check_labels, check_number, get_device
+from ._utils import GradientMaskingWarning, check_labels, check_model_input, check_number, get_device, inputs_checked
 from .attacks.base import Attack, model_device
 
 RESULT_KEYS = ("dataset", "model", "method", "threat_model", "norm", "eps", "attack", "n_eval", "clean_acc",
@@ -47,13 +47,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500, progress: 
 
     Under torchrun (:mod:`featlab.distributed`) the batches are shared out and gathered: call it on
     every rank; each gets all N labels."""
-    check_images(x)
+    check_model_input(model, x)
     device, was_training = model_device(model), model.training
     n_batches = _batch_count(len(x), batch_size)
     model.eval()
     local = {}
     try:
-        with fp32(device):
+        with fp32(device), inputs_checked():
             for b in tqdm(distributed.my_batches(n_batches), desc="predict", leave=False,
                           disable=not (progress and distributed.is_main())):
                 local[b] = model(x[b * batch_size:(b + 1) * batch_size].to(device)).argmax(1).cpu()
@@ -135,7 +135,7 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     batches are dealt round-robin to the ranks and the result gathered: the same tensor, exactly,
     as one process computes (tests/test_distributed.py). Call it on every rank.
     """
-    check_images(x)
+    check_model_input(model, x)
     check_labels(y, len(x), getattr(model, "num_classes", None))
     check_number("seed", seed, low=0, integer=True)
     device = model_device(model)
@@ -149,7 +149,8 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   disable=not (progress and distributed.is_main())):
         xb = x[b * batch_size:(b + 1) * batch_size].to(device)
         yb = y[b * batch_size:(b + 1) * batch_size].to(device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), fp32(device):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), fp32(device), \
+                inputs_checked():
             torch.manual_seed(distributed.batch_seed(seed, b))
             model.eval()
             with torch.no_grad():
@@ -277,7 +278,8 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str]
     """
     import time
     from .attacks import from_spec
-    check_images(x)
+    check_model_input(model, x)
+    check_labels(y, len(x), getattr(model, "num_classes", None))
     if not eps_list:
         raise ValueError("eps_list: give at least one eps")
     for eps in eps_list:
@@ -326,7 +328,8 @@ def per_example_worst_case(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def input_gradient_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
     """Share of examples whose cross-entropy input gradient is all zero or not finite, and the median norm."""
-    check_images(x)
+    check_model_input(model, x)
+    check_labels(y, len(x), getattr(model, "num_classes", None))
     device, was_training = model_device(model), model.training
     model.eval()
     dead, norms = 0, []

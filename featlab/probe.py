@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from ._utils import check_choice, check_images, check_number
+from ._utils import check_choice, check_images, check_labels, check_model_input, check_number
 from .attacks.base import model_device
 
 INPUT_TAP = "input"
@@ -84,12 +84,12 @@ def compare(model: nn.Module, x: torch.Tensor, perturbed: Mapping[str, torch.Ten
     """
     if not hasattr(model, "features"):
         raise TypeError("model must be a featlab model with features(x, layers) and tap_names")
-    check_images(x, name="x")
+    check_model_input(model, x, name="x")
     if not perturbed:
         raise ValueError("perturbed must map at least one name to perturbed images")
     layers = None if layers is None else list(model._resolve(layers))
     for name, xp in perturbed.items():
-        check_images(xp, name=f"perturbed[{name!r}]")
+        check_model_input(model, xp, name=f"perturbed[{name!r}]")
         if xp.shape != x.shape:
             raise ValueError(f"perturbed[{name!r}] must have the shape of x {tuple(x.shape)}, got {tuple(xp.shape)}")
     device = model_device(model)
@@ -201,8 +201,9 @@ def centroid_accuracy(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y:
             [0, 1] on any device; y: labels (N,).
     Returns: {"clean": percent, "adversarial": percent}.
     """
-    check_images(x, name="x")
-    check_images(x_adv, name="x_adv")
+    check_model_input(model, x, name="x")
+    check_model_input(model, x_adv, name="x_adv")
+    check_labels(y, len(x), getattr(model, "num_classes", None))
     if x_adv.shape != x.shape:
         raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, got {tuple(x_adv.shape)}")
     if not hasattr(model, "embed"):

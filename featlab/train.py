@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from ._utils import FastPath, check_choice, check_images, check_labels, check_number, choose_fast_path, get_device
+from ._utils import (FastPath, check_choice, check_labels, check_model_input, check_number, choose_fast_path,
+                     get_device, inputs_checked)
 from .attacks import PGD
 from .attacks.apgd import apgd_ce_examples
 from .evaluate import accuracy, robust_accuracy
@@ -395,8 +396,11 @@ class Trainer:
         ``callback(step, logs)`` is called after every batch with the logs as floats (live plots,
         e.g. ``viz.LiveLoss``); it costs one device sync per step.
         """
-        check_images(x, name="x")
+        check_model_input(self.model, x, name="x")
         check_labels(y, len(x), getattr(self.model, "num_classes", None))
+        if eval_data is not None:
+            check_model_input(self.model, eval_data[0], name="eval_data[0]")
+            check_labels(eval_data[1], len(eval_data[0]), getattr(self.model, "num_classes", None), name="eval_data[1]")
         n = len(x)
         steps = math.ceil(n / self.batch_size)
         world, rank, main = self.world_size, self.rank, self.rank == 0
@@ -408,60 +412,62 @@ class Trainer:
         self._maybe_resume()
         show = self.progress and main
         done = 0
-        for epoch in range(self.start_epoch, self.epochs):
-            if stop_after is not None and done >= stop_after:
-                break
-            t0 = time.perf_counter()
-            if distributed.is_distributed():       # per-rank streams from the run seed: random starts differ between ranks
-                torch.manual_seed(distributed.batch_seed(self.seed * 100003 + epoch, 1 + rank))
-            self.objective.on_epoch_start(epoch, self.epochs)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-            sums: dict[str, Any] = {}      # weighted sums, kept on the device until the epoch ends
-            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{self.epochs} [{self.objective.name}]",
-                       disable=not show, leave=False)
-            for i in bar:
-                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-                if world > 1:                                  # this rank's slice of the global batch
-                    mine = idx.tensor_split(world)[rank]
-                    self.shard_weight = len(mine) / len(idx)
-                    idx = mine
-                xb = x[idx].to(self.device, non_blocking=True)
-                yb = y[idx].to(self.device, non_blocking=True)
-                xb = self.prepare_batch(xb)
-                logs = self.objective.train_step(xb, yb)
-                for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(idx)
-                if callback is not None:
-                    callback(epoch * steps + i, {k: float(v) for k, v in logs.items()})
-                if show and (i % self.log_every == 0 or i == steps - 1):
-                    bar.set_postfix(loss=f"{float(logs.get('loss', float('nan'))):.3f}")
-            if world > 1:                                      # the epoch's means over every rank's images
-                keys = sorted(sums)
-                total = distributed.all_reduce_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64)
-                                                               .to(self.device) for k in keys]))
-                sums = dict(zip(keys, total))
-            record = {"epoch": epoch + 1, **{k: float(v) / n for k, v in sums.items()},
-                      "lr": self.optimizer.param_groups[0]["lr"]}
-            record.update(self.objective.epoch_logs())
-            if self.scheduler is not None:
-                self.scheduler.step()
-                for sch in self.extra_schedulers.values():
-                    sch.step()
-            if eval_data is not None:          # sharded over the ranks by featlab.evaluate
-                evaluated = self.objective.evaluation_model(self.model)
-                record["clean_acc"] = accuracy(evaluated, *eval_data)
-                if self.eval_attack is not None:
-                    record["robust_acc"] = robust_accuracy(evaluated, *eval_data, self.eval_attack(evaluated),
-                                                           progress=show, seed=self.seed)
-            record["time_s"] = time.perf_counter() - t0
-            self.history.append(record)
-            if show:
-                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            if self.checkpoint and main:
-                ckpt.save(self.state_dict(epoch), self.checkpoint)
-            distributed.barrier()
-            done += 1
-            self.start_epoch = epoch + 1
+        with inputs_checked():                 # x was checked above: no value check per training forward
+            for epoch in range(self.start_epoch, self.epochs):
+                if stop_after is not None and done >= stop_after:
+                    break
+                t0 = time.perf_counter()
+                if distributed.is_distributed():     # per-rank streams from the run seed: the ranks' random starts differ
+                    torch.manual_seed(distributed.batch_seed(self.seed * 100003 + epoch, 1 + rank))
+                self.objective.on_epoch_start(epoch, self.epochs)
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+                sums: dict[str, Any] = {}      # weighted sums, kept on the device until the epoch ends
+                bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{self.epochs} [{self.objective.name}]",
+                           disable=not show, leave=False)
+                for i in bar:
+                    idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+                    if world > 1:                                  # this rank's slice of the global batch
+                        mine = idx.tensor_split(world)[rank]
+                        self.shard_weight = len(mine) / len(idx)
+                        idx = mine
+                    xb = x[idx].to(self.device, non_blocking=True)
+                    yb = y[idx].to(self.device, non_blocking=True)
+                    xb = self.prepare_batch(xb)
+                    logs = self.objective.train_step(xb, yb)
+                    for k, v in logs.items():
+                        sums[k] = sums.get(k, 0.0) + v * len(idx)
+                    if callback is not None:
+                        callback(epoch * steps + i, {k: float(v) for k, v in logs.items()})
+                    if show and (i % self.log_every == 0 or i == steps - 1):
+                        bar.set_postfix(loss=f"{float(logs.get('loss', float('nan'))):.3f}")
+                if world > 1:                                      # the epoch's means over every rank's images
+                    keys = sorted(sums)
+                    total = distributed.all_reduce_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64)
+                                                                   .to(self.device) for k in keys]))
+                    sums = dict(zip(keys, total))
+                record = {"epoch": epoch + 1, **{k: float(v) / n for k, v in sums.items()},
+                          "lr": self.optimizer.param_groups[0]["lr"]}
+                record.update(self.objective.epoch_logs())
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                    for sch in self.extra_schedulers.values():
+                        sch.step()
+                if eval_data is not None:          # sharded over the ranks by featlab.evaluate
+                    evaluated = self.objective.evaluation_model(self.model)
+                    record["clean_acc"] = accuracy(evaluated, *eval_data)
+                    if self.eval_attack is not None:
+                        record["robust_acc"] = robust_accuracy(evaluated, *eval_data, self.eval_attack(evaluated),
+                                                               progress=show, seed=self.seed)
+                record["time_s"] = time.perf_counter() - t0
+                self.history.append(record)
+                if show:
+                    tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                        for k, v in record.items()))
+                if self.checkpoint and main:
+                    ckpt.save(self.state_dict(epoch), self.checkpoint)
+                distributed.barrier()
+                done += 1
+                self.start_epoch = epoch + 1
         self.model.eval()
         return self.history
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from .autoattack import SPECS_HELP, autoattack, from_spec, parse_pgd_spec, square, strongest_pgd
+from .autoattack import SPECS_HELP, TorchattacksAttack, autoattack, from_spec, parse_pgd_spec, square, strongest_pgd
 from .base import Attack, cross_entropy_per_example, model_device
 from .bpda import BPDA, IdentityBackward
 from .fgsm import FGSM
@@ -29,4 +29,4 @@ def create(name: str, model: nn.Module, **kwargs: Any) -> Attack:
     return ATTACKS[name](model, **kwargs)
 
 
-__all__ = ["autoattack", "square", "from_spec", "parse_pgd_spec", "strongest_pgd", "SPECS_HELP", "Attack", "BPDA", "IdentityBackward", "FGSM", "PGD", "ATTACKS", "create", "cross_entropy_per_example", "model_device"]
+__all__ = ["autoattack", "square", "TorchattacksAttack", "from_spec", "parse_pgd_spec", "strongest_pgd", "SPECS_HELP", "Attack", "BPDA", "IdentityBackward", "FGSM", "PGD", "ATTACKS", "create", "cross_entropy_per_example", "model_device"]

@@ -25,12 +25,32 @@ from typing import Any
 from torch import nn
 
 from .._utils import check_choice, check_number
+from .base import Attack
 from .fgsm import FGSM
 from .pgd import PGD
 
 VERSIONS = ("standard", "fast", "torchattacks")
 SPECS_HELP = ("fgsm, pgdN (e.g. pgd40), pgdN_l2, pgdNxR (R restarts), autoattack, apgd (apgd-ce + apgd-t), "
               "square or squareQ (Square, gradient-free, Q queries, default 5000)")
+
+
+class TorchattacksAttack(Attack):
+    """A torchattacks attack behind featlab's calling convention, so it checks what it is given like
+    every featlab attack: images shaped for the model, finite, in [0, 1], a non-empty batch, labels of
+    the right length and range (torchattacks itself runs on NaN, 0..255 or empty batches and returns
+    a number). ``robust_accuracy`` then checks its result against ``eps``, ``norm`` and the box."""
+
+    params = ("name", "eps", "norm")
+
+    def __init__(self, model: nn.Module, attack: Any, name: str, eps: float, norm: str):
+        super().__init__(model)
+        self.attack, self.name, self.eps, self.norm = attack, name, float(eps), norm
+
+    def forward(self, x, y):
+        return self.attack(x, y)
+
+    def __repr__(self) -> str:
+        return repr(self.attack)
 
 
 def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = "standard", seed: int = 0,
@@ -70,9 +90,8 @@ def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = 
                                        multi_targeted=True, n_classes=n_classes),
                       torchattacks.Square(model, norm=nn_name, eps=eps, n_queries=n_queries, n_restarts=1, seed=seed)]
         atk = torchattacks.MultiAttack(parts)
-    atk.name = {"standard": "autoattack", "fast": "apgd", "torchattacks": "autoattack-ta"}[version]
-    atk.eps, atk.norm = eps, norm      # robust_accuracy checks every result against them
-    return atk
+    return TorchattacksAttack(model, atk, {"standard": "autoattack", "fast": "apgd", "torchattacks": "autoattack-ta"}[version],
+                              eps, norm)
 
 
 def parse_pgd_spec(spec: str) -> tuple[int, int, str | None] | None:
@@ -102,8 +121,7 @@ def square(model: nn.Module, eps: float, norm: str = "linf", n_queries: int = 50
     check_number("n_queries", n_queries, low=1, integer=True)
     atk = torchattacks.Square(model, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=n_queries,
                               n_restarts=1, seed=seed)
-    atk.name = "square" if n_queries == 5000 else f"square{n_queries}"
-    return atk          # its own eps and norm ("Linf"/"L2") are what robust_accuracy checks
+    return TorchattacksAttack(model, atk, "square" if n_queries == 5000 else f"square{n_queries}", eps, norm)
 
 
 def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0) -> Any:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .._utils import GradientMaskingWarning, check_images, check_labels
+from .._utils import GradientMaskingWarning, check_labels, check_model_input, inputs_checked
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,11 +102,7 @@ class Attack:
 
     # -- the calling convention -------------------------------------------------------------
     def check_inputs(self, x: Any, y: Any) -> None:
-        check = getattr(self.model, "check_input", None)
-        if callable(check):
-            check(x)
-        else:
-            check_images(x)
+        check_model_input(self.model, x)
         check_labels(y, x.shape[0], getattr(self.model, "num_classes", None))
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -138,7 +134,7 @@ class Attack:
         try:
             for p in frozen:
                 p.requires_grad_(False)
-            with torch.enable_grad():
+            with torch.enable_grad(), inputs_checked():        # checked above: no per-step value checks
                 x_adv = fn(x, y, *args)
         finally:
             for p in frozen:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .. import distributed
-from .._utils import check_choice, check_images, check_labels, check_number
+from .._utils import check_choice, check_labels, check_model_input, check_number, inside_checked_scope
 from ..attacks import PGD
 from ..attacks.apgd import apgd_ce_examples
 from ..attacks.base import model_device
@@ -242,6 +242,9 @@ class AFD(Objective):
         Cost: the attack, two forward/backward passes (clean for E+C, adversarial for E) and one
         clean forward; E(x_adv) is computed once and serves both D's update (detached) and E's.
         """
+        if not inside_checked_scope():            # by hand (the Trainer checked its data once already)
+            check_model_input(self.model, x)
+            check_labels(y, len(x), getattr(self.model, "num_classes", None))
         device = next(self.model.parameters()).device
         self.discriminator.to(device)
         x, y = x.to(device), y.to(device)
@@ -326,7 +329,7 @@ def embedding_separability(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         {"holdout_gap"}: mean score clean - adversarial on the held-out images, {"n_train", "n_holdout"},
         and the model's own {"clean_acc", "robust_acc"} on these images under ``attack`` (percent).
     """
-    check_images(x)
+    check_model_input(model, x)
     check_labels(y, len(x), getattr(model, "num_classes", None))
     check_choice("loss", loss, ("wgan", "bce"))
     check_number("steps", steps, low=1, integer=True)

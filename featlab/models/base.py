@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .._utils import check_images
+from .._utils import check_images, inside_checked_scope
 
 
 class Normalize(nn.Module):
@@ -50,11 +50,33 @@ class FeatureModel(nn.Module):
         self.tap_names: tuple[str, ...] = tuple(stages) + ("embedding", "logits")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
         return self.head(self.encoder(self.normalize(x)))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's output (N, D): the embedding AFD's discriminator sees."""
+        self._check(x)
         return self.encoder(self.normalize(x))
+
+    def _check(self, x: torch.Tensor) -> None:
+        """Every forward: the shape and dtype this model was built for. The values (finite, in [0, 1])
+        too, except inside featlab's entry points, which check a batch once and then run many passes
+        on it (``featlab._utils.inputs_checked``). A 32x32 image given to a 28x28 model, 1 channel to a
+        3-channel one, or pixels in 0..255 fail here instead of giving a number: adaptive pooling and a
+        broadcasting Normalize would accept them."""
+        self._check_shape(x)
+        if not inside_checked_scope():
+            self.check_input(x)
+
+    def _check_shape(self, x: torch.Tensor) -> None:
+        """The shape and dtype (metadata only, no device sync)."""
+        c, h, w = self.input_shape
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w) or x.shape[0] == 0 \
+                or not x.is_floating_point():
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            dtype = f", dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""
+            raise ValueError(f"x: {self.name} takes float images of shape (N, {c}, {h}, {w}) with N >= 1 and pixels "
+                             f"in [0, 1]; got {shape}{dtype}")
 
     def check_input(self, x: torch.Tensor, name: str = "x") -> None:
         c, h, w = self.input_shape
@@ -77,8 +99,11 @@ class FeatureModel(nn.Module):
     def features(self, x: torch.Tensor, layers: Iterable[str] | str | None = None) -> "OrderedDict[str, torch.Tensor]":
         """Run one forward pass and return the requested taps (all by default), shallow to deep.
 
-        Stops after the deepest requested tap, so asking for an early layer is cheap.
+        Stops after the deepest requested tap, so asking for an early layer is cheap. ``x`` is checked
+        like :meth:`forward`'s (shape for this model, finite, in [0, 1]): a probe must not measure an
+        input it does not understand.
         """
+        self._check(x)
         wanted = self._resolve(layers)
         need = set(wanted)
         order = {n: i for i, n in enumerate(self.tap_names)}
