@@ -227,6 +227,17 @@ PUBLISHED: list[dict[str, Any]] = [
 ]
 
 
+def recorded_sanity(records: list[dict[str, Any]], train_command: str, eps: float) -> str | None:
+    """The committed checklist verdict ("pass" / "FAIL", from :func:`worst_case`) at ``eps`` for the model
+    trained by ``train_command`` (e.g. a shipped model's ``pretrained.info(name)["train_command"]``);
+    None when the records hold no evaluation of it at that eps."""
+    run = _run_name({"train_command": train_command, "model": "", "method": ""})
+    for w in worst_case(records):
+        if w["run"] == run and abs(w["eps"] - float(eps)) < 1e-9:
+            return w["sanity"]
+    return None
+
+
 def verdict(name: str, clean: float, robust: dict[str, float], checks: list[dict[str, Any]], eps: float,
             n: int | None = None) -> str:
     """A plain-language verdict on one defense.

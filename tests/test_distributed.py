@@ -119,3 +119,17 @@ def test_cli_rejects_sync_bn_on_cpu(tmp_path):
     p = single("-m", "featlab.cli", "train", "--model", "mnist_cnn", "--epochs", "1", "--limit", "64",
                "--sync-bn", "--device", "cpu", "--out", str(tmp_path / "run"))
     assert p.returncode != 0 and "sync_batchnorm" in p.stderr
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "trades"])
+def test_cli_train_under_torchrun(tmp_path, method):
+    """PGD-AT (attack on the unwrapped model, one DDP forward) and TRADES (two DDP forwards before one
+    backward) train under torchrun; rank 0 writes the run folder once; it evaluates."""
+    run = tmp_path / "run"
+    ok(torchrun("-m", "featlab.cli", "train", "--model", "mnist_cnn", "--method", method, "--epochs", "1",
+                "--limit", "256", "--eval-n", "50", "--attack-steps", "2", "--device", "cpu", "--out", str(run)))
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2 and config["method"] == method
+    history = json.loads((run / "history.json").read_text())["history"]
+    assert len(history) == 1 and history[0]["loss"] > 0
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "history.json"]
