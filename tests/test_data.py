@@ -1,6 +1,5 @@
 import hashlib
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -103,11 +102,11 @@ def test_cifar100_without_known_checksum_is_refused(tmp_path):
 
 
 def test_missing_data_offline_fails_fast_with_clear_message(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_reachable", lambda url, timeout=3.0: False)
-    t = time.perf_counter()
+    probes = []
+    monkeypatch.setattr(data, "_reachable", lambda url, timeout=3.0: probes.append(timeout) or False)
     with pytest.raises(data.DataNotFoundError) as e:
         data.load("mnist", "test", root=tmp_path)
-    assert time.perf_counter() - t < 5
+    assert probes and all(t <= 5 for t in probes)       # one short reachability probe, then the error
     msg = str(e.value)
     assert "t10k-images-idx3-ubyte" in msg and "FEATLAB_DATA" in msg and "cannot be reached" in msg
 

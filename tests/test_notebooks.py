@@ -75,7 +75,7 @@ def check_03(m, pretrained=True):
 def check_04(m, pretrained=True):
     std = m["success/standard"]
     assert std[0] == 0 and std[-1] >= std[1] and std[-1] > 50, "success grows with eps on the standard model"
-    assert m["latency_s/cached"] < 0.05
+    assert m["latency_s/cached"] < m["latency_s/pgd10_one_image"] / 10     # a ratio in one run, not a clock limit
     assert set(m) >= {"success/PGD-AT", "success/denoiser + standard", "ig_stroke_share/standard"}
 
 

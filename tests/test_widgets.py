@@ -1,5 +1,4 @@
 """The explorers' callback logic, without a browser (ipywidgets objects work without a frontend)."""
-import time
 
 import pytest
 import torch
@@ -21,9 +20,8 @@ def test_compute_caches_and_reports(explorer):
     assert set(r1["attributions"]) == {"ig/clean", "ig/adv", "saliency/clean", "saliency/adv"}
     assert r1["attributions"]["ig/clean"].shape == (28, 28)
     assert list(r1["distortion"])[0] == "input" and "logits" in r1["distortion"]
-    t = time.perf_counter()
     r2 = explorer.compute("standard", "PGD Linf", 0.3, 10, 0)
-    assert r2 is r1 and explorer.computed == 1 and time.perf_counter() - t < 0.01
+    assert r2 is r1 and explorer.computed == 1          # the same object, nothing recomputed: a cache hit
     explorer.compute("standard", "FGSM", 0.3, 10, 0)
     explorer.compute("standard", "FGSM", 0.3, 40, 0)          # steps do not matter for FGSM: cached
     assert explorer.computed == 2
