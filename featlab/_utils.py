@@ -209,6 +209,38 @@ def inside_checked_scope() -> bool:
     return getattr(_SCOPE, "depth", 0) > 0
 
 
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """The module in eval mode inside the block; afterwards every submodule has its own mode back
+    (``module.train(was)`` would give all of them the top module's)."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def borrowed(module: torch.nn.Module):
+    """Use a caller's module frozen and in eval mode inside the block, then give it back exactly as it
+    was (each parameter's ``requires_grad``, the mode of every submodule). Gradients still flow through
+    it to its input; none reach its parameters."""
+    modes = [(m, m.training) for m in module.modules()]
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    module.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
 def check_model_input(model: Any, x: Any, name: str = "x") -> None:
     """:func:`check_images` with the model's own shape when it declares one (featlab models and
     ``Defended`` have ``check_input``; DDP wrappers are looked through): the one input check of every

@@ -16,7 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from ._utils import GradientMaskingWarning, check_labels, check_model_input, check_number, get_device, inputs_checked
+from ._utils import (GradientMaskingWarning, check_labels, check_model_input, check_number, eval_mode, get_device,
+                     inputs_checked)
 from .attacks.base import Attack, model_device
 
 RESULT_KEYS = ("dataset", "model", "method", "threat_model", "norm", "eps", "attack", "n_eval", "clean_acc",
@@ -48,17 +49,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500, progress: 
     Under torchrun (:mod:`featlab.distributed`) the batches are shared out and gathered: call it on
     every rank; each gets all N labels."""
     check_model_input(model, x)
-    device, was_training = model_device(model), model.training
+    device = model_device(model)
     n_batches = _batch_count(len(x), batch_size)
-    model.eval()
     local = {}
-    try:
-        with fp32(device), inputs_checked():
-            for b in tqdm(distributed.my_batches(n_batches), desc="predict", leave=False,
-                          disable=not (progress and distributed.is_main())):
-                local[b] = model(x[b * batch_size:(b + 1) * batch_size].to(device)).argmax(1).cpu()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), fp32(device), inputs_checked():        # every submodule's mode restored after
+        for b in tqdm(distributed.my_batches(n_batches), desc="predict", leave=False,
+                      disable=not (progress and distributed.is_main())):
+            local[b] = model(x[b * batch_size:(b + 1) * batch_size].to(device)).argmax(1).cpu()
     return torch.cat(distributed.gather_batches(local, n_batches)) if n_batches else torch.zeros(0, dtype=torch.long)
 
 
@@ -142,7 +139,6 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     name = getattr(attack, "name", type(attack).__name__)
     tracked = (isinstance(attack, Attack) and attack.supports_early_exit
                and _same_forward(attack.model, model))
-    was_training = model.training
     n_batches = _batch_count(len(x), batch_size)
     local: dict[int, torch.Tensor] = {}
     for b in tqdm(distributed.my_batches(n_batches), desc=f"robust acc ({name})", leave=False,
@@ -152,10 +148,8 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), fp32(device), \
                 inputs_checked():
             torch.manual_seed(distributed.batch_seed(seed, b))
-            model.eval()
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 clean_ok = model(xb).argmax(1) == yb
-            model.train(was_training)
             if tracked:
                 x_adv = attack.run_for_accuracy(xb, yb, active=clean_ok, early_exit=early_exit)
             else:
@@ -163,10 +157,8 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             eps = getattr(attack, "eps", None)
             check_threat_model(xb, x_adv, float(eps) if isinstance(eps, (int, float)) else None,
                                getattr(attack, "norm", None), name)
-            model.eval()
-            with torch.no_grad():
+            with eval_mode(model), torch.no_grad():
                 local[b] = (clean_ok & (model(x_adv).argmax(1) == yb)).cpu()
-            model.train(was_training)
     parts = distributed.gather_batches(local, n_batches)
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
 
@@ -330,10 +322,9 @@ def input_gradient_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bat
     """Share of examples whose cross-entropy input gradient is all zero or not finite, and the median norm."""
     check_model_input(model, x)
     check_labels(y, len(x), getattr(model, "num_classes", None))
-    device, was_training = model_device(model), model.training
-    model.eval()
+    device = model_device(model)
     dead, norms = 0, []
-    try:
+    with eval_mode(model):
         for xb, yb in _batches(x, y, batch_size, "input gradients", False):
             xb = xb.to(device).clone().requires_grad_(True)
             loss = nn.functional.cross_entropy(model(xb), yb.to(device), reduction="sum")
@@ -342,8 +333,6 @@ def input_gradient_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bat
             bad = ~torch.isfinite(g).all(1) | (g.abs().amax(1) == 0)
             dead += int(bad.sum())
             norms.append(torch.nan_to_num(g.norm(dim=1), nan=0.0).cpu())
-    finally:
-        model.train(was_training)
     return {"dead_fraction": 100.0 * dead / len(x), "median_grad_norm": float(torch.cat(norms).median())}
 
 

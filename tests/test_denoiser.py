@@ -41,7 +41,7 @@ def test_feature_loss_keeps_extractor_frozen_and_checks_taps():
     assert x_hat.grad is not None and x_hat.grad.abs().sum() > 0
     assert all(p.grad is None for p in m.parameters())
     loss.train()
-    assert not m.training
+    assert m.training and all(p.requires_grad for p in m.parameters()), "the caller's model is left as it was"
     with pytest.raises(ValueError, match="unknown tap name"):
         FeatureLoss(m, taps={"conv9": 1.0})
     with pytest.raises(ValueError, match="no active term"):
@@ -105,9 +105,41 @@ def test_wrappers_keep_a_batchnorm_classifier_in_eval_mode():
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     before = {k: v.clone() for k, v in clf.state_dict().items()}
     rows = preprocessing_defense(den, clf, x, y, [0.1], steps=2, progress=False)
-    assert len(rows) == 4 and not clf.training and not den.training
+    assert len(rows) == 4 and not clf.training and den.training     # each module keeps its own mode
     assert all(torch.equal(v, before[k]) for k, v in clf.state_dict().items()), "BatchNorm statistics moved"
-    assert not Defended(den, clf).training
+    assert not Defended(den, clf).training                          # the pipeline's flag: its classifier's
+
+
+def _snapshot(m: torch.nn.Module):
+    return ({k: v.clone() for k, v in m.state_dict().items()}, [(n, mod.training) for n, mod in m.named_modules()],
+            [(n, p.requires_grad, p.grad) for n, p in m.named_parameters()])
+
+
+def _same(m: torch.nn.Module, snap) -> bool:
+    state, modes, flags = snap
+    return (all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
+            and [(n, mod.training) for n, mod in m.named_modules()] == modes
+            and [(n, p.requires_grad, p.grad) for n, p in m.named_parameters()] == flags)
+
+
+def test_no_side_effects_on_the_callers_models():
+    """Building a FeatureLoss, a DenoiserObjective or a Defended, and using them, leaves the caller's
+    classifier (in train mode, BatchNorm, trainable) and denoiser exactly as they were."""
+    clf = featlab.models.create("mnist_resnet")          # train mode, requires_grad everywhere, BatchNorm
+    den = UNetDenoiser(1, 4, 1).eval()                    # a mode different from the classifier's
+    snap_c, snap_d = _snapshot(clf), _snapshot(den)
+    loss = FeatureLoss(clf)
+    obj = DenoiserObjective(clf, loss, pgd_steps=1)
+    pipe = Defended(den, clf)
+    assert _same(clf, snap_c) and _same(den, snap_d), "building them changed the caller's models"
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    x_hat = den(x).detach().requires_grad_(True)
+    loss(x_hat, x).backward()
+    assert x_hat.grad.abs().sum() > 0
+    featlab.evaluate.robust_accuracy(pipe, x, y, PGD(pipe, eps=0.1, steps=1), progress=False)
+    obj.make_pairs(x, y)
+    assert _same(clf, snap_c), "using the loss, the objective or the pipeline changed the classifier"
+    assert _same(den, snap_d), "evaluating the pipeline changed the denoiser"
 
 
 def test_three_threat_models_rows(mnist_small, trained_mnist):

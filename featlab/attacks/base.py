@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .._utils import GradientMaskingWarning, check_labels, check_model_input, inputs_checked
+from .._utils import GradientMaskingWarning, borrowed, check_labels, check_model_input, inputs_checked
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -126,20 +126,11 @@ class Attack:
         device = model_device(self.model)
         x, y = x.detach().to(device), y.to(device)
         args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-        was_training = self.model.training
         # the attack needs gradients to the input only: freezing the parameters meanwhile spares
-        # autograd the weight-gradient bookkeeping and guarantees nothing leaks into .grad
-        frozen = [p for p in self.model.parameters() if p.requires_grad]
-        self.model.eval()
-        try:
-            for p in frozen:
-                p.requires_grad_(False)
-            with torch.enable_grad(), inputs_checked():        # checked above: no per-step value checks
-                x_adv = fn(x, y, *args)
-        finally:
-            for p in frozen:
-                p.requires_grad_(True)
-            self.model.train(was_training)
+        # autograd the weight-gradient bookkeeping and guarantees nothing leaks into .grad; the model
+        # (every submodule's mode, every requires_grad flag) is given back as it was
+        with borrowed(self.model), torch.enable_grad(), inputs_checked():   # inputs checked above
+            x_adv = fn(x, y, *args)
         return x_adv.detach()
 
     def __repr__(self) -> str:

@@ -22,7 +22,9 @@ class IdentityBackward(nn.Module):
         self.input_shape = getattr(classifier, "input_shape", None)
         if hasattr(classifier, "check_input"):
             self.check_input = classifier.check_input
-        self.eval()     # attacked in eval mode; the attack restores this mode afterwards
+        # its own flag only: building the wrapper changes neither module (the attack runs both in eval
+        # mode and gives every submodule its mode back)
+        self.training = bool(classifier.training)
 
     def same_forward_as(self, model: nn.Module) -> bool:
         """True for a ``Defended(preprocess, classifier)`` of the same two modules (same outputs)."""

@@ -19,7 +19,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .._utils import check_images, check_number
+from .._utils import borrowed, check_images, check_number
 from ..attacks import FGSM, PGD
 from ..train import Objective
 
@@ -93,7 +93,9 @@ class Defended(nn.Module):
         self.denoiser, self.classifier = denoiser, classifier
         self.num_classes = getattr(classifier, "num_classes", None)
         self.input_shape = getattr(classifier, "input_shape", None)
-        self.eval()     # a defense is evaluated and attacked in eval mode; attacks restore this mode
+        # the pipeline's own flag starts as its classifier's, without touching either module: building
+        # a Defended changes nothing in the caller's models (its train()/eval() set both, as any Module)
+        self.training = bool(classifier.training)
 
     def check_input(self, x: torch.Tensor, name: str = "x") -> None:
         check = getattr(self.classifier, "check_input", None)
@@ -107,8 +109,9 @@ class FeatureLoss(nn.Module):
     """Perceptual loss: sum_l w_l * mean (phi_l(x_hat) - phi_l(x))^2  +  pixel_weight * mean (x_hat - x)^2.
 
     Args:
-        extractor: a featlab model whose ``features`` give phi (frozen here: no gradients reach
-            its parameters, and it is kept in eval mode).
+        extractor: a featlab model whose ``features`` give phi. It is used frozen and in eval mode
+            during each call and left exactly as the caller had it (no gradients reach its
+            parameters; its mode and ``requires_grad`` flags are untouched).
         taps: tap name -> weight w_l (default: every spatial tap of the extractor, weight 1).
         pixel_weight: weight of the pixel MSE term (default 0).
 
@@ -120,13 +123,13 @@ class FeatureLoss(nn.Module):
         if not hasattr(extractor, "features"):
             raise TypeError("extractor must be a featlab model with features(x, layers)")
         check_number("pixel_weight", pixel_weight, low=0.0)
-        self.extractor = extractor.eval()
-        for p in self.extractor.parameters():
-            p.requires_grad_(False)
+        # borrowed, not owned: not a submodule (the loss's train()/to()/state_dict leave it alone), used
+        # frozen and in eval mode during each call and given back unchanged (featlab._utils.borrowed)
+        object.__setattr__(self, "extractor", extractor)
         if taps is None:
             c, h, w = extractor.input_shape
             device = next(extractor.parameters()).device
-            with torch.no_grad():
+            with torch.no_grad(), borrowed(extractor):
                 shapes = extractor.features(torch.zeros(1, c, h, w, device=device))
             taps = {k: 1.0 for k, v in shapes.items() if v.dim() == 4}
         taps = dict(taps)
@@ -139,18 +142,14 @@ class FeatureLoss(nn.Module):
                              "or pixel_weight > 0")
         self.taps, self.pixel_weight = taps, float(pixel_weight)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.extractor.eval()                   # the feature extractor stays frozen
-        return self
-
     def terms(self, x_hat: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         names = [k for k, w in self.taps.items() if w > 0]
         out: dict[str, torch.Tensor] = {}
         if names:
-            with torch.no_grad():
-                target = self.extractor.features(x, names)
-            got = self.extractor.features(x_hat, names)
+            with borrowed(self.extractor):
+                with torch.no_grad():
+                    target = self.extractor.features(x, names)
+                got = self.extractor.features(x_hat, names)
             for k in names:
                 out[f"feat/{k}"] = self.taps[k] * (got[k] - target[k]).pow(2).mean()
         if self.pixel_weight > 0:
@@ -187,9 +186,7 @@ class DenoiserObjective(Objective):
         check_number("eps_range[1]", hi, low=lo, high=1.0)
         check_number("pgd_fraction", pgd_fraction, low=0.0, high=1.0)
         check_number("clean_weight", clean_weight, low=0.0)
-        self.classifier, self.loss_fn = classifier.eval(), loss
-        for p in self.classifier.parameters():
-            p.requires_grad_(False)
+        self.classifier, self.loss_fn = classifier, loss     # borrowed: used frozen, in eval mode, never changed
         self.eps_range, self.pgd_steps, self.pgd_fraction = (float(lo), float(hi)), int(pgd_steps), float(pgd_fraction)
         self.clean_weight = float(clean_weight)
         self.rng = random.Random(seed)
@@ -198,6 +195,7 @@ class DenoiserObjective(Objective):
         super().bind(trainer)
         self.classifier.to(trainer.device)
         self.loss_fn.to(trainer.device)
+        self.loss_fn.extractor.to(trainer.device)
 
     def make_pairs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, str]:
         eps = self.rng.uniform(*self.eps_range)
@@ -220,7 +218,7 @@ class DenoiserObjective(Objective):
             clean_loss = self.loss_fn(model(x), x)
             total = total + self.clean_weight * clean_loss
             logs["clean_term"] = clean_loss.detach()
-        with torch.no_grad():
+        with torch.no_grad(), borrowed(self.classifier):
             logits = self.classifier(denoised)
         logs.update(eps=eps, pgd=float(kind == "pgd"))
         return total, logits, logs
