@@ -357,6 +357,10 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
     8. gradient-free attacks are not stronger: Square (random search on the outputs only) leaves
        no lower accuracy than the best gradient attack (FGSM, PGD, APGD) at the same eps and norm.
        If it does, the gradients mislead the white-box attacks, which is gradient masking.
+    9. for preprocessing defenses, end-to-end PGD is at least as strong as BPDA (same eps): the exact
+       gradient through a differentiable preprocessing should not do worse than pretending it is the
+       identity. If it does, the preprocessing's gradient is useless or misleading (binarisation,
+       rounding, a median filter), which is gradient masking: report BPDA.
 
     Comparisons allow ``tol`` points of slack, at least one image's worth (100 / ``n``) when the
     number of evaluated images ``n`` is given, so a single flipped image is not a failure.
@@ -438,6 +442,11 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         bad = [f"end-to-end {e2e[e]:.1f}% > oblivious {obl[e]:.1f}% at eps {e:g}" for e in e2e
                if e in obl and e2e[e] > obl[e] + tol]
         add("end-to-end <= oblivious", not bad, "ok" if not bad else "; ".join(bad))
+    if "end-to-end" in by_attack and "bpda" in by_attack:
+        e2e, bpda = by_attack["end-to-end"], by_attack["bpda"]
+        bad = [f"bpda {bpda[e]:.1f}% < end-to-end {e2e[e]:.1f}% at eps {e:g}" for e in e2e
+               if e in bpda and bpda[e] < e2e[e] - tol]
+        add("end-to-end at least as strong as BPDA", not bad, "ok" if not bad else "; ".join(bad))
     if gradient_stats is not None:
         d = gradient_stats["dead_fraction"]
         add("input gradients exist", d <= dead_tol,

@@ -152,3 +152,29 @@ def test_three_threat_models_rows(mnist_small, trained_mnist):
     assert by["none"]["robust_acc"] < by["none"]["clean_acc"]           # PGD at 0.1 hurts the bare classifier
     assert all(r["robust_acc"] <= r["clean_acc"] for r in rows)
     assert by["end-to-end"]["robust_acc"] <= by["oblivious"]["robust_acc"]
+
+
+def test_median_filter():
+    from featlab.defenses import MedianFilter
+    x = torch.full((1, 1, 5, 5), 0.2)
+    x[0, 0, 2, 2] = 1.0                                   # one salt pixel
+    out = MedianFilter(3)(x)
+    assert out.shape == x.shape and torch.allclose(out, torch.full_like(x, 0.2))
+    assert torch.equal(MedianFilter(1)(x), x)
+    with pytest.raises(ValueError, match="size: the window must be odd"):
+        MedianFilter(2)
+
+
+@pytest.mark.parametrize("control", ["binarize", "median3"])
+def test_controls_are_flagged_when_attacked_end_to_end_and_with_bpda(trained_mnist, mnist_small, control):
+    """Binarisation and a median filter in front of a standard CNN: their own gradient is useless to
+    end-to-end PGD, BPDA is not fooled by that, and the checklist says so."""
+    from featlab.defenses import MedianFilter, Quantize
+    from featlab.evaluate import checklist
+    _, _, xt, yt = mnist_small
+    pre = Quantize(1) if control == "binarize" else MedianFilter(3)
+    rows = preprocessing_defense(pre, trained_mnist, xt[:100], yt[:100], [0.3], steps=10, progress=False)
+    by = {r["threat_model"]: r["robust_acc"] for r in rows}
+    checks = {c["check"]: c["passed"] for c in checklist([r for r in rows if r["threat_model"] != "none"], n=100)}
+    assert by["bpda"] < by["end-to-end"] or by["end-to-end"] > by["oblivious"], by
+    assert checks["end-to-end at least as strong as BPDA"] is False or checks["end-to-end <= oblivious"] is False, checks

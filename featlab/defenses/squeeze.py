@@ -29,3 +29,32 @@ class Quantize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"
+
+
+class MedianFilter(nn.Module):
+    """Median smoothing over a ``size`` x ``size`` window per channel (Xu et al. 2018, "Feature
+    Squeezing"), edges padded by reflection. Shape-preserving, [0, 1] in and out.
+
+    A control for preprocessing defenses: it removes isolated pixel changes without any learning, so
+    it sets the bar an oblivious number must clear; its gradient is sparse (it flows to one pixel per
+    window), so end-to-end PGD against it is weak and BPDA is the attack to use.
+    """
+
+    def __init__(self, size: int = 3):
+        super().__init__()
+        check_number("size", size, low=1, integer=True)
+        if size % 2 == 0:
+            raise ValueError(f"size: the window must be odd (centred on the pixel), got {size}; allowed: 1, 3, 5, ...")
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return x
+        k, pad = self.size, self.size // 2
+        n, c, h, w = x.shape
+        padded = nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+        patches = nn.functional.unfold(padded, kernel_size=k)              # N, C*k*k, H*W
+        return patches.view(n, c, k * k, h * w).median(dim=2).values.view(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
