@@ -109,8 +109,8 @@ def main() -> int:
                    help="evaluate these run folders (no training): three jobs each (the eps-0.3 sweep, AutoAttack, "
                         "APGD at 0.35/0.4 and L2 PGD at 2), all at once")
     p.add_argument("--eval-batch", type=int, default=500)
-    p.add_argument("--commit", default=None, help="the commit of the tree sent here (records say 'unknown' "
-                                                  "without .git; this fills it in)")
+    p.add_argument("--commit", default=None, help="the commit of the tree sent here (git on the device may see "
+                                                  "no or a stale .git; this is written into every record)")
     a = p.parse_args()
     out = Path(a.out)
     work = Path(a.work)
@@ -190,8 +190,10 @@ def finish(a: argparse.Namespace, out: Path, work: Path, res: Path) -> int:
     for f in list(res.rglob("*.json")):
         recs = json.loads(f.read_text())
         for r in recs if isinstance(recs, list) else [recs]:
-            if a.commit and r.get("commit", "unknown") == "unknown":
-                r["commit"] = a.commit
+            if a.commit and r.get("commit") != a.commit:
+                # git there reads whatever .git the device copy holds (possibly a stale one): the tree
+                # sent is the authority
+                r["commit_as_seen_on_device"], r["commit"] = r.get("commit"), a.commit
             emit(out, {"step": "record", "file": f.name, "clean": r.get("clean_acc"), "robust": r.get("robust_acc"),
                        "wall_s": r.get("wall_s")})
         f.write_text(json.dumps(recs, indent=2) + "\n")

@@ -445,7 +445,8 @@ def main(argv: list[str] | None = None) -> None:
     target.add_argument("--pretrained", type=_pretrained_name, default=None, metavar="NAME",
                         help="a model shipped with featlab (featlab.pretrained.available(), or an alias)")
     target.add_argument("--run", "--checkpoint", dest="run", type=_run_folder,
-                        help="a run folder of featlab train (or its checkpoint.pt)")
+                        help="a run folder of featlab train (or its checkpoint.pt); under torchrun write "
+                             "--checkpoint (torchrun takes --run for its own --run-path)")
     e.add_argument("--attacks", type=_attack_spec, nargs="+", default=["pgd40"])
     e.add_argument("--eps", type=_float_in(0.0), nargs="+", default=[0.3])
     e.add_argument("--norm", choices=["linf", "l2"], default="linf")

@@ -133,3 +133,12 @@ def test_cli_train_under_torchrun(tmp_path, method):
     history = json.loads((run / "history.json").read_text())["history"]
     assert len(history) == 1 and history[0]["loss"] > 0
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "history.json"]
+    # the trained run, evaluated under torchrun (--checkpoint: torchrun would take --run for its --run-path)
+    # and in one process: the same record
+    args = ["-m", "featlab.cli", "eval", "--checkpoint", str(run), "--attacks", "pgd5", "--eps", "0.3",
+            "--n-eval", "60", "--batch-size", "20", "--large-eps", "0", "--device", "cpu"]
+    ok(torchrun(*args, "--results-dir", str(tmp_path / "d")))
+    ok(single(*args, "--results-dir", str(tmp_path / "s")))
+    d, s = (json.loads((tmp_path / w / "run_pgd5_linf_eps0.3_n60.json").read_text()) for w in ("d", "s"))
+    assert (d["world_size"], s["world_size"]) == (2, 1)
+    assert (d["clean_acc"], d["robust_acc"]) == (s["clean_acc"], s["robust_acc"])
