@@ -165,16 +165,23 @@ def test_median_filter():
         MedianFilter(2)
 
 
-@pytest.mark.parametrize("control", ["binarize", "median3"])
-def test_controls_are_flagged_when_attacked_end_to_end_and_with_bpda(trained_mnist, mnist_small, control):
-    """Binarisation and a median filter in front of a standard CNN: their own gradient is useless to
-    end-to-end PGD, BPDA is not fooled by that, and the checklist says so."""
-    from featlab.defenses import MedianFilter, Quantize
+def test_binarisation_is_flagged_when_attacked_end_to_end_and_with_bpda(trained_mnist, mnist_small):
+    """Binarisation in front of a standard CNN: its gradient is zero, so end-to-end PGD learns nothing
+    from it, BPDA is not fooled by that, and the checklist says so."""
+    from featlab.defenses import Quantize
     from featlab.evaluate import checklist
     _, _, xt, yt = mnist_small
-    pre = Quantize(1) if control == "binarize" else MedianFilter(3)
-    rows = preprocessing_defense(pre, trained_mnist, xt[:100], yt[:100], [0.3], steps=10, progress=False)
+    rows = preprocessing_defense(Quantize(1), trained_mnist, xt[:100], yt[:100], [0.3], steps=10, progress=False)
     by = {r["threat_model"]: r["robust_acc"] for r in rows}
     checks = {c["check"]: c["passed"] for c in checklist([r for r in rows if r["threat_model"] != "none"], n=100)}
-    assert by["bpda"] < by["end-to-end"] or by["end-to-end"] > by["oblivious"], by
-    assert checks["end-to-end at least as strong as BPDA"] is False or checks["end-to-end <= oblivious"] is False, checks
+    assert by["bpda"] < by["end-to-end"] - 10, by
+    assert checks["end-to-end at least as strong as BPDA"] is False, checks
+
+
+def test_median_filter_passes_gradients():
+    """Unlike rounding, the median passes a gradient (to one pixel per window): it is a weak smoother,
+    not a masking example, and end-to-end attacks see through it."""
+    from featlab.defenses import MedianFilter
+    x = torch.rand(2, 1, 8, 8, requires_grad=True)
+    MedianFilter(3)(x).sum().backward()
+    assert x.grad.abs().sum() > 0
