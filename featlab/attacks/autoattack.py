@@ -49,6 +49,13 @@ class TorchattacksAttack(Attack):
     def forward(self, x, y):
         return self.attack(x, y)
 
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped attack's own settings (``n_queries``, ``steps``, a MultiAttack's ``attacks``...)."""
+        inner = self.__dict__.get("attack")
+        if inner is None:
+            raise AttributeError(name)
+        return getattr(inner, name)
+
     def __repr__(self) -> str:
         return repr(self.attack)
 
