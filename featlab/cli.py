@@ -91,6 +91,12 @@ def _run_folder(text: str) -> str:
     return text
 
 
+def _existing_folder(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder (featlab eval writes its records there)")
+    return text
+
+
 def _pretrained_name(text: str) -> str:
     from . import pretrained
     try:
@@ -464,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("--classifier", default=None, help="denoiser runs: the pretrained name of its classifier")
     ex.set_defaults(func=cmd_export)
     rs = sub.add_parser("results", help="render results/RESULTS.md from results/*.json")
-    rs.add_argument("--results-dir", default="results")
+    rs.add_argument("--results-dir", type=_existing_folder, default="results")
     rs.add_argument("--out", default=None, help="default: <results-dir>/RESULTS.md")
     rs.set_defaults(func=cmd_results)
     pr = sub.add_parser("probe", help="feature distortion per tap, adversarial vs random noise")

@@ -93,6 +93,7 @@ def _featlab(*args: str, timeout: float = 120):
     (["train", "--method", "trades", "--train-attack", "apgd-ce", "--out", "x"], "--train-attack"),
     (["train", "--method", "denoiser", "--out", "x"], "--classifier-run"),
     (["train", "--milestones", "3", "--epochs", "2", "--out", "x"], "--milestones"),
+    (["results", "--results-dir", "x"], "--results-dir"),
 ])
 def test_bad_flags_are_usage_errors_that_name_the_flag(args, flag, tmp_path):
     """Checked before any data or model is loaded: exit 2, the flag named, no traceback, nothing written."""
