@@ -247,3 +247,25 @@ def test_every_seeded_call_repeats_in_a_fresh_process(tmp_path):
     first, second = (json.loads(p.stdout.strip().splitlines()[-1]) for p in outs)
     assert set(first) == {"train_classifier", "robust_correct", "probe.sweep", "embedding_separability"}
     assert first == second
+
+
+def test_pgd_at_with_apgd_ce_trains_inside_the_ball_and_leaves_the_rng_alone():
+    """PGD-AT against the AFD code's training attack: x_adv inside the eps ball and [0, 1], the global
+    RNG untouched (torchattacks reseeds it on every call), the model's mode given back."""
+    pytest.importorskip("torchattacks")
+    m = tiny_model()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    obj = PGDAT(eps=0.1, steps=3, attack="apgd-ce")
+    assert obj.config()["attack"] == "apgd-ce" and "attack" not in PGDAT(eps=0.1).config()   # old runs resume
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    m.train()
+    from featlab.attacks.apgd import apgd_ce_examples
+    x_adv = apgd_ce_examples(m, x, y, 0.1, 3)
+    assert torch.equal(torch.rand(3), expected), "the attack moved the global RNG"
+    assert m.training and (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    loss, logits, logs = obj.loss(m, x, y)
+    assert loss.requires_grad and logits.shape == (8, 3) and logs["eps"] == 0.1
+    with pytest.raises(ValueError, match="attack: 'apgd-ce' trains in Linf only"):
+        PGDAT(eps=0.5, attack="apgd-ce", norm="l2")
