@@ -227,26 +227,28 @@ def borrowed(module: torch.nn.Module):
     """Use a caller's module frozen and in eval mode inside the block, then give it back exactly as it
     was (each parameter's ``requires_grad``, the mode of every submodule). Gradients still flow through
     it to its input; none reach its parameters."""
-    modes = [(m, m.training) for m in module.modules()]
     flags = [(p, p.requires_grad) for p in module.parameters()]
-    module.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
+    with eval_mode(module):
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield module
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
+def unwrap(model: Any) -> Any:
+    """The module inside a DistributedDataParallel wrapper (attacks never all-reduce their gradients)."""
+    from torch.nn.parallel import DistributedDataParallel
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def check_model_input(model: Any, x: Any, name: str = "x") -> None:
     """:func:`check_images` with the model's own shape when it declares one (featlab models and
     ``Defended`` have ``check_input``; DDP wrappers are looked through): the one input check of every
     public entry point that takes images for a model."""
-    inner = getattr(model, "module", model)
-    check = getattr(inner, "check_input", None)
+    check = getattr(unwrap(model), "check_input", None)
     if callable(check):
         check(x, name=name)
     else:

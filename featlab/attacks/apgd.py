@@ -12,8 +12,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .._utils import check_number
-from .base import unwrap
+from .._utils import check_number, eval_mode, unwrap
 
 
 def apgd_ce_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
@@ -23,10 +22,8 @@ def apgd_ce_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     check_number("eps", eps, low=0.0, high=1.0)
     check_number("steps", steps, low=1, integer=True)
     model = unwrap(model)
-    was = model.training
     atk = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, loss="ce", n_restarts=1)
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), (autocast or contextlib.nullcontext()):
+    with torch.random.fork_rng(devices=devices), eval_mode(model), (autocast or contextlib.nullcontext()):
         x_adv = atk(x, y)
-    model.train(was)
     return x_adv.detach()

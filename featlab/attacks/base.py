@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .._utils import GradientMaskingWarning, borrowed, check_labels, check_model_input, inputs_checked
+from .._utils import GradientMaskingWarning, borrowed, check_labels, check_model_input, inputs_checked, unwrap
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -21,12 +21,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def cross_entropy_per_example(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The default attack loss: cross-entropy of logits (N, K) against labels (N,), shape (N,)."""
     return nn.functional.cross_entropy(output, y, reduction="none")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (attacks never all-reduce their gradients)."""
-    from torch.nn.parallel import DistributedDataParallel
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def model_device(model: nn.Module) -> torch.device:

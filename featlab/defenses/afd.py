@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .. import distributed
-from .._utils import check_choice, check_labels, check_model_input, check_number, inside_checked_scope
+from .._utils import check_choice, check_labels, check_model_input, check_number, eval_mode, inside_checked_scope
 from ..attacks import PGD
 from ..attacks.apgd import apgd_ce_examples
 from ..attacks.base import model_device
@@ -337,21 +337,17 @@ def embedding_separability(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     check_number("holdout", holdout, low=0.0, high=0.9, low_open=True)
     if not hasattr(model, "embed"):
         raise TypeError("model must be a featlab model with embed(x) (the encoder's output)")
-    device, was_training = model_device(model), model.training
+    device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)          # the attack's random starts too: the call repeats by itself
         x_adv = torch.cat([attack(x[i:i + batch_size], y[i:i + batch_size]).cpu()
                            for i in range(0, len(x), batch_size)])
-    model.eval()
-    try:
-        with torch.no_grad():
-            h_c = torch.cat([model.embed(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
-            h_a = torch.cat([model.embed(x_adv[i:i + batch_size].to(device)).float().cpu()
-                             for i in range(0, len(x), batch_size)])
-            clean_ok = model.head(h_c.to(device)).argmax(1).cpu() == y.cpu()
-            adv_ok = model.head(h_a.to(device)).argmax(1).cpu() == y.cpu()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        h_c = torch.cat([model.embed(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+        h_a = torch.cat([model.embed(x_adv[i:i + batch_size].to(device)).float().cpu()
+                         for i in range(0, len(x), batch_size)])
+        clean_ok = model.head(h_c.to(device)).argmax(1).cpu() == y.cpu()
+        adv_ok = model.head(h_a.to(device)).argmax(1).cpu() == y.cpu()
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=g)
     n_hold = max(1, int(round(holdout * len(x))))

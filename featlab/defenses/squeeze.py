@@ -36,8 +36,9 @@ class MedianFilter(nn.Module):
     Squeezing"), edges padded by reflection. Shape-preserving, [0, 1] in and out.
 
     A control for preprocessing defenses: it removes isolated pixel changes without any learning, so
-    it sets the bar an oblivious number must clear; its gradient is sparse (it flows to one pixel per
-    window), so end-to-end PGD against it is weak and BPDA is the attack to use.
+    it sets the bar an oblivious number must clear. Unlike rounding it passes a gradient (to the median
+    pixel of each window), so end-to-end PGD sees through it; it is a weak smoother, not a masking
+    example.
     """
 
     def __init__(self, size: int = 3):
