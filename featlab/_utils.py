@@ -184,7 +184,7 @@ def check_images(x: Any, *, name: str = "x", channels: int | None = None,
         raise ValueError(f"{name} must be {size[0]}x{size[1]} pixels for this model, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf values; pixels must be finite and in [0, 1]")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(f"{name} must have pixels in [0, 1] (featlab models normalise inside), "
                          f"got values in [{lo:.4g}, {hi:.4g}]")

@@ -82,6 +82,18 @@ def _attack_spec(text: str) -> str:
     return text
 
 
+def _classifier_ref(text: str) -> str:
+    """A classifier for a denoiser: a run folder, or ``pretrained:NAME`` (a shipped classifier)."""
+    if text.startswith("pretrained:"):
+        name = _pretrained_name(text.split(":", 1)[1])
+        from . import pretrained
+        if pretrained.info(name)["kind"] != "classifier":
+            raise argparse.ArgumentTypeError(f"{text} is a denoiser; a shipped classifier is needed: "
+                                             f"{[k for k in pretrained.available() if pretrained.info(k)['kind'] == 'classifier']}")
+        return text
+    return _run_folder(text)
+
+
 def _run_folder(text: str) -> str:
     run = Path(text)
     folder = run.parent if run.suffix == ".pt" else run
@@ -128,13 +140,28 @@ build_attack = from_spec   # the CLI's --attacks specs (featlab.attacks.from_spe
 
 
 def _denoiser_parts(a: argparse.Namespace, device: torch.device):
-    from .defenses import DenoiserObjective, FeatureLoss, UNetDenoiser
-    classifier, ccfg = _load_run(Path(a.classifier_run), device)
+    from .defenses import DenoiserObjective, FeatureLoss, create_denoiser
+    classifier, ccfg = _load_classifier(a.classifier_run, device)
+    extractor, ecfg = _load_classifier(a.extractor_run, device) if a.extractor_run else (classifier, ccfg)
+    if ecfg["dataset"] != ccfg["dataset"]:
+        raise UsageError(f"--extractor-run: a {ecfg['dataset']} model cannot extract features of the classifier's "
+                         f"{ccfg['dataset']} images")
     taps = {t: 1.0 for t in a.feature_taps} if a.feature_taps is not None else None
-    loss = FeatureLoss(classifier, taps=taps, pixel_weight=a.pixel_weight)
+    loss = FeatureLoss(extractor, taps=taps, pixel_weight=a.pixel_weight)
     objective = DenoiserObjective(classifier, loss, eps_range=(a.eps_min, a.eps), pgd_steps=a.attack_steps, seed=a.seed)
-    model = UNetDenoiser(channels=classifier.input_shape[0], width=a.width, depth=a.depth)
+    model = create_denoiser(a.denoiser, channels=classifier.input_shape[0], width=a.width, depth=a.depth)
     return model, objective, ccfg
+
+
+def _load_classifier(ref: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A classifier and its config from a run folder or ``pretrained:NAME``."""
+    if ref.startswith("pretrained:"):
+        from . import pretrained
+        name = ref.split(":", 1)[1]
+        entry = pretrained.info(name)
+        return pretrained.load(name, device), {"dataset": entry["dataset"], "model": entry["model"],
+                                               "method": entry["method"]}
+    return _load_run(Path(ref), device)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -148,8 +175,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.method == "denoiser":
         model, objective, ccfg = _denoiser_parts(a, device)
         dataset = ccfg["dataset"]
-        extra = {"classifier_run": a.classifier_run, "classifier_model": ccfg["model"], "width": a.width,
-                 "depth": a.depth}
+        extra = {"classifier_run": a.classifier_run, "classifier_model": ccfg["model"],
+                 "extractor_run": a.extractor_run or a.classifier_run, **model.config()}
     else:
         dataset = a.dataset or models.default_dataset(a.model)
         model = models.create(a.model, num_classes=data.info(dataset).num_classes)
@@ -166,7 +193,7 @@ def cmd_train(a: argparse.Namespace) -> None:
             elif a.method == "trades":
                 kwargs = dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, beta=a.beta)
             objective = create_objective(a.method, **kwargs)
-    identity = {"dataset": dataset, "model": a.model if a.method != "denoiser" else "unet_denoiser",
+    identity = {"dataset": dataset, "model": a.model if a.method != "denoiser" else f"{a.denoiser}_denoiser",
                 "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config()}
     _check_out_folder(Path(a.out), json.loads(json.dumps(identity)))     # before any data or file is touched
     x, y = data.load(dataset, "train", limit=a.limit, seed=a.seed)
@@ -183,7 +210,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=a.milestones, gamma=0.1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"dataset": dataset, "model": a.model if a.method != "denoiser" else "unet_denoiser",
+    config = {"dataset": dataset, "model": a.model if a.method != "denoiser" else f"{a.denoiser}_denoiser",
               "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config(),
               "optimizer": a.optimizer, "lr": a.lr,
               **({"nesterov": False} if a.optimizer == "sgd" and a.no_nesterov else {}), "batch_size": a.batch_size, "limit": a.limit,
@@ -212,9 +239,10 @@ def _load_run(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """The trained module of a run folder (for a denoiser run: the denoiser) and its config."""
     config = json.loads((run / "config.json").read_text())
     if config["method"] == "denoiser":
-        from .defenses import UNetDenoiser
-        classifier, _ = _load_run(Path(config["classifier_run"]), device)
-        model = UNetDenoiser(channels=classifier.input_shape[0], width=config["width"], depth=config["depth"])
+        from .defenses import create_denoiser
+        model = create_denoiser(config.get("arch", "unet"), channels=config.get("channels") or
+                                _load_classifier(config["classifier_run"], device)[0].input_shape[0],
+                                width=config["width"], depth=config["depth"])
     else:
         model = models.create(config["model"], num_classes=data.info(config["dataset"]).num_classes)
     ckpt.load_model_weights(model, run / "checkpoint.pt")
@@ -238,6 +266,13 @@ def _eval_target(a: argparse.Namespace, device: torch.device) -> tuple[torch.nn.
     Returns the module, its config (dataset, model, method, the training command and device), the
     training epochs and wall time, the label that names the result files, and a callable giving a
     denoiser's classifier."""
+    if getattr(a, "control", None) is not None:
+        from .defenses import create_control
+        _, ccfg = _load_classifier(a.classifier_run, device)
+        config = {"dataset": ccfg["dataset"], "model": a.control, "method": "control", "command": None,
+                  "device": None, "classifier_run": a.classifier_run}
+        return (create_control(a.control).to(device), config, {"epochs": 0, "train_wall_s": 0.0},
+                f"control_{a.control}", lambda: _load_classifier(a.classifier_run, device)[0])
     if a.pretrained is not None:
         from . import pretrained
         try:
@@ -247,7 +282,7 @@ def _eval_target(a: argparse.Namespace, device: torch.device) -> tuple[torch.nn.
         key = pretrained.ALIASES.get(a.pretrained, a.pretrained)
         config = {"dataset": entry["dataset"], "model": entry["model"], "method": entry["method"],
                   "command": entry["train_command"], "device": entry["train_device"],
-                  "classifier_run": f"featlab.pretrained:{entry['classifier']}" if entry.get("classifier") else None}
+                  "classifier_run": f"pretrained:{entry['classifier']}" if entry.get("classifier") else None}
         trained = {"epochs": entry["epochs"], "train_wall_s": entry["train_wall_s"],
                    "weights": f"featlab.pretrained:{key} (float16, sha256 {entry['sha256'][:12]})"}
         return (pretrained.load(key, device), config, trained, f"pretrained_{key}",
@@ -261,13 +296,22 @@ def _eval_target(a: argparse.Namespace, device: torch.device) -> tuple[torch.nn.
     model, config = _load_run(run, device)
     history = ckpt.load(run / "checkpoint.pt").get("history", [])
     trained = {"epochs": len(history), "train_wall_s": round(sum(h.get("time_s", 0.0) for h in history), 1)}
-    return model, config, trained, run.name, lambda: _load_run(Path(config["classifier_run"]), device)[0]
+    return model, config, trained, run.name, lambda: _load_classifier(config["classifier_run"], device)[0]
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
     seed_everything(a.seed)
     device = distributed.init(a.device)        # under torchrun: the images are shared out (featlab.evaluate)
     model, config, trained, label, classifier = _eval_target(a, device)
+    if a.classifier_run and config["method"] not in ("denoiser", "control"):
+        raise UsageError("--classifier-run: only for a denoiser (defend another classifier: transfer) or a --control")
+    if a.classifier_run and config["method"] == "denoiser" and a.classifier_run != config.get("classifier_run"):
+        # transfer: the denoiser in front of a classifier it was not trained for
+        config = {**config, "trained_for": config.get("classifier_run"), "classifier_run": a.classifier_run}
+        classifier = lambda: _load_classifier(a.classifier_run, device)[0]  # noqa: E731
+        label = f"{label}_on_{_ref_label(a.classifier_run)}"
+    if config["method"] == "control":
+        label = f"{label}_{_ref_label(a.classifier_run)}"
     dataset = config["dataset"]
     x, y = data.load(dataset, "test", limit=a.n_eval, seed=a.seed)
     t0 = time.time()
@@ -277,7 +321,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
             "train_precision": config.get("precision", "fp32"), "train_memory_format": config.get("memory_format",
                                                                                                    "contiguous"),
             "precision": "fp32", "world_size": distributed.world_size(), **trained}
-    if config["method"] == "denoiser":
+    if config["method"] in ("denoiser", "control"):
         _eval_denoiser(a, label, model, classifier(), config, x, y, base)
         return
     large = a.large_eps if a.large_eps is not None else (1.0 if a.norm == "linf" else None)
@@ -304,30 +348,48 @@ def cmd_eval(a: argparse.Namespace) -> None:
     print(f"eval wall {time.time() - t0:.1f}s")
 
 
+def _ref_label(ref: str) -> str:
+    return ref.split(":", 1)[1] if ref.startswith("pretrained:") else Path(ref).name
+
+
 def _eval_denoiser(a, label: str, denoiser, classifier, config: dict, x, y, base: dict) -> None:
-    """The three threat models (plus the undefended reference) with PGD-N from ``--attacks pgdN``."""
+    """Every threat model of a preprocessing defense (a denoiser or a control) in front of ``classifier``:
+    the undefended reference, oblivious, end-to-end and BPDA with PGD-N from ``--attacks pgdN``; and
+    ``--attacks autoattack`` / ``apgd`` / ``square`` run end to end on the whole pipeline."""
     from .evaluate import preprocessing_defense
-    spec = strongest_pgd(list(a.attacks)) or "pgd40"
+    if "fgsm" in a.attacks:
+        raise SystemExit("--attacks: a preprocessing defense is evaluated with pgdN, autoattack, apgd and square, "
+                         "not fgsm")
+    pgd_specs = [s for s in a.attacks if parse_pgd_spec(s)]
+    spec = strongest_pgd(pgd_specs) or "pgd40"
     steps, restarts, norm = parse_pgd_spec(spec)
     if restarts != 1 or (norm or a.norm) != "linf":
         raise SystemExit(f"--attacks: a denoiser run is evaluated with Linf PGD without restarts (pgdN), not {spec!r}"
                          f"{' with --norm l2' if a.norm != 'linf' else ''}")
+    extra = {k: config[k] for k in ("trained_for",) if k in config}
+    if config["method"] == "denoiser":
+        extra["denoiser"] = config.get("arch", "unet")
     t1 = time.time()
     rows = preprocessing_defense(denoiser, classifier, x, y, a.eps, steps=steps,
-                                 step_size=0.01 if steps == 40 and a.eps == [0.3] else None, batch_size=a.batch_size)
+                                 step_size=0.01 if steps == 40 and a.eps == [0.3] else None, batch_size=a.batch_size,
+                                 pipeline_attacks=[s for s in a.attacks if s not in pgd_specs], seed=a.seed)
     wall = round(time.time() - t1, 1)
+    names = {"none": spec, "oblivious": f"{spec} on the bare classifier, then denoised",
+             "end-to-end": f"{spec} through denoiser+classifier", "bpda": f"bpda-{spec}"}
     records = [{**base, "threat_model": r["threat_model"], "norm": "linf", "eps": r["eps"],
-                "attack": {"none": spec, "oblivious": f"{spec} on the bare classifier, then denoised",
-                           "end-to-end": f"{spec} through denoiser+classifier", "bpda": f"bpda-{spec}"}[r["threat_model"]],
+                "attack": names[r["threat_model"]] if r["attack"].startswith(("pgd", "bpda-pgd"))
+                else f"{r['attack']} through denoiser+classifier",
                 "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
-                "classifier_run": config["classifier_run"], "wall_s": wall} for r in rows]
+                "classifier_run": config["classifier_run"], "wall_s": wall, **extra} for r in rows]
     checks = checklist([r for r in rows if r["threat_model"] != "none"], n=len(x))
     checks.append({"check": "scope", "passed": True,
-                   "detail": "threat-model checks only (monotone, end-to-end <= oblivious); no FGSM/step/gradient checks"})
+                   "detail": "threat-model checks (monotone, end-to-end <= oblivious, BPDA, attacks on the whole "
+                             "pipeline); no FGSM/step/gradient checks; no EOT: the preprocessing is deterministic"})
     print(report_checks(checks, label=label))
     for r in records:
         r["sanity"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
-        print(f"{r['threat_model']:>10s} eps {r['eps']}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%")
+        print(f"{r['threat_model']:>10s} {r['attack'].split()[0]:>12s} eps {r['eps']}: clean {r['clean_acc']:.2f}%  "
+              f"robust {r['robust_acc']:.2f}%")
     print(f"-> {write_result(f'{label}_threat_models', records, a.results_dir)}")
 
 
@@ -428,13 +490,20 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--eps-start", type=_float_in(0.0), default=None)
     t.add_argument("--ramp-epochs", type=_int_at_least(0), default=0)
     t.add_argument("--limit", type=_int_at_least(1), default=None, help="train on a stratified subset")
-    t.add_argument("--classifier-run", type=_run_folder, default=None, help="denoiser: run folder of the frozen classifier")
+    t.add_argument("--classifier-run", type=_classifier_ref, default=None,
+                   help="denoiser: the frozen classifier to defend: a run folder, or pretrained:NAME")
+    t.add_argument("--extractor-run", type=_classifier_ref, default=None,
+                   help="denoiser: the feature extractor of the loss, a run folder or pretrained:NAME (default: the "
+                        "classifier itself)")
+    t.add_argument("--denoiser", choices=["bottleneck", "unet", "residual"], default="bottleneck",
+                   help="denoiser: architecture (featlab.defenses.DENOISERS)")
     t.add_argument("--feature-taps", nargs="*", default=None,
                    help="denoiser: taps of the feature loss (default: all spatial taps; none: pixel loss only)")
     t.add_argument("--pixel-weight", type=_float_in(0.0), default=0.0, help="denoiser: weight of the pixel MSE term")
     t.add_argument("--eps-min", type=_float_in(0.0), default=0.05, help="denoiser: low end of the training eps range")
-    t.add_argument("--width", type=_int_at_least(1), default=16, help="denoiser: U-Net width")
-    t.add_argument("--depth", type=_int_at_least(1), default=2, help="denoiser: U-Net depth")
+    t.add_argument("--width", type=_int_at_least(1), default=None,
+                   help="denoiser: channels at full resolution (default 32 bottleneck, 16 U-Nets)")
+    t.add_argument("--depth", type=_int_at_least(1), default=2, help="denoiser: down-sampling levels")
     t.add_argument("--eval-n", type=_int_at_least(1), default=1000)
     t.add_argument("--seed", type=_int_at_least(0), default=0)
     t.add_argument("--device", default="auto")
@@ -453,6 +522,11 @@ def main(argv: list[str] | None = None) -> None:
     target.add_argument("--run", "--checkpoint", dest="run", type=_run_folder,
                         help="a run folder of featlab train (or its checkpoint.pt); under torchrun write "
                              "--checkpoint (torchrun takes --run for its own --run-path)")
+    target.add_argument("--control", choices=["binarize", "bits2", "bits4", "median3"], default=None,
+                        help="a preprocessing control (featlab.defenses.CONTROLS) in front of --classifier-run")
+    e.add_argument("--classifier-run", type=_classifier_ref, default=None,
+                   help="--control: the classifier behind it; a denoiser run: another classifier to defend "
+                        "(transfer). A run folder or pretrained:NAME")
     e.add_argument("--attacks", type=_attack_spec, nargs="+", default=["pgd40"])
     e.add_argument("--eps", type=_float_in(0.0), nargs="+", default=[0.3])
     e.add_argument("--norm", choices=["linf", "l2"], default="linf")
@@ -527,6 +601,8 @@ def _check_flags(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """The checks that involve two flags (usage errors, exit 2)."""
     if a.cmd == "eval" and a.norm == "linf" and any(e > 1 for e in a.eps):
         p.error(f"argument --eps: {max(a.eps):g} is larger than the whole [0, 1] pixel range in linf (<= 1)")
+    if a.cmd == "eval" and a.control and not a.classifier_run:
+        p.error("argument --classifier-run: required with --control (the classifier the control defends)")
     if a.cmd == "train":
         if a.eps > 1:
             p.error(f"argument --eps: {a.eps:g} must be <= 1 (linf, pixel units)")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -222,7 +222,8 @@ def write_result(name: str, record: dict[str, Any] | list[dict[str, Any]],
 
 def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor,
                           eps_list: list[float], steps: int = 40, step_size: float | None = None,
-                          batch_size: int = 500, progress: bool = True) -> list[dict[str, Any]]:
+                          batch_size: int = 500, progress: bool = True, pipeline_attacks: Sequence[str] = (),
+                          seed: int = 0) -> list[dict[str, Any]]:
     """Accuracy of ``classifier(preprocess(x))`` under the three threat models, per eps (Linf PGD).
 
     - "none": the undefended classifier under PGD (reference);
@@ -230,11 +231,20 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
     - "end-to-end": PGD through preprocess + classifier (white box; the denoiser is differentiable);
     - "bpda": PGD with the preprocessing treated as identity on the backward pass.
 
-    Returns rows {"threat_model", "eps", "robust_acc", "clean_acc"} (accuracies in percent);
-    eps 0 rows give the clean accuracy of each model.
+    ``pipeline_attacks``: more attacks run end to end on the whole pipeline, as ``--attacks`` specs
+    ("autoattack", "apgd", "square", "squareQ": :func:`featlab.attacks.from_spec`), one row each per eps
+    with threat model "end-to-end" and that attack. EOT is not needed: every preprocessing here is
+    deterministic.
+
+    Returns rows {"threat_model", "attack", "eps", "robust_acc", "clean_acc"} (accuracies in percent).
     """
-    from .attacks import BPDA, PGD
+    from .attacks import BPDA, PGD, from_spec, parse_pgd_spec
     from .defenses.denoiser import Defended
+    for spec in pipeline_attacks:
+        if spec == "fgsm" or parse_pgd_spec(spec):
+            raise ValueError(f"pipeline_attacks: {spec!r} is what the threat models already run (PGD-{steps}); "
+                             f"allowed: autoattack, apgd, square, squareQ")
+        from_spec(spec, classifier, 0.1, seed=seed)       # an unknown spec fails here, before any attack runs
     defended = Defended(preprocess, classifier)
     clean_def = accuracy(defended, x, y, batch_size)
     clean_cls = accuracy(classifier, x, y, batch_size)
@@ -249,8 +259,25 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
                 "bpda": (defended, BPDA(preprocess, classifier, eps=eps, steps=steps, step_size=a), clean_def)}
         for tm, (model, attack, clean) in runs.items():
             acc = robust_accuracy(model, x, y, attack, batch_size, progress)
-            rows.append({"threat_model": tm, "eps": eps, "robust_acc": acc, "clean_acc": clean})
+            rows.append({"threat_model": tm, "attack": f"bpda-pgd{steps}" if tm == "bpda" else f"pgd{steps}",
+                         "eps": eps, "robust_acc": acc, "clean_acc": clean})
+        for spec in pipeline_attacks:
+            acc = robust_accuracy(defended, x, y, from_spec(spec, defended, eps, seed=seed), batch_size, progress,
+                                  seed=seed)
+            rows.append({"threat_model": "end-to-end", "attack": spec, "eps": eps, "robust_acc": acc,
+                         "clean_acc": clean_def})
     return rows
+
+
+def _row_key(r: dict[str, Any]) -> str:
+    """A checklist row's name: its attack, or for a preprocessing defense its threat model (PGD), and
+    "end-to-end <attack>" for another attack run on the whole pipeline."""
+    if "threat_model" not in r:
+        return str(r.get("attack"))
+    attack = str(r.get("attack") or "")
+    if r["threat_model"] == "end-to-end" and attack and not attack.startswith("pgd"):
+        return f"end-to-end {attack.split()[0]}"
+    return str(r["threat_model"])
 
 
 # --------------------------------------------------------------------------- sweeps and the checklist
@@ -361,6 +388,9 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
        gradient through a differentiable preprocessing should not do worse than pretending it is the
        identity. If it does, the preprocessing's gradient is useless or misleading (binarisation,
        rounding, a median filter), which is gradient masking: report BPDA.
+    10. for preprocessing defenses with attacks on the whole pipeline (``pipeline_attacks`` of
+        :func:`preprocessing_defense`): AutoAttack / APGD through it is at least as strong as
+        end-to-end PGD, and Square through it is not stronger than the gradient attacks through it.
 
     Comparisons allow ``tol`` points of slack, at least one image's worth (100 / ``n``) when the
     number of evaluated images ``n`` is given, so a single flipped image is not a failure.
@@ -376,7 +406,7 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
     by_attack: dict[str, dict[float, float]] = {}
     norm_of: dict[str, str | None] = {}     # an attack's norm: its rows' "norm", else its spec's tail
     for r in rows:
-        key = str(r.get("attack") if "threat_model" not in r else r["threat_model"])
+        key = _row_key(r)
         by_attack.setdefault(key, {})[float(r["eps"])] = float(r["robust_acc"])
         if float(r["eps"]) > 0 and key not in norm_of:
             tail = "l2" if key.endswith("_l2") else "linf" if key.endswith("_linf") else None
@@ -447,6 +477,26 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         bad = [f"bpda {bpda[e]:.1f}% < end-to-end {e2e[e]:.1f}% at eps {e:g}" for e in e2e
                if e in bpda and bpda[e] < e2e[e] - tol]
         add("end-to-end at least as strong as BPDA", not bad, "ok" if not bad else "; ".join(bad))
+    # 10. attacks on the whole pipeline: an ensemble is at least as strong as end-to-end PGD, and Square
+    # (gradient-free) is not stronger than the gradient attacks through the pipeline
+    if "end-to-end" in by_attack:
+        e2e = by_attack["end-to-end"]
+        for key in sorted(k for k in by_attack if k.startswith("end-to-end ")):
+            spec = key.split(" ", 1)[1]
+            if spec.startswith("square"):
+                grads = {k: c for k, c in by_attack.items()
+                         if k == "end-to-end" or (k.startswith("end-to-end ") and not k.startswith("end-to-end square"))}
+                bad = []
+                for e, acc in sorted(by_attack[key].items()):
+                    best = min((c[e], k) for k, c in grads.items() if e in c)
+                    if e > 0 and acc < best[0] - tol:
+                        bad.append(f"{key} {acc:.1f}% < {best[1]} {best[0]:.1f}% at eps {e:g}")
+                add(f"gradient-free {key} not stronger than gradient attacks through the pipeline", not bad,
+                    "ok" if not bad else "; ".join(bad) + ": the pipeline's gradient misleads PGD")
+            else:
+                bad = [f"{key} {acc:.1f}% > end-to-end PGD {e2e[e]:.1f}% at eps {e:g}"
+                       for e, acc in sorted(by_attack[key].items()) if e in e2e and acc > e2e[e] + tol]
+                add(f"{key} <= end-to-end PGD", not bad, "ok" if not bad else "; ".join(bad))
     if gradient_stats is not None:
         d = gradient_stats["dead_fraction"]
         add("input gradients exist", d <= dead_tol,

@@ -63,7 +63,7 @@ def test_eval_pretrained(tmp_path, capsys):
     rows = json.loads((dres / "pretrained_mnist_denoiser_feature_threat_models.json").read_text())
     by = {r["threat_model"]: r for r in rows}
     assert set(by) == {"none", "oblivious", "end-to-end", "bpda"}
-    assert by["none"]["classifier_run"] == "featlab.pretrained:mnist_cnn_standard"
+    assert by["none"]["classifier_run"] == "pretrained:mnist_cnn_standard"
     assert by["end-to-end"]["robust_acc"] <= by["oblivious"]["robust_acc"]
     with pytest.raises(SystemExit) as exit_:
         cli.main(["eval", "--pretrained", "mnist_nope"])
@@ -125,3 +125,34 @@ def test_train_refuses_an_out_folder_of_another_run_before_writing(tmp_path):
     p = _featlab("train", "--model", "mnist_resnet", "--epochs", "1", "--limit", "256", "--out", str(run))
     assert p.returncode == 2 and "--out" in p.stderr and "another run" in p.stderr
     assert {f.name: f.read_bytes() for f in run.iterdir()} == before
+
+
+@needs_mnist
+def test_eval_controls_and_denoiser_transfer(tmp_path, capsys):
+    """A control is evaluated in every threat model, Square included, and the checklist flags
+    binarisation (its gradient is zero); a shipped denoiser evaluated in front of another classifier
+    is labelled as transfer and names the classifier it was trained for."""
+    res = tmp_path / "res"
+    cli.main(["eval", "--control", "binarize", "--classifier-run", "pretrained:mnist_cnn_standard",
+              "--attacks", "pgd10", "square300", "--n-eval", "100", "--results-dir", str(res), "--device", "cpu"])
+    rows = json.loads((res / "control_binarize_mnist_cnn_standard_threat_models.json").read_text())
+    by = {(r["threat_model"], r["attack"].split()[0]): r for r in rows}
+    assert set(by) == {("none", "pgd10"), ("oblivious", "pgd10"), ("end-to-end", "pgd10"), ("bpda", "bpda-pgd10"),
+                       ("end-to-end", "square300")}
+    assert all(r["method"] == "control" and r["model"] == "binarize" for r in rows)
+    checks = {c["check"]: c["passed"] for c in rows[0]["sanity"]["checks"]}
+    assert checks["end-to-end at least as strong as BPDA"] is False and rows[0]["sanity"]["passed"] is False
+    assert by[("end-to-end", "square300")]["robust_acc"] <= by[("end-to-end", "pgd10")]["robust_acc"]
+    cli.main(["eval", "--pretrained", "mnist_denoiser_feature", "--classifier-run", "pretrained:mnist_resnet_standard",
+              "--attacks", "pgd5", "--n-eval", "50", "--results-dir", str(res), "--device", "cpu"])
+    rows = json.loads((res / "pretrained_mnist_denoiser_feature_on_mnist_resnet_standard_threat_models.json").read_text())
+    assert {r["classifier_run"] for r in rows} == {"pretrained:mnist_resnet_standard"}
+    assert {r["trained_for"] for r in rows} == {"pretrained:mnist_cnn_standard"}
+    for argv, msg in ((["--control", "binarize"], "--classifier-run: required with --control"),
+                      (["--pretrained", "mnist_afd", "--classifier-run", "pretrained:mnist_cnn_standard"],
+                       "--classifier-run: only for a denoiser"),
+                      (["--control", "binarize", "--classifier-run", "pretrained:mnist_denoiser_feature"],
+                       "is a denoiser; a shipped classifier is needed")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["eval", *argv, "--n-eval", "10", "--results-dir", str(res), "--device", "cpu"])
+        assert exit_.value.code == 2 and msg in capsys.readouterr().err

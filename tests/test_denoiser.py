@@ -185,3 +185,72 @@ def test_median_filter_passes_gradients():
     x = torch.rand(2, 1, 8, 8, requires_grad=True)
     MedianFilter(3)(x).sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["bottleneck", "unet", "residual"])
+def test_every_denoiser_architecture_keeps_shape_range_and_rebuilds_from_its_config(arch):
+    from featlab.defenses import create_denoiser
+    for channels, side in ((1, 28), (3, 32)):
+        d = create_denoiser(arch, channels=channels, width=8, depth=2).eval()
+        x = torch.rand(3, channels, side, side)
+        with torch.no_grad():
+            out = d(x)
+        assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+        again = create_denoiser(**d.config())
+        again.load_state_dict(d.state_dict())           # the config names the exact architecture
+        with torch.no_grad():
+            assert torch.equal(again.eval()(x), out)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        create_denoiser(arch, 1, 8, 2)(torch.rand(1, 1, 30, 30))
+    with pytest.raises(ValueError, match=r"arch: unknown denoiser 'vae'; allowed: \['bottleneck', 'residual', 'unet'\]"):
+        create_denoiser("vae")
+
+
+def test_residual_denoiser_starts_at_the_identity_and_bottleneck_has_no_full_resolution_path():
+    from featlab.defenses import create_denoiser
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(create_denoiser("residual", 1)(x), x)
+    # no skip: one output pixel depends on a wide window of the input (through the 7x7 code), and the
+    # input pixel under it is not copied: its gradient is of the order of its neighbours'
+    d = create_denoiser("bottleneck", 1, width=8).eval()
+    xr = x[:1].clone().requires_grad_(True)
+    d(xr)[0, 0, 14, 14].backward()
+    g = xr.grad[0, 0].abs()
+    assert (g > 0).sum() > 49                                    # a receptive field wider than 7x7
+    assert g[14, 14] < 0.5 * g.sum()                             # the centre pixel is not passed through
+
+
+def test_denoiser_training_lowers_the_feature_distance_it_trains_on(mnist_small, trained_mnist):
+    """A bottleneck denoiser trained on 512 images lowers the feature loss on those images' adversarial
+    pairs, against the same denoiser untrained (a fixed set of pairs: the loss it minimises)."""
+    from featlab.defenses import create_denoiser
+    x, y, _, _ = mnist_small
+    x, y = x[:512], y[:512]
+    clf = trained_mnist.eval()
+    torch.manual_seed(0)
+    den = create_denoiser("bottleneck", 1, width=8)
+    loss = FeatureLoss(clf)
+    obj = DenoiserObjective(clf, loss, eps_range=(0.1, 0.3), pgd_steps=3, seed=0)
+    x_adv = PGD(clf, eps=0.3, steps=5, step_size=0.075)(x, y)
+    with torch.no_grad():
+        before = float(loss(den.eval()(x_adv), x))
+    Trainer(den, obj, epochs=3, batch_size=64, device="cpu", progress=False,
+            optimizer=torch.optim.Adam(den.parameters(), lr=3e-3)).fit(x, y)
+    with torch.no_grad():
+        after = float(loss(den.eval()(x_adv), x))
+    assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("name", ["binarize", "bits2", "bits4", "median3"])
+def test_controls_by_name(name):
+    from featlab.defenses import create_control
+    c = create_control(name)
+    x = torch.rand(2, 1, 28, 28)
+    out = c(x)
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    if name.startswith("bi"):
+        levels = 2 if name == "binarize" else 2 ** int(name[4:])
+        assert len(torch.unique(out)) <= levels
+    with pytest.raises(ValueError, match="name: unknown control 'jpeg'; allowed"):
+        create_control("jpeg")

@@ -59,3 +59,17 @@ class MedianFilter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
+
+
+CONTROLS: dict[str, tuple[type, dict]] = {
+    "binarize": (Quantize, {"bits": 1}), "bits2": (Quantize, {"bits": 2}), "bits4": (Quantize, {"bits": 4}),
+    "median3": (MedianFilter, {"size": 3})}
+
+
+def create_control(name: str) -> nn.Module:
+    """A preprocessing control by name (``CONTROLS``): binarize (rounding at 0.5), bits2 / bits4 (bit-depth
+    reduction), median3 (3x3 median filter)."""
+    if name not in CONTROLS:
+        raise ValueError(f"name: unknown control {name!r}; allowed: {sorted(CONTROLS)}")
+    cls, kwargs = CONTROLS[name]
+    return cls(**kwargs)

@@ -66,8 +66,9 @@ def _state(key: str, entry: dict[str, Any], folder: Path) -> dict[str, torch.Ten
 def _build(entry: dict[str, Any]) -> nn.Module:
     from .. import data, models
     if entry["kind"] == "denoiser":
-        from ..defenses import UNetDenoiser
-        return UNetDenoiser(channels=entry["channels"], width=entry["width"], depth=entry["depth"])
+        from ..defenses import create_denoiser
+        return create_denoiser(entry.get("arch", "unet"), channels=entry["channels"], width=entry["width"],
+                               depth=entry["depth"])
     return models.create(entry["model"], num_classes=data.info(entry["dataset"]).num_classes)
 
 
@@ -119,7 +120,8 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     shape = {"kind": kind, "model": config["model"], "dataset": config["dataset"]}
     if kind == "denoiser":
         convs = [v for v in state["model"].values() if v.dim() == 4]
-        shape.update(width=config["width"], depth=config["depth"], channels=int(convs[0].shape[1]) if convs else 0)
+        shape.update(arch=config.get("arch", "unet"), width=config["width"], depth=config["depth"],
+                     channels=int(convs[0].shape[1]) if convs else 0)
     try:                    # the weights must build the model the config names, before anything is written
         _build(shape).load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     except (RuntimeError, KeyError, ValueError) as e:
@@ -134,7 +136,8 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
         "train_wall_s": round(sum(h.get("time_s", 0.0) for h in history), 1), "objective": config.get("objective"),
         "history": history, "metrics": metrics or {}}
     if kind == "denoiser":
-        entry.update(classifier=classifier, width=shape["width"], depth=shape["depth"], channels=shape["channels"])
+        entry.update(classifier=classifier, arch=shape["arch"], width=shape["width"], depth=shape["depth"],
+                     channels=shape["channels"])
     man[name] = entry
     tmp = folder / "manifest.json.tmp"
     tmp.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
