@@ -251,7 +251,15 @@ def _load_run(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
 
 def cmd_export(a: argparse.Namespace) -> None:
     from . import pretrained
-    path = pretrained.export(a.run, a.name, classifier=a.classifier)
+    metrics = None
+    if a.metrics:
+        try:
+            metrics = json.loads(Path(a.metrics).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--metrics: {a.metrics} is not a readable JSON file ({e})") from None
+        if not isinstance(metrics, dict):
+            raise UsageError(f"--metrics: {a.metrics} must hold a JSON object (name -> value)")
+    path = pretrained.export(a.run, a.name, classifier=a.classifier, metrics=metrics)
     print(f"-> {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
@@ -542,6 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("--run", type=_run_folder, required=True)
     ex.add_argument("--name", required=True)
     ex.add_argument("--classifier", default=None, help="denoiser runs: the pretrained name of its classifier")
+    ex.add_argument("--metrics", default=None, help="a JSON object of measurements to ship in the manifest entry")
     ex.set_defaults(func=cmd_export)
     rs = sub.add_parser("results", help="render results/RESULTS.md from results/*.json")
     rs.add_argument("--results-dir", type=_existing_folder, default="results")

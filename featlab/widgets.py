@@ -7,11 +7,23 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from ._utils import check_number
+from ._utils import check_labels, check_model_input, check_number
 from .attacks import PGD
 from .notebooks import running_unattended
 from .probe import compare, random_noise
 from .viz import plot_distortion, plot_feature_grid
+
+
+def _check_models_and_data(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
+    """An explorer's models and images, checked before any widget exists (every model against x)."""
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError(f"models: a non-empty dict name -> model is needed, got {type(models).__name__}")
+    for name, m in models.items():
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"models[{name!r}]: a torch model is needed, got {type(m).__name__}")
+        check_model_input(m, x, name="x")
+    k = getattr(next(iter(models.values())), "num_classes", None)
+    check_labels(y, len(x), k, name="y")
 
 
 class FeatureNoiseExplorer:
@@ -29,12 +41,14 @@ class FeatureNoiseExplorer:
 
     def __init__(self, models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
                  eps_values: Sequence[float], attack_steps: int = 10, image_index: int = 0, seed: int = 0):
-        if not models:
-            raise ValueError("models must name at least one model")
+        _check_models_and_data(models, x, y)
         self.models, self.x, self.y = dict(models), x, y
-        self.eps_values = [float(e) for e in eps_values]
-        for e in self.eps_values:
+        if isinstance(eps_values, (str, bytes)) or not isinstance(eps_values, Sequence) or not eps_values:
+            raise ValueError(f"eps_values: a non-empty list of numbers in [0, 1] is needed, got {eps_values!r}")
+        for e in eps_values:
             check_number("eps_values[...]", e, low=0.0, high=1.0)
+        self.eps_values = [float(e) for e in eps_values]
+        check_number("attack_steps", attack_steps, low=1, integer=True)
         check_number("image_index", image_index, low=0, high=len(x) - 1, integer=True)
         self.attack_steps, self.image_index, self.seed = attack_steps, image_index, seed
         first = next(iter(self.models.values()))
@@ -49,6 +63,7 @@ class FeatureNoiseExplorer:
 
     def compute(self, eps: float) -> dict:
         """{model: {"distortion": {set: Distortion}, "x_adv": tensor}} for one eps (cached)."""
+        check_number("eps", eps, low=0.0, high=1.0)
         if eps not in self._cache:
             g = torch.Generator().manual_seed(self.seed)
             noise = random_noise(self.x, eps, kind="sign", generator=g)
@@ -147,9 +162,12 @@ class AttackExplorer:
     def __init__(self, models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
                  classes: Sequence[str] | None = None, eps_max: float = 0.5, cache_size: int = 256,
                  ig_steps: int = 32):
-        if not models:
-            raise ValueError("models must name at least one model")
+        _check_models_and_data(models, x, y)
         check_number("eps_max", eps_max, low=0.0, low_open=True, high=1.0)
+        check_number("cache_size", cache_size, low=1, integer=True)
+        check_number("ig_steps", ig_steps, low=1, integer=True)
+        if classes is not None and (isinstance(classes, str) or len(classes) < int(y.max()) + 1):
+            raise ValueError(f"classes: one name per class is needed (at least {int(y.max()) + 1}), got {classes!r}")
         self.models, self.x, self.y = dict(models), x.cpu(), y.cpu()
         k = getattr(next(iter(self.models.values())), "num_classes", None) or int(y.max()) + 1
         self.classes = list(classes) if classes is not None else [str(i) for i in range(k)]
@@ -174,6 +192,7 @@ class AttackExplorer:
             raise ValueError(f"model_name must be one of {list(self.models)}, got {model_name!r}")
         check_number("index", index, low=0, high=len(self.x) - 1, integer=True)
         check_number("steps", steps, low=1, integer=True)
+        check_number("eps", eps, low=0.0, high=1.0 if attack != "PGD L2" else None)
         key = (model_name, attack, round(float(eps), 6), int(steps) if attack != "FGSM" else 0, int(index))
         if key in self._cache:
             self._cache[key] = self._cache.pop(key)        # most recently used last

@@ -69,3 +69,45 @@ def test_feature_noise_explorer_static_and_widget(trained_mnist, mnist_small):
     fx_slider = box.children[0].children[0]
     fx_slider.value = 0.3
     assert set(fx._cache) == {0.1, 0.3}
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(x="255"), "x must be a torch.Tensor"),
+    (dict(x=lambda x: x * 255), r"x must have pixels in \[0, 1\]"),
+    (dict(x=lambda x: torch.where(x > 0.5, torch.nan, x)), "x contains NaN"),
+    (dict(x=lambda x: torch.nn.functional.pad(x, (2, 2, 2, 2))), "x must be 28x28 pixels"),
+    (dict(x=lambda x: x.repeat(1, 3, 1, 1)), "x must have 1 channel"),
+    (dict(y=lambda y: y + 10), r"y must hold class indices in \[0, 9\]"),
+    (dict(y=lambda y: y[:-1]), r"y must have shape \(20,\)"),
+    (dict(y=lambda y: y.float()), "y must be an integer tensor"),
+    (dict(models={}), "models: a non-empty dict"),
+    (dict(models={"m": "not a model"}), r"models\['m'\]: a torch model is needed"),
+])
+def test_explorers_refuse_malformed_inputs_naming_them(trained_mnist, mnist_small, bad, match):
+    """Both explorers check their images, labels and models against every model before any widget
+    exists: malformed input is an error naming the argument, never a silent picture."""
+    _, _, xt, yt = mnist_small
+    x, y, models = xt[:20], yt[:20], {"standard": trained_mnist}
+    x = bad["x"](x) if callable(bad.get("x")) else bad.get("x", x)
+    y = bad["y"](y) if callable(bad.get("y")) else y
+    models = bad.get("models", models)
+    with pytest.raises((ValueError, TypeError), match=match):
+        AttackExplorer(models, x, y)
+    with pytest.raises((ValueError, TypeError), match=match):
+        FeatureNoiseExplorer(models, x, y, [0.1])
+
+
+def test_explorer_settings_are_checked(trained_mnist, mnist_small, explorer):
+    _, _, xt, yt = mnist_small
+    for kwargs, match in ((dict(eps_max=0), "eps_max"), (dict(cache_size=0), "cache_size"),
+                          (dict(ig_steps=0), "ig_steps"), (dict(classes=["a", "b"]), "classes: one name per class")):
+        with pytest.raises(ValueError, match=match):
+            AttackExplorer({"m": trained_mnist}, xt[:20], yt[:20], **kwargs)
+    for eps_values, match in (([], "eps_values"), ("0.1", "eps_values"), ([0.1, 2.0], r"eps_values\[...\]"),
+                              ([float("nan")], r"eps_values\[...\]")):
+        with pytest.raises(ValueError, match=match):
+            FeatureNoiseExplorer({"m": trained_mnist}, xt[:4], yt[:4], eps_values)
+    with pytest.raises(ValueError, match="eps"):
+        explorer.compute("standard", "PGD Linf", -0.1, 10, 0)
+    with pytest.raises(ValueError, match="steps"):
+        explorer.compute("standard", "PGD Linf", 0.1, 0, 0)
