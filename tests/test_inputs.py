@@ -12,9 +12,10 @@ from hypothesis import given, settings, strategies as st
 import featlab
 from featlab import evaluate, probe
 from featlab.attacks import FGSM, PGD, autoattack, square
-from featlab.defenses import AFD, embedding_separability
+from featlab.defenses import AFD, MedianFilter, embedding_separability
 from featlab.probe import centroid_accuracy
 from featlab.train import Standard, Trainer
+from featlab.widgets import AttackExplorer, FeatureNoiseExplorer
 from conftest import tiny_bn_model
 
 
@@ -77,6 +78,10 @@ LABELLED_ENTRIES = {
     "Trainer.fit": _fit,
     "Trainer.fit eval_data": _fit_eval,
     "AFD.step": lambda m, x, y: AFD(m, eps=0.1, steps=1).step(x, y),
+    "preprocessing_defense": lambda m, x, y: evaluate.preprocessing_defense(MedianFilter(3), m, x, y, [0.1], steps=1,
+                                                                            progress=False),
+    "AttackExplorer": lambda m, x, y: AttackExplorer({"m": m}, x, y),
+    "FeatureNoiseExplorer": lambda m, x, y: FeatureNoiseExplorer({"m": m}, x, y, [0.1], attack_steps=1),
 }
 NAMES_AN_ARGUMENT = re.compile(r"(^|\W)(x|y|x_adv|eval_data\[[01]\]|perturbed\[.*\])(\W|$)")
 
