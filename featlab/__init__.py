@@ -9,8 +9,19 @@ pixel units (e.g. 0.3 on MNIST, 8/255 on CIFAR-10).
 """
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from ._utils import choose_fast_path, cpu_has_native_bf16, get_device, seed_everything
-from . import attacks, checkpoint, data, defenses, evaluate, models, pretrained, probe, results, train, viz, widgets
+from . import attacks, checkpoint, data, defenses, evaluate, models, pretrained, probe, results, train
+
+_LAZY = ("viz", "widgets")     # matplotlib and ipywidgets load on first use (``featlab.viz``), not on import
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'featlab' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

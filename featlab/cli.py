@@ -579,6 +579,9 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--device", default="auto")
     sp.add_argument("--results-dir", default="results")
     sp.set_defaults(func=cmd_separability)
+    # listed for --help; `featlab notebooks ...` is handed to the runner's own parser below
+    sub.add_parser("notebooks", help="execute notebooks with papermill -> build/ (featlab notebooks --help)",
+                   add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     _ARGV[:] = argv
     if argv[:1] == ["notebooks"]:          # `featlab notebooks ...`: the papermill runner's own options

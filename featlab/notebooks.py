@@ -166,7 +166,7 @@ def run(notebook: str | os.PathLike, out_dir: str | os.PathLike = "build", param
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="execute featlab's notebooks with papermill")
+    p = argparse.ArgumentParser(prog="featlab notebooks", description="execute featlab's notebooks with papermill")
     p.add_argument("--out", default="build")
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 01 02")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

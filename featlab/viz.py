@@ -144,7 +144,7 @@ def plot_embeddings(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
     h, ha = model.embed(x).float().cpu(), model.embed(x_adv).float().cpu()
     model.train(was)
     mean = h.mean(0, keepdim=True)
-    _, _, v = torch.pca_lowrank(h - mean, q=2, center=False)
+    v = torch.linalg.svd(h - mean, full_matrices=False).Vh[:2].T      # exact: the embeddings are small
     p, pa = (h - mean) @ v, (ha - mean) @ v
     for c in range(int(y.max()) + 1):
         sel = (y == c).cpu()

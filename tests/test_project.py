@@ -14,7 +14,10 @@ def _names(reqs):
 
 
 def test_environment_yml_matches_pyproject():
-    import tomllib
+    try:
+        import tomllib                     # Python >= 3.11
+    except ModuleNotFoundError:            # 3.9 / 3.10 (pyproject allows them): the same parser, as tomli
+        import tomli as tomllib
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     env = (ROOT / "environment.yml").read_text()
     pip_block = env.split("- pip:", 1)[1]
