@@ -49,7 +49,7 @@ def check_01(m, pretrained=True):
 
 def check_02(m, pretrained=True):
     assert m["classifier/clean_acc"] > 85
-    assert m["by_hand/last_total"] < 0.8 * m["by_hand/first_total"], "20 steps by hand lower the loss"
+    assert m["by_hand/last_total"] < 0.9 * m["by_hand/first_total"], "20 steps by hand lower the loss"
     for name in ("binarize", "bits4", "median3", "feature loss", "separate extractor", "pixel loss"):
         assert m[f"{name}/clean"] > 50, "every defense keeps most digits readable"
         # an attacker who sees the whole pipeline does at least as well as one who ignores it (up to
