@@ -503,8 +503,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--extractor-run", type=_classifier_ref, default=None,
                    help="denoiser: the feature extractor of the loss, a run folder or pretrained:NAME (default: the "
                         "classifier itself)")
-    t.add_argument("--denoiser", choices=["bottleneck", "unet", "residual"], default="bottleneck",
-                   help="denoiser: architecture (featlab.defenses.DENOISERS)")
+    t.add_argument("--denoiser", choices=["residual", "unet", "bottleneck"], default="residual",
+                   help="denoiser: architecture (featlab.defenses.DENOISERS; residual won the screen of notebook 02)")
     t.add_argument("--feature-taps", nargs="*", default=None,
                    help="denoiser: taps of the feature loss (default: all spatial taps; none: pixel loss only)")
     t.add_argument("--pixel-weight", type=_float_in(0.0), default=0.0, help="denoiser: weight of the pixel MSE term")
