@@ -276,11 +276,11 @@ def _eval_target(a: argparse.Namespace, device: torch.device) -> tuple[torch.nn.
     denoiser's classifier."""
     if getattr(a, "control", None) is not None:
         from .defenses import create_control
-        _, ccfg = _load_classifier(a.classifier_run, device)
+        clf, ccfg = _load_classifier(a.classifier_run, device)
         config = {"dataset": ccfg["dataset"], "model": a.control, "method": "control", "command": None,
                   "device": None, "classifier_run": a.classifier_run}
         return (create_control(a.control).to(device), config, {"epochs": 0, "train_wall_s": 0.0},
-                f"control_{a.control}", lambda: _load_classifier(a.classifier_run, device)[0])
+                f"control_{a.control}", lambda: clf)
     if a.pretrained is not None:
         from . import pretrained
         try:

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from ._utils import check_choice, check_images, check_labels, check_model_input, check_number
+from ._utils import check_choice, check_images, check_labels, check_model_input, check_number, eval_mode
 from .attacks.base import model_device
 
 INPUT_TAP = "input"
@@ -93,9 +93,7 @@ def compare(model: nn.Module, x: torch.Tensor, perturbed: Mapping[str, torch.Ten
         if xp.shape != x.shape:
             raise ValueError(f"perturbed[{name!r}] must have the shape of x {tuple(x.shape)}, got {tuple(xp.shape)}")
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         clean = _taps(model, x.to(device), layers, batch_size)
         out: dict[str, Distortion] = {}
         for name, xp in perturbed.items():
@@ -105,8 +103,6 @@ def compare(model: nn.Module, x: torch.Tensor, perturbed: Mapping[str, torch.Ten
             for k in clean:
                 l2[k], linf[k] = _relative(clean[k], pert[k])
             out[name] = Distortion(l2, linf)
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -208,14 +204,11 @@ def centroid_accuracy(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y:
         raise ValueError(f"x_adv must have the shape of x {tuple(x.shape)}, got {tuple(x_adv.shape)}")
     if not hasattr(model, "embed"):
         raise TypeError("model must be a featlab model with embed(x)")
-    device, was = model_device(model), model.training
-    model.eval()
-    try:
+    device = model_device(model)
+    with eval_mode(model):
         h = torch.cat([model.embed(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
         ha = torch.cat([model.embed(x_adv[i:i + batch_size].to(device)).float().cpu()
                         for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was)
     y = y.cpu()
     classes = torch.unique(y)
     centroids = torch.stack([h[y == c].mean(0) for c in classes])

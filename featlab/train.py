@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed
 from ._utils import (FastPath, check_choice, check_labels, check_model_input, check_number, choose_fast_path,
-                     get_device, inputs_checked)
+                     eval_mode, get_device, inputs_checked)
 from .attacks import PGD
 from .attacks.apgd import apgd_ce_examples
 from .evaluate import accuracy, robust_accuracy
@@ -180,11 +180,8 @@ class TRADES(Objective):
         self.step_size = step_size if step_size is not None else 2.5 * eps / steps
 
     def loss(self, model, x, y):
-        was_training = model.training
-        with torch.no_grad():
-            model.eval()
+        with torch.no_grad(), eval_mode(model):
             p_clean = torch.softmax(model(x), dim=1)
-            model.train(was_training)
 
         def kl(out: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
             return nn.functional.kl_div(torch.log_softmax(out, dim=1), p_clean, reduction="none").sum(1)

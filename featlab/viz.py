@@ -6,6 +6,7 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from ._utils import eval_mode
 from .probe import Distortion
 
 
@@ -139,10 +140,8 @@ def afd_diagram(ax=None):
 def plot_embeddings(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ax=None, title: str = ""):
     """Clean (dots) and adversarial (crosses) embeddings in the 2-D PCA plane of the clean ones, by class."""
     ax = ax or plt.subplots(figsize=(5, 4.5))[1]
-    was = model.training
-    model.eval()
-    h, ha = model.embed(x).float().cpu(), model.embed(x_adv).float().cpu()
-    model.train(was)
+    with eval_mode(model):
+        h, ha = model.embed(x).float().cpu(), model.embed(x_adv).float().cpu()
     mean = h.mean(0, keepdim=True)
     v = torch.linalg.svd(h - mean, full_matrices=False).Vh[:2].T      # exact: the embeddings are small
     p, pa = (h - mean) @ v, (ha - mean) @ v

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from ._utils import check_labels, check_model_input, check_number
+from ._utils import check_labels, check_model_input, check_number, eval_mode
 from .attacks import PGD
 from .notebooks import running_unattended
 from .probe import compare, random_noise
@@ -53,11 +53,8 @@ class FeatureNoiseExplorer:
         self.attack_steps, self.image_index, self.seed = attack_steps, image_index, seed
         first = next(iter(self.models.values()))
         from .attacks.base import model_device
-        was = first.training
-        first.eval()
-        with torch.no_grad():
+        with eval_mode(first), torch.no_grad():
             shapes = {k: v.dim() for k, v in first.features(x[:1].to(model_device(first))).items()}
-        first.train(was)
         self.spatial_taps = [k for k, d in shapes.items() if d == 4]
         self._cache: dict[float, dict] = {}
 
@@ -91,12 +88,10 @@ class FeatureNoiseExplorer:
         m = self.models[name0]
         i = self.image_index
         from .attacks.base import model_device
-        dev, was = model_device(m), m.training
-        m.eval()
-        with torch.no_grad():
+        dev = model_device(m)
+        with eval_mode(m), torch.no_grad():
             clean = m.features(self.x[i:i + 1].to(dev), [tap])[tap][0].cpu()
             adv = m.features(res[name0]["x_adv"][i:i + 1].to(dev), [tap])[tap][0].cpu()
-        m.train(was)
         plot_feature_grid(clean, adv, channels=6, title=f"{name0}, tap {tap}, image {i}", fig=right)
         return fig
 
@@ -202,11 +197,8 @@ class AttackExplorer:
         dev = model_device(model)
         x, y = self.x[index:index + 1].to(dev), self.y[index:index + 1].to(dev)
         x_adv = self.attack(model, attack, eps, steps)(x, y)
-        was = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             p_clean, p_adv = torch.softmax(model(x), 1)[0].cpu(), torch.softmax(model(x_adv), 1)[0].cpu()
-        model.train(was)
         res = {"x": x.cpu(), "x_adv": x_adv.cpu(), "p_clean": p_clean, "p_adv": p_adv, "label": int(y),
                "pred_clean": int(p_clean.argmax()), "pred_adv": int(p_adv.argmax()),
                "attributions": self.attributions(model, x, x_adv, int(p_clean.argmax()), int(p_adv.argmax())),
@@ -223,17 +215,13 @@ class AttackExplorer:
         """captum Integrated Gradients and Saliency maps (H, W) for clean and adversarial inputs,
         each for the class the model predicts on that input."""
         from captum.attr import IntegratedGradients, Saliency
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             ig, sal = IntegratedGradients(model), Saliency(model)
             out = {}
             for tag, inp, t in (("clean", x, t_clean), ("adv", x_adv, t_adv)):
                 inp = inp.detach().clone().requires_grad_(True)
                 out[f"ig/{tag}"] = ig.attribute(inp, target=t, n_steps=self.ig_steps).sum(1)[0].detach().cpu()
                 out[f"saliency/{tag}"] = sal.attribute(inp, target=t, abs=True).amax(1)[0].detach().cpu()
-        finally:
-            model.train(was)
         return out
 
     def summary(self, res: dict) -> str:
