@@ -1,6 +1,7 @@
 # featlab: the two commands a fresh machine needs are `make notebooks` and `make test`.
 # Both create .venv if missing. torch is pinned here (CI and this lab's machines); the
 # package itself only sets lower bounds (pyproject.toml).
+# .venv gets the lab extra (JupyterLab, papermill: `make lab`, `make notebooks`) and the test extra.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +17,7 @@ export FEATLAB_DATA ?= $(CURDIR)/.cache/data
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test]' $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[lab,test]' $(TORCH_PIN)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 

@@ -12,7 +12,7 @@ import json
 import torch
 
 import featlab
-from featlab.defenses import AFD
+from featlab.train import AFD
 from featlab.train import PGDAT, Trainer
 
 from _timing import interleaved_medians

@@ -6,7 +6,7 @@
                 (``run_for_accuracy``: per example the first fooling iterate is kept and its
                 gradients stop; the examples misclassified clean are not attacked)
 (d) robust_accuracy = a plain loop over torchattacks PGD (attack each batch, then predict) /
-                featlab.evaluate.robust_accuracy, on the same images                       (goal >= 2)
+                featlab.metrics.robust_accuracy, on the same images                       (goal >= 2)
 
     python bench/attack_speed.py [--pretrained mnist_cnn_standard] [--batch 256] [--steps 20] [--eps 0.3]
 
@@ -78,7 +78,7 @@ def main() -> None:
         return 100.0 * correct / len(xs)
 
     def ours_accuracy():
-        return featlab.evaluate.robust_accuracy(model, xs, ys, ours, progress=False)
+        return featlab.metrics.robust_accuracy(model, xs, ys, ours, progress=False)
 
     med = interleaved_medians({"fwd_bwd": pgd_budget, "ours": lambda: ours(x, y), "theirs": lambda: theirs(x, y),
                                "ours_early": lambda: ours.run_for_accuracy(x, y, active=clean_ok),
@@ -88,7 +88,7 @@ def main() -> None:
     featlab.seed_everything(0)
     acc_ours, acc_theirs = ours_accuracy(), loop_over_torchattacks()
     result = {"bench": "attack_speed", "model": a.pretrained, "batch": a.batch, "n_eval": len(xs), "steps": a.steps,
-              "eps": a.eps, "device": featlab.evaluate.device_description(device), "threads": torch.get_num_threads(),
+              "eps": a.eps, "device": featlab.results.device_description(device), "threads": torch.get_num_threads(),
               "torchattacks": torchattacks.__version__,
               "pgd_over_steps_x_fwd_bwd": round(o / (a.steps * fb), 3),
               "featlab_over_torchattacks_plain": round(t / o, 3),

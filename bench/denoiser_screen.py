@@ -3,7 +3,7 @@
     python bench/denoiser_screen.py [--records results/denoiser_screen] [--out screen.json]
 
 Each run trained one architecture for one epoch on all 60,000 MNIST images (its training command is in
-the record) and was evaluated with ``featlab eval --attacks pgd40 --eps 0.3 --n-eval 1000``. ``--out``
+the record) and was evaluated with ``featlab eval --attacks pgd40@0.01 --eps 0.3 --n-eval 1000``. ``--out``
 writes ``{"architecture_screen": [...]}``, the metrics ``featlab export --metrics`` ships with a denoiser
 (notebook 02 prints them).
 """

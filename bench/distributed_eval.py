@@ -27,7 +27,7 @@ def worker(a: argparse.Namespace) -> None:
     import featlab
     from featlab import distributed
     from featlab.attacks import autoattack
-    from featlab.evaluate import robust_correct
+    from featlab.metrics import robust_correct
     distributed.init("cpu")
     model = featlab.pretrained.load(a.model, "cpu")
     x, y = featlab.data.load(featlab.pretrained.info(a.model)["dataset"], "test", limit=a.images)

@@ -34,7 +34,7 @@ def main() -> None:
             for early in (True, False):
                 featlab.seed_everything(0)
                 t = time.perf_counter()
-                acc = featlab.evaluate.robust_accuracy(
+                acc = featlab.metrics.robust_accuracy(
                     model, x, y, featlab.attacks.PGD(model, eps=eps, steps=a.steps, restarts=restarts),
                     progress=False, early_exit=early)
                 out[early] = (acc, time.perf_counter() - t)
@@ -44,7 +44,7 @@ def main() -> None:
                    "full_over_early_exit": round(out[False][1] / out[True][1], 2)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(json.dumps({"bench": "early_exit", "device": featlab.evaluate.device_description(),
+    print(json.dumps({"bench": "early_exit", "device": featlab.results.device_description(),
                       "same_number_everywhere": all(r["robust_acc_early_exit"] == r["robust_acc_full"] for r in rows),
                       "full_over_early_exit": {f"{r['model']}/eps{r['eps']}": r["full_over_early_exit"] for r in rows}}))
 

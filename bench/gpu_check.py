@@ -54,7 +54,7 @@ def time_to_robustness(method: str, cap_s: float) -> dict:
     xt, yt = featlab.data.load("mnist", "test", limit=1000)
     model = featlab.models.create("mnist_resnet")
     if method == "afd":
-        from featlab.defenses import AFD
+        from featlab.train import AFD
         objective = AFD(model, eps=0.3, steps=10, step_size=0.075)
         opt = objective.optimizer_ec
     else:

@@ -42,7 +42,7 @@ def _objective(name: str, model: torch.nn.Module, eps: float, steps: int):
     if name == "trades":
         return featlab.train.TRADES(eps=eps, steps=steps)
     if name == "afd":
-        from featlab.defenses import AFD
+        from featlab.train import AFD
         return AFD(model, eps=eps, steps=steps, step_size=2.5 * eps / steps)
     raise ValueError(f"--objectives: unknown {name!r}; allowed: standard, pgd_at, trades, afd")
 
@@ -77,7 +77,7 @@ def speed(a: argparse.Namespace) -> None:
                               "fast_path": trainers["fast"].fast.describe(),
                               "samples_per_s": {k: round(v, 1) for k, v in sps.items()},
                               "fast_over_fp32": round(ratio, 2)}), flush=True)
-    print(json.dumps({"bench": "train_speed", "device": featlab.evaluate.device_description(),
+    print(json.dumps({"bench": "train_speed", "device": featlab.results.device_description(),
                       "cpu_native_bf16": featlab.cpu_has_native_bf16(), "threads": torch.get_num_threads(),
                       "torch": torch.__version__, "python": platform.python_version(),
                       "fast_over_fp32": ratios}))
@@ -100,14 +100,14 @@ def parity(a: argparse.Namespace) -> None:
         m = trainer.model.eval()
         torch.manual_seed(a.seed)
         out[k] = {**trainer.fast.describe(), "train_s": round(train_s, 1),
-                  "clean": featlab.evaluate.accuracy(m, xt, yt),
-                  "pgd20": featlab.evaluate.robust_accuracy(m, xt, yt, featlab.attacks.PGD(m, eps=0.3, steps=20),
+                  "clean": featlab.metrics.accuracy(m, xt, yt),
+                  "pgd20": featlab.metrics.robust_accuracy(m, xt, yt, featlab.attacks.PGD(m, eps=0.3, steps=20),
                                                             progress=False)}
         print(json.dumps({k: out[k]}), flush=True)
     print(json.dumps({"bench": "train_parity", "seed": a.seed, "model": "mnist_resnet", "method": "pgd_at",
                       "epochs": a.epochs,
                       "n_train": a.n_train, "n_eval": 1000, "eval": "fp32, PGD-20 eps 0.3",
-                      "device": featlab.evaluate.device_description(), "threads": torch.get_num_threads(),
+                      "device": featlab.results.device_description(), "threads": torch.get_num_threads(),
                       "paths": out, "train_speedup": round(out["fp32_nchw"]["train_s"] / out["fast"]["train_s"], 2),
                       "pgd20_gap_points": round(out["fast"]["pgd20"] - out["fp32_nchw"]["pgd20"], 2)}))
 

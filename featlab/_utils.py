@@ -268,6 +268,10 @@ def check_labels(y: Any, n: int, num_classes: int | None, *, name: str = "y") ->
             raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
 
 
-class GradientMaskingWarning(UserWarning):
-    """An evaluation failed a sanity check, or an attack got no gradient: a robust accuracy
-    measured this way may come from masked gradients, not from robustness."""
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (else buffer); CPU for a module that holds neither."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

@@ -4,7 +4,7 @@
     featlab eval --run runs/mnist_pgd_at --attacks pgd40 fgsm --eps 0.3 --n-eval 1000
     featlab eval --pretrained mnist_afd --attacks pgd40 autoattack --eps 0.3   # a shipped model
     featlab probe --run runs/a --run runs/b --eps 0.1 0.2 0.3
-    featlab notebooks --out build            # execute every notebook (see featlab.notebooks)
+    featlab notebooks --out build            # execute every notebook (see featlab.runner)
 
 A run folder holds ``checkpoint.pt`` (resumable), ``config.json`` and ``history.json``; eval
 writes one JSON record per attack and eps into ``results/<run>_<attack>_<norm>_eps<eps>[_n<N>].json``
@@ -19,27 +19,20 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
-from . import data, models
-from . import distributed
-from ._utils import get_device, seed_everything
-from .attacks import PGD, from_spec, parse_pgd_spec, strongest_pgd
-from .evaluate import (accuracy, checklist, device_description, input_gradient_stats, large_eps_rows,
-                       per_example_worst_case, report_checks, robust_accuracy, sweep, write_result)
-from .train import Trainer, create_objective
-
-
-_ARGV: list[str] = []
-
-
-def _command() -> str:
-    """The command line that reproduces this call."""
-    return "featlab " + " ".join(shlex.quote(a) for a in _ARGV)
+from . import data, distributed, models, pretrained, runs
+from ._utils import get_device, model_device, seed_everything
+from .attacks import PGD, from_spec, parse, strongest_pgd
+from .checklist import checklist, report_checks
+from .evaluate import audit, preprocessing_defense
+from .metrics import accuracy, robust_accuracy
+from .results import device_description, record, result_name, write_result
+from .train import AFD, DenoiserObjective, Trainer, create_objective
 
 
 # --------------------------------------------------------------------------- flag checks (before any loading)
@@ -86,7 +79,6 @@ def _classifier_ref(text: str) -> str:
     """A classifier for a denoiser: a run folder, or ``pretrained:NAME`` (a shipped classifier)."""
     if text.startswith("pretrained:"):
         name = _pretrained_name(text.split(":", 1)[1])
-        from . import pretrained
         if pretrained.info(name)["kind"] != "classifier":
             raise argparse.ArgumentTypeError(f"{text} is a denoiser; a shipped classifier is needed: "
                                              f"{[k for k in pretrained.available() if pretrained.info(k)['kind'] == 'classifier']}")
@@ -95,11 +87,13 @@ def _classifier_ref(text: str) -> str:
 
 
 def _run_folder(text: str) -> str:
-    run = Path(text)
-    folder = run.parent if run.suffix == ".pt" else run
-    missing = [f for f in ("config.json", "checkpoint.pt") if not (folder / f).is_file()]
+    try:
+        missing = runs.missing_files(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("run: ", "")) from None
     if missing:
-        raise argparse.ArgumentTypeError(f"{text} is not a featlab run folder (no {' or '.join(missing)} in {folder})")
+        raise argparse.ArgumentTypeError(f"{text} is not a featlab run folder (no {' or '.join(missing)} in "
+                                         f"{runs.folder_of(text)})")
     return text
 
 
@@ -110,7 +104,6 @@ def _existing_folder(text: str) -> str:
 
 
 def _pretrained_name(text: str) -> str:
-    from . import pretrained
     try:
         pretrained.info(text)
     except (TypeError, ValueError) as e:
@@ -136,13 +129,10 @@ def _check_out_folder(out: Path, config: dict) -> None:
                          f"the folder to start over")
 
 
-build_attack = from_spec   # the CLI's --attacks specs (featlab.attacks.from_spec)
-
-
 def _denoiser_parts(a: argparse.Namespace, device: torch.device):
-    from .defenses import DenoiserObjective, FeatureLoss, create_denoiser
-    classifier, ccfg = _load_classifier(a.classifier_run, device)
-    extractor, ecfg = _load_classifier(a.extractor_run, device) if a.extractor_run else (classifier, ccfg)
+    from .defenses import FeatureLoss, create_denoiser
+    classifier, ccfg = pretrained.load_classifier(a.classifier_run, device)
+    extractor, ecfg = pretrained.load_classifier(a.extractor_run, device) if a.extractor_run else (classifier, ccfg)
     if ecfg["dataset"] != ccfg["dataset"]:
         raise UsageError(f"--extractor-run: a {ecfg['dataset']} model cannot extract features of the classifier's "
                          f"{ccfg['dataset']} images")
@@ -151,17 +141,6 @@ def _denoiser_parts(a: argparse.Namespace, device: torch.device):
     objective = DenoiserObjective(classifier, loss, eps_range=(a.eps_min, a.eps), pgd_steps=a.attack_steps, seed=a.seed)
     model = create_denoiser(a.denoiser, channels=classifier.input_shape[0], width=a.width, depth=a.depth)
     return model, objective, ccfg
-
-
-def _load_classifier(ref: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """A classifier and its config from a run folder or ``pretrained:NAME``."""
-    if ref.startswith("pretrained:"):
-        from . import pretrained
-        name = ref.split(":", 1)[1]
-        entry = pretrained.info(name)
-        return pretrained.load(name, device), {"dataset": entry["dataset"], "model": entry["model"],
-                                               "method": entry["method"]}
-    return _load_run(Path(ref), device)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -181,7 +160,6 @@ def cmd_train(a: argparse.Namespace) -> None:
         dataset = a.dataset or models.default_dataset(a.model)
         model = models.create(a.model, num_classes=data.info(dataset).num_classes)
         if a.method == "afd":
-            from .defenses import AFD
             objective = AFD(model, eps=a.eps, steps=a.attack_steps, step_size=a.step_size or 2.5 * a.eps / a.attack_steps,
                             attack=a.train_attack, loss=a.afd_loss, lr_ec=a.lr, lr_e=a.lr_e, lr_d=a.lr_d,
                             game=not a.afd_no_game)
@@ -214,7 +192,7 @@ def cmd_train(a: argparse.Namespace) -> None:
               "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config(),
               "optimizer": a.optimizer, "lr": a.lr,
               **({"nesterov": False} if a.optimizer == "sgd" and a.no_nesterov else {}), "batch_size": a.batch_size, "limit": a.limit,
-              "command": _command(), "device": device_description(device),
+              "command": a.command, "device": device_description(device),
               "world_size": distributed.world_size(), "sync_batchnorm": a.sync_bn, **extra}
     eval_attack = None
     if a.method != "standard":
@@ -235,22 +213,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(json.dumps(history[-1]))
 
 
-def _load_run(run: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The trained module of a run folder (for a denoiser run: the denoiser) and its config."""
-    config = json.loads((run / "config.json").read_text())
-    if config["method"] == "denoiser":
-        from .defenses import create_denoiser
-        model = create_denoiser(config.get("arch", "unet"), channels=config.get("channels") or
-                                _load_classifier(config["classifier_run"], device)[0].input_shape[0],
-                                width=config["width"], depth=config["depth"])
-    else:
-        model = models.create(config["model"], num_classes=data.info(config["dataset"]).num_classes)
-    ckpt.load_model_weights(model, run / "checkpoint.pt")
-    return model.to(device).eval(), config
-
-
 def cmd_export(a: argparse.Namespace) -> None:
-    from . import pretrained
     metrics = None
     if a.metrics:
         try:
@@ -268,137 +231,131 @@ def cmd_results(a: argparse.Namespace) -> None:
     print(f"-> {write_markdown(a.results_dir, a.out)}")
 
 
-def _eval_target(a: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, dict, dict, str, Any]:
-    """What ``featlab eval`` evaluates: a run folder (``--run``) or a shipped model (``--pretrained``).
+@dataclass
+class EvalTarget:
+    """What ``featlab eval`` (and ``separability``) evaluates: a run folder (``--run``), a shipped model
+    (``--pretrained``) or a control (``--control``), with what its records say about it."""
 
-    Returns the module, its config (dataset, model, method, the training command and device), the
-    training epochs and wall time, the label that names the result files, and a callable giving a
-    denoiser's classifier."""
+    model: torch.nn.Module
+    config: dict[str, Any]            # dataset, model, method, the training command and device, classifier_run
+    trained: dict[str, Any]           # epochs, train_wall_s (and the shipped weights' hash)
+    label: str                        # names the result files
+    classifier_ref: str | None = None  # a denoiser's or control's classifier: run folder or pretrained:NAME
+
+    def classifier(self, device: torch.device) -> torch.nn.Module:
+        return pretrained.load_classifier(self.classifier_ref, device)[0]
+
+
+def _eval_target(a: argparse.Namespace, device: torch.device) -> EvalTarget:
     if getattr(a, "control", None) is not None:
         from .defenses import create_control
-        clf, ccfg = _load_classifier(a.classifier_run, device)
+        _, ccfg = pretrained.load_classifier(a.classifier_run, device)
         config = {"dataset": ccfg["dataset"], "model": a.control, "method": "control", "command": None,
                   "device": None, "classifier_run": a.classifier_run}
-        return (create_control(a.control).to(device), config, {"epochs": 0, "train_wall_s": 0.0},
-                f"control_{a.control}", lambda: clf)
+        return EvalTarget(create_control(a.control).to(device), config, {"epochs": 0, "train_wall_s": 0.0},
+                          f"control_{a.control}_{_ref_label(a.classifier_run)}", a.classifier_run)
     if a.pretrained is not None:
-        from . import pretrained
-        try:
-            entry = pretrained.info(a.pretrained)
-        except (TypeError, ValueError) as err:
-            raise SystemExit(f"--pretrained: {err}") from None
+        entry = pretrained.info(a.pretrained)
         key = pretrained.ALIASES.get(a.pretrained, a.pretrained)
+        classifier = f"pretrained:{entry['classifier']}" if entry.get("classifier") else None
         config = {"dataset": entry["dataset"], "model": entry["model"], "method": entry["method"],
-                  "command": entry["train_command"], "device": entry["train_device"],
-                  "classifier_run": f"pretrained:{entry['classifier']}" if entry.get("classifier") else None}
+                  "command": entry["train_command"], "device": entry["train_device"], "classifier_run": classifier}
         trained = {"epochs": entry["epochs"], "train_wall_s": entry["train_wall_s"],
                    "weights": f"featlab.pretrained:{key} (float16, sha256 {entry['sha256'][:12]})"}
-        return (pretrained.load(key, device), config, trained, f"pretrained_{key}",
-                lambda: pretrained.load(entry["classifier"], device))
-    run = Path(a.run)
-    if run.suffix == ".pt":
-        if run.name != "checkpoint.pt":
-            raise SystemExit(f"--checkpoint: featlab eval reads a run folder's checkpoint.pt (with its config.json), "
-                             f"not {run.name}")
-        run = run.parent
-    model, config = _load_run(run, device)
-    history = ckpt.load(run / "checkpoint.pt").get("history", [])
-    trained = {"epochs": len(history), "train_wall_s": round(sum(h.get("time_s", 0.0) for h in history), 1)}
-    return model, config, trained, run.name, lambda: _load_classifier(config["classifier_run"], device)[0]
-
-
-def cmd_eval(a: argparse.Namespace) -> None:
-    seed_everything(a.seed)
-    device = distributed.init(a.device)        # under torchrun: the images are shared out (featlab.evaluate)
-    model, config, trained, label, classifier = _eval_target(a, device)
-    if a.classifier_run and config["method"] not in ("denoiser", "control"):
-        raise UsageError("--classifier-run: only for a denoiser (defend another classifier: transfer) or a --control")
-    if a.classifier_run and config["method"] == "denoiser" and a.classifier_run != config.get("classifier_run"):
-        # transfer: the denoiser in front of a classifier it was not trained for
-        config = {**config, "trained_for": config.get("classifier_run"), "classifier_run": a.classifier_run}
-        classifier = lambda: _load_classifier(a.classifier_run, device)[0]  # noqa: E731
-        label = f"{label}_on_{_ref_label(a.classifier_run)}"
-    if config["method"] == "control":
-        label = f"{label}_{_ref_label(a.classifier_run)}"
-    dataset = config["dataset"]
-    x, y = data.load(dataset, "test", limit=a.n_eval, seed=a.seed)
-    t0 = time.time()
-    base = {"dataset": dataset, "model": config["model"], "method": config["method"], "n_eval": len(x),
-            "seed": a.seed, "command": _command(), "train_command": config.get("command"),
-            "train_device": config.get("device"), "device": device_description(device),
-            "train_precision": config.get("precision", "fp32"), "train_memory_format": config.get("memory_format",
-                                                                                                   "contiguous"),
-            "precision": "fp32", "world_size": distributed.world_size(), **trained}
-    if config["method"] in ("denoiser", "control"):
-        _eval_denoiser(a, label, model, classifier(), config, x, y, base)
-        return
-    large = a.large_eps if a.large_eps is not None else (1.0 if a.norm == "linf" else None)
-    large = None if large is not None and large <= 0 else large          # --large-eps 0: no such point
-    rows = sweep(model, x, y, list(a.attacks), a.eps, norm=a.norm, batch_size=a.batch_size, seed=a.seed)
-    rows += large_eps_rows(model, x, y, list(a.attacks), a.eps, large, a.norm, a.batch_size, a.seed)
-    checks = checklist(rows, input_gradient_stats(model, x, y, a.batch_size), large_eps=large, n=len(x))
-    print(report_checks(checks, label=label))
-    sanity = {"passed": all(c["passed"] for c in checks), "checks": checks}
-    for r in rows + per_example_worst_case(rows):
-        if r["attack"] == "worst-case":      # every attack of this call, per image (as AutoAttack counts)
-            extra = {"attack_repr": "per-example worst case of " + " + ".join(r["attacks"]), "attacks": r["attacks"]}
-        else:
-            extra = {"attack_repr": repr(build_attack(r["attack"], model, r["eps"], norm=a.norm, seed=a.seed))}
-        # "white-box" is the threat model (the attacker may see everything), also for Square, which uses no gradient
-        rec = {**base, "threat_model": "white-box", "norm": r["norm"], "eps": r["eps"], "attack": r["attack"],
-               **extra, "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
-               "wall_s": r["wall_s"], "sanity": sanity}
-        if large is not None and r["eps"] == large and large not in a.eps:
-            rec["role"] = "checklist large-eps point"       # featlab.results.worst_case leaves it out
-        name = f"{label}_{r['attack']}_{r['norm']}_eps{r['eps']:g}" + ("" if len(x) == 1000 else f"_n{len(x)}")
-        path = write_result(name, rec, a.results_dir)
-        print(f"{name}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%  -> {path}")
-    print(f"eval wall {time.time() - t0:.1f}s")
+        return EvalTarget(pretrained.load(key, device), config, trained, f"pretrained_{key}", classifier)
+    run = runs.load(a.run, device)
+    return EvalTarget(run.model, run.config, run.train_summary, run.folder.name, run.config.get("classifier_run"))
 
 
 def _ref_label(ref: str) -> str:
     return ref.split(":", 1)[1] if ref.startswith("pretrained:") else Path(ref).name
 
 
-def _eval_denoiser(a, label: str, denoiser, classifier, config: dict, x, y, base: dict) -> None:
-    """Every threat model of a preprocessing defense (a denoiser or a control) in front of ``classifier``:
-    the undefended reference, oblivious, end-to-end and BPDA with PGD-N from ``--attacks pgdN``; and
+def cmd_eval(a: argparse.Namespace) -> None:
+    seed_everything(a.seed)
+    device = distributed.init(a.device)        # under torchrun: the images are shared out (featlab.metrics)
+    target = _eval_target(a, device)
+    config = target.config
+    if a.classifier_run and config["method"] not in ("denoiser", "control"):
+        raise UsageError("--classifier-run: only for a denoiser (defend another classifier: transfer) or a --control")
+    if a.classifier_run and config["method"] == "denoiser" and a.classifier_run != config.get("classifier_run"):
+        # transfer: the denoiser in front of a classifier it was not trained for
+        target.config = config = {**config, "trained_for": config.get("classifier_run"),
+                                  "classifier_run": a.classifier_run}
+        target.classifier_ref = a.classifier_run
+        target.label = f"{target.label}_on_{_ref_label(a.classifier_run)}"
+    x, y = data.load(config["dataset"], "test", limit=a.n_eval, seed=a.seed)
+    base = {"dataset": config["dataset"], "model": config["model"], "method": config["method"], "n_eval": len(x),
+            "seed": a.seed, "command": a.command, "train_command": config.get("command"),
+            "train_device": config.get("device"), "device": device_description(device),
+            "train_precision": config.get("precision", "fp32"),
+            "train_memory_format": config.get("memory_format", "contiguous"),
+            "precision": "fp32", "world_size": distributed.world_size(), **target.trained}
+    if config["method"] in ("denoiser", "control"):
+        _eval_preprocessing(a, target, x, y, base)
+        return
+    t0 = time.time()
+    large = a.large_eps if a.large_eps is not None else (1.0 if a.norm == "linf" else None)
+    large = None if large is not None and large <= 0 else large          # --large-eps 0: no such point
+    report = audit(target.model, x, y, a.eps, attacks=tuple(a.attacks), norm=a.norm, large_eps=large or 0,
+                   batch_size=a.batch_size, seed=a.seed, label=target.label)
+    print(report["text"])
+    sanity = {"passed": report["passed"], "checks": report["checks"]}
+    for r in report["rows"] + report["worst_case"]:
+        if r["attack"] == "worst-case":      # every attack of this call, per image (as AutoAttack counts)
+            extra = {"attack_repr": "per-example worst case of " + " + ".join(r["attacks"]), "attacks": r["attacks"]}
+        else:
+            extra = {"attack_repr": repr(from_spec(r["attack"], target.model, r["eps"], norm=a.norm, seed=a.seed))}
+        # "white-box" is the threat model (the attacker may see everything), also for Square, which uses no gradient
+        rec = record(base, threat_model="white-box", norm=r["norm"], eps=r["eps"], attack=r["attack"], **extra,
+                     clean_acc=r["clean_acc"], robust_acc=r["robust_acc"], wall_s=r["wall_s"], sanity=sanity)
+        if large is not None and r["eps"] == large and large not in a.eps:
+            rec["role"] = "checklist large-eps point"       # featlab.results.worst_case leaves it out
+        name = result_name(target.label, r["attack"], r["norm"], r["eps"], len(x))
+        path = write_result(name, rec, a.results_dir)
+        print(f"{name}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%  -> {path}")
+    print(f"eval wall {time.time() - t0:.1f}s")
+
+
+def _eval_preprocessing(a: argparse.Namespace, target: EvalTarget, x: torch.Tensor, y: torch.Tensor,
+                        base: dict[str, Any]) -> None:
+    """Every threat model of a preprocessing defense (a denoiser or a control) in front of its classifier:
+    the undefended reference, oblivious, end-to-end and BPDA with PGD from ``--attacks pgdN[@S]``; and
     ``--attacks autoattack`` / ``apgd`` / ``square`` run end to end on the whole pipeline."""
-    from .evaluate import preprocessing_defense
-    if "fgsm" in a.attacks:
-        raise SystemExit("--attacks: a preprocessing defense is evaluated with pgdN, autoattack, apgd and square, "
+    specs = [parse(s) for s in a.attacks]
+    if any(s.kind.name == "fgsm" for s in specs):
+        raise UsageError("--attacks: a preprocessing defense is evaluated with pgdN, autoattack, apgd and square, "
                          "not fgsm")
-    pgd_specs = [s for s in a.attacks if parse_pgd_spec(s)]
-    spec = strongest_pgd(pgd_specs) or "pgd40"
-    steps, restarts, norm = parse_pgd_spec(spec)
-    if restarts != 1 or (norm or a.norm) != "linf":
-        raise SystemExit(f"--attacks: a denoiser run is evaluated with Linf PGD without restarts (pgdN), not {spec!r}"
-                         f"{' with --norm l2' if a.norm != 'linf' else ''}")
+    spec = parse(strongest_pgd(a.attacks) or "pgd40")
+    if spec.restarts != 1 or spec.norm_or(a.norm) != "linf":
+        raise UsageError(f"--attacks: a preprocessing defense is evaluated with Linf PGD without restarts "
+                         f"(pgdN[@S]), not {spec.text!r}{' with --norm l2' if a.norm != 'linf' else ''}")
+    config = target.config
     extra = {k: config[k] for k in ("trained_for",) if k in config}
     if config["method"] == "denoiser":
         extra["denoiser"] = config.get("arch", "unet")
     t1 = time.time()
-    rows = preprocessing_defense(denoiser, classifier, x, y, a.eps, steps=steps,
-                                 step_size=0.01 if steps == 40 and a.eps == [0.3] else None, batch_size=a.batch_size,
-                                 pipeline_attacks=[s for s in a.attacks if s not in pgd_specs], seed=a.seed)
+    rows = preprocessing_defense(target.model, target.classifier(model_device(target.model)),
+                                 x, y, a.eps, steps=spec.steps, step_size=spec.step_size, batch_size=a.batch_size,
+                                 pipeline_attacks=[s.text for s in specs if s.kind.name != "pgd"], seed=a.seed)
     wall = round(time.time() - t1, 1)
-    names = {"none": spec, "oblivious": f"{spec} on the bare classifier, then denoised",
-             "end-to-end": f"{spec} through denoiser+classifier", "bpda": f"bpda-{spec}"}
-    records = [{**base, "threat_model": r["threat_model"], "norm": "linf", "eps": r["eps"],
-                "attack": names[r["threat_model"]] if r["attack"].startswith(("pgd", "bpda-pgd"))
-                else f"{r['attack']} through denoiser+classifier",
-                "clean_acc": round(r["clean_acc"], 2), "robust_acc": round(r["robust_acc"], 2),
-                "classifier_run": config["classifier_run"], "wall_s": wall, **extra} for r in rows]
     checks = checklist([r for r in rows if r["threat_model"] != "none"], n=len(x))
     checks.append({"check": "scope", "passed": True,
                    "detail": "threat-model checks (monotone, end-to-end <= oblivious, BPDA, attacks on the whole "
                              "pipeline); no FGSM/step/gradient checks; no EOT: the preprocessing is deterministic"})
-    print(report_checks(checks, label=label))
+    print(report_checks(checks, label=target.label))
+    sanity = {"passed": all(c["passed"] for c in checks), "checks": checks}
+    names = {"none": spec.text, "oblivious": f"{spec.text} on the bare classifier, then denoised",
+             "end-to-end": f"{spec.text} through denoiser+classifier", "bpda": f"bpda-{spec.text}"}
+    records = [record(base, threat_model=r["threat_model"], norm="linf", eps=r["eps"],
+                      attack=names[r["threat_model"]] if parse(r["attack"].removeprefix("bpda-")).kind.name == "pgd"
+                      else f"{r['attack']} through denoiser+classifier",
+                      clean_acc=r["clean_acc"], robust_acc=r["robust_acc"], classifier_run=config["classifier_run"],
+                      wall_s=wall, **extra, sanity=sanity) for r in rows]
     for r in records:
-        r["sanity"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
         print(f"{r['threat_model']:>10s} {r['attack'].split()[0]:>12s} eps {r['eps']}: clean {r['clean_acc']:.2f}%  "
               f"robust {r['robust_acc']:.2f}%")
-    print(f"-> {write_result(f'{label}_threat_models', records, a.results_dir)}")
+    print(f"-> {write_result(f'{target.label}_threat_models', records, a.results_dir)}")
 
 
 def cmd_separability(a: argparse.Namespace) -> None:
@@ -406,9 +363,10 @@ def cmd_separability(a: argparse.Namespace) -> None:
     from .defenses import embedding_separability
     seed_everything(a.seed)
     device = get_device(a.device)
-    model, config, trained, label, _ = _eval_target(a, device)
+    target = _eval_target(a, device)
+    model, config = target.model, target.config
     if config["method"] == "denoiser":
-        raise SystemExit("--run/--pretrained: separability probes a classifier's encoder, not a denoiser")
+        raise UsageError("--run/--pretrained: separability probes a classifier's encoder, not a denoiser")
     x, y = data.load(config["dataset"], "train", limit=a.n, seed=a.seed)
     step = 2.5 * a.eps / a.attack_steps
     t0 = time.time()
@@ -417,16 +375,16 @@ def cmd_separability(a: argparse.Namespace) -> None:
         seed_everything(a.seed)
         rows[loss] = embedding_separability(model, x, y, PGD(model, eps=a.eps, steps=a.attack_steps, step_size=step),
                                             steps=a.steps, loss=loss, seed=a.seed)
-        print(f"{label} {loss}: train {rows[loss]['train_acc']:.1f}%  held out {rows[loss]['holdout_acc']:.1f}%")
-    # a results record (the schema of featlab.evaluate.RESULT_KEYS) whose numbers are the probe's
-    record = {"dataset": config["dataset"], "model": config["model"], "method": config["method"],
-              "threat_model": "white-box", "norm": "linf", "eps": a.eps, "attack": f"pgd{a.attack_steps}",
-              "n_eval": len(x), "split": "train", "clean_acc": round(rows["bce"]["clean_acc"], 2),
-              "robust_acc": round(rows["bce"]["robust_acc"], 2), "seed": a.seed, "command": _command(),
-              "train_command": config.get("command"), "device": device_description(device),
-              "wall_s": round(time.time() - t0, 1), "probe": "embedding_separability", "probe_steps": a.steps,
-              "separability": rows, **trained}
-    print(f"-> {write_result(f'separability_{label}', record, Path(a.results_dir) / 'probes')}")
+        print(f"{target.label} {loss}: train {rows[loss]['train_acc']:.1f}%  held out {rows[loss]['holdout_acc']:.1f}%")
+    # a results record (featlab.results.RESULT_KEYS) whose numbers are the probe's
+    rec = record({"dataset": config["dataset"], "model": config["model"], "method": config["method"],
+                  "seed": a.seed, "command": a.command, "train_command": config.get("command"),
+                  "device": device_description(device), **target.trained},
+                 threat_model="white-box", norm="linf", eps=a.eps, attack=f"pgd{a.attack_steps}", n_eval=len(x),
+                 split="train", clean_acc=rows["bce"]["clean_acc"], robust_acc=rows["bce"]["robust_acc"],
+                 wall_s=round(time.time() - t0, 1), probe="embedding_separability", probe_steps=a.steps,
+                 separability=rows)
+    print(f"-> {write_result(f'separability_{target.label}', rec, Path(a.results_dir) / 'probes')}")
 
 
 def cmd_probe(a: argparse.Namespace) -> None:
@@ -434,29 +392,30 @@ def cmd_probe(a: argparse.Namespace) -> None:
     from . import probe
     seed_everything(a.seed)
     device = get_device(a.device)
-    loaded = {Path(r).name: _load_run(Path(r), device) for r in a.run}
-    datasets = {c["dataset"] for _, c in loaded.values()}
+    loaded = {runs.folder_of(r).name: runs.load(r, device) for r in a.run}
+    datasets = {run.config["dataset"] for run in loaded.values()}
     if len(datasets) != 1:
-        raise SystemExit(f"run: all runs must share one dataset, got {sorted(datasets)}")
+        raise UsageError(f"--run: all runs must share one dataset, got {sorted(datasets)}")
     x, y = data.load(datasets.pop(), "test", limit=a.n_eval, seed=a.seed)
     t0 = time.time()
-    res = probe.sweep({k: m for k, (m, _) in loaded.items()}, x, y, a.eps, attack_steps=a.steps, seed=a.seed)
+    res = probe.sweep({k: run.model for k, run in loaded.items()}, x, y, a.eps, attack_steps=a.steps, seed=a.seed)
     records = []
-    for name, (model, config) in loaded.items():
+    for name, run in loaded.items():
+        model, config = run.model, run.config
         clean = accuracy(model, x, y)
+        base = {"dataset": config["dataset"], "model": config["model"], "method": config["method"],
+                "epochs": config["epochs"], "seed": a.seed, "command": a.command, "train_command": config["command"],
+                "device": device_description(device), "n_eval": len(x)}
         for eps in a.eps:
             r = res[name][eps]
             x_adv_acc = robust_accuracy(model, x, y, PGD(model, eps=eps, steps=a.steps, step_size=2.5 * eps / a.steps),
                                         progress=False)
-            rec = {"dataset": config["dataset"], "model": config["model"], "method": config["method"],
-                   "threat_model": "white-box", "norm": "linf", "eps": eps, "attack": f"pgd{a.steps}",
-                   "n_eval": len(x), "clean_acc": round(clean, 2), "robust_acc": round(x_adv_acc, 2),
-                   "epochs": config["epochs"], "seed": a.seed, "command": _command(), "train_command": config["command"],
-                   "device": device_description(device), "wall_s": round(time.time() - t0, 1),
-                   "relative_l2_distortion": {s: {k: round(v, 4) for k, v in d.mean().items()} for s, d in r.items()},
-                   "relative_l2_std": {s: {k: round(v, 4) for k, v in d.std().items()} for s, d in r.items()},
-                   "amplification_adv_over_sign": {k: round(v, 3) for k, v in
-                                                   probe.amplification(r["adversarial"], r["random-sign"]).items()}}
+            rec = record(base, threat_model="white-box", norm="linf", eps=eps, attack=f"pgd{a.steps}",
+                         clean_acc=clean, robust_acc=x_adv_acc, wall_s=round(time.time() - t0, 1),
+                         relative_l2_distortion={s: {k: round(v, 4) for k, v in d.mean().items()} for s, d in r.items()},
+                         relative_l2_std={s: {k: round(v, 4) for k, v in d.std().items()} for s, d in r.items()},
+                         amplification_adv_over_sign={k: round(v, 3) for k, v in
+                                                      probe.amplification(r["adversarial"], r["random-sign"]).items()})
             records.append(rec)
             print(f"\n{name} eps {eps}: clean {clean:.2f}%  PGD-{a.steps} {x_adv_acc:.2f}%")
             taps = list(rec["relative_l2_distortion"]["adversarial"])
@@ -583,12 +542,12 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("notebooks", help="execute notebooks with papermill -> build/ (featlab notebooks --help)",
                    add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
-    _ARGV[:] = argv
     if argv[:1] == ["notebooks"]:          # `featlab notebooks ...`: the papermill runner's own options
-        from .notebooks import main as run_notebooks
+        from .runner import main as run_notebooks
         run_notebooks(argv[1:])
         return
     a = p.parse_args(argv)                  # flag values are checked here, before anything loads (exit 2)
+    a.command = "featlab " + " ".join(shlex.quote(x) for x in argv)     # what reproduces this call, in records
     _check_flags(p, a)
     if distributed.env_world_size() > 1 and os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")      # under torchrun rank 0 speaks (errors still reach stderr)

@@ -8,6 +8,8 @@ be reached within a few seconds; otherwise (or with ``FEATLAB_OFFLINE=1``) it ra
 Every file is verified before use: MNIST by file md5, CIFAR-10 by the sha256 of its *content*
 (pixels and labels), so a copy re-pickled on another machine is accepted and a corrupted one
 refused; CIFAR-100 (no published content hash) by the original files' md5 from torchvision.
+torchvision reads the MNIST files and checks md5s; CIFAR batches are read here (see
+:func:`_read_cifar_batch` for why).
 
     >>> x, y = load("mnist", "test", limit=1000)   # 100 images per class
     >>> x.shape, x.dtype
@@ -15,9 +17,7 @@ refused; CIFAR-100 (no published content hash) by the original files' md5 from t
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
 import pickle
 import socket
@@ -29,7 +29,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from ._utils import check_choice, check_number
 
@@ -60,14 +59,17 @@ class DatasetInfo:
 
 
 _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_TORCHVISION_CLASS = {"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 
 
-def _torchvision_md5(cls_name: str) -> dict[str, str]:
+def _torchvision_class(name: str):
+    import torchvision.datasets as tvd   # imported on first use: torchvision is slow to import
+    return getattr(tvd, _TORCHVISION_CLASS[name])
+
+
+def _torchvision_md5(name: str) -> dict[str, str]:
     """File md5s as torchvision publishes them (read from torchvision, not copied here)."""
-    import torchvision.datasets as tvd
-    cls = getattr(tvd, cls_name)
-    if cls_name == "MNIST":
-        return {os.path.splitext(os.path.basename(f))[0]: md5 for f, md5 in cls.resources}
+    cls = _torchvision_class(name)
     return {f: md5 for f, md5 in list(cls.train_list) + list(cls.test_list)}
 
 
@@ -132,34 +134,19 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR batch pickle without letting it run code.
+
+    Kept hand-written on purpose: torchvision's CIFAR10/CIFAR100 read batches with plain
+    ``pickle.load(f, encoding="latin1")``, which calls whatever a pickle names, so a doctored
+    batch file runs code when loaded. (Those classes also demand the original tarball's file
+    md5s, which the re-pickled copies written by ``shared/data/prepare.py`` do not have.)
+    """
     with open(path, "rb") as f:
         d = _NumpyOnlyUnpickler(f, encoding="latin1").load()
     d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
     if "data" not in d or label_key not in d:
         raise DataVerificationError(f"{path}: not a CIFAR batch file (keys {sorted(d)}; need 'data' and {label_key!r})")
     return np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3072), np.asarray(d[label_key], dtype=np.int64)
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
-        raise DataVerificationError(f"{path}: not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DataVerificationError(f"{path}: truncated IDX file ({data.size} values, header says {dims})")
-    return data.reshape(dims).copy()   # writable, owned by NumPy
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _VERIFIED: dict[tuple[str, str], tuple] = {}   # (dataset, split) -> stat signature already verified
@@ -180,16 +167,22 @@ def _expected_files_message(ds: DatasetInfo, split: str, root: Path, why: str) -
             f"Data root now: {root} (from {'FEATLAB_DATA' if os.environ.get('FEATLAB_DATA') else 'the default'}).")
 
 
+def _missing(ds: DatasetInfo, root: Path, split: str) -> list[str]:
+    return [f for f in ds.files[split] if not (root / ds.folder / f).is_file()]
+
+
 def available(name: str, split: str = "test", root: str | os.PathLike | None = None) -> bool:
     """Whether a dataset's files for ``split`` are on disk (without verifying or downloading)."""
     check_choice("name", name, DATASETS)
     check_choice("split", split, SPLITS)
-    ds = DATASETS[name]
-    return all((data_root(root) / ds.folder / f).is_file() for f in ds.files[split])
+    return not _missing(DATASETS[name], data_root(root), split)
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the URL's host opens within ``timeout`` s (DNS included)."""
+    """Whether a TCP connection to the URL's host opens within ``timeout`` s (DNS included).
+
+    torchvision downloads with ``urllib.request.urlopen`` and no timeout, so offline it can hang
+    for minutes; this probe makes a missing dataset fail fast instead."""
     host = urlparse(url).hostname
     port = urlparse(url).port or (443 if url.startswith("https") else 80)
     result = [False]
@@ -208,25 +201,34 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def _download(ds: DatasetInfo, root: Path, split: str, reason: str) -> None:
-    import torchvision.datasets as tvd
-    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[ds.name]
+    """Download through torchvision (``download=True``) if its host answers; else DataNotFoundError."""
+    cls = _torchvision_class(ds.name)
     url = cls.mirrors[0] if ds.name == "mnist" else cls.url
     if os.environ.get("FEATLAB_OFFLINE") == "1" or not _reachable(url):
         why = reason + ("; FEATLAB_OFFLINE=1 forbids downloading" if os.environ.get("FEATLAB_OFFLINE") == "1"
                         else f"; the download host {urlparse(url).hostname} cannot be reached (offline?)")
         raise DataNotFoundError(_expected_files_message(ds, split, root, why))
     try:
+        # torchvision checks the archive's md5 and, for CIFAR, every extracted file's md5 before it
+        # unpickles them, so only the published files reach its plain pickle.load here.
         cls(str(root), train=(split == "train"), download=True)
     except Exception as e:   # network errors of every kind end in one clear message
         raise DataNotFoundError(_expected_files_message(ds, split, root, f"{reason}; download failed: {e}")) from None
+    still = _missing(ds, root, split)
+    if still:   # e.g. torchvision's MNIST skips the download when an old MNIST/processed cache exists
+        raise DataNotFoundError(_expected_files_message(
+            ds, split, root, f"{reason}; the download did not write {', '.join(still)}"))
 
 
 def _read_split(ds: DatasetInfo, root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     folder = root / ds.folder
     paths = [folder / f for f in ds.files[split]]
     if ds.name == "mnist":
-        images, labels = _read_idx(paths[0]), _read_idx(paths[1]).astype(np.int64)
-        return images.reshape(-1, 1, 28, 28), labels
+        # torchvision's IDX readers (what torchvision.datasets.MNIST uses), called on the verified
+        # files: the MNIST class itself prefers an old MNIST/processed/*.pt cache if one exists.
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+        images, labels = read_image_file(str(paths[0])), read_label_file(str(paths[1]))
+        return images.numpy().reshape(-1, 1, 28, 28), labels.numpy()
     label_key = "labels" if ds.name == "cifar10" else "fine_labels"
     parts = [_read_cifar_batch(p, label_key) for p in paths]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -251,15 +253,15 @@ def _verify(ds: DatasetInfo, root: Path, split: str, arrays: Callable[[], tuple[
                 f"differ from the published data): the files are corrupted or not {ds.name}. "
                 f"Delete them and provide fresh copies.")
     else:
-        md5s = ds.file_md5 or _torchvision_md5({"mnist": "MNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}[ds.name])
+        from torchvision.datasets.utils import calculate_md5, check_integrity
+        md5s = ds.file_md5 or _torchvision_md5(ds.name)
         for p in paths:
             want = md5s.get(p.name)
             if want is None:
                 raise DataVerificationError(f"no checksum is known for {p}; cannot verify it")
-            got = _md5(p)
-            if got != want:
-                raise DataVerificationError(f"{p}: md5 {got} differs from the published {want}: the file is "
-                                            f"corrupted or truncated. Delete it and provide a fresh copy.")
+            if not check_integrity(str(p), want):
+                raise DataVerificationError(f"{p}: md5 {calculate_md5(str(p))} differs from the published {want}: "
+                                            f"the file is corrupted or truncated. Delete it and provide a fresh copy.")
     _VERIFIED[key] = _signature(paths)
     return out
 
@@ -304,7 +306,7 @@ def load(name: str, split: str = "test", limit: int | None = None, seed: int = 0
     if limit is not None:
         check_number("limit", limit, low=1, integer=True)
     ds, root = DATASETS[name], data_root(root)
-    missing = [f for f in ds.files[split] if not (root / ds.folder / f).is_file()]
+    missing = _missing(ds, root, split)
     if missing:
         _download(ds, root, split, f"missing {', '.join(missing)}")
     arrays = _verify(ds, root, split, lambda: _read_split(ds, root, split))
@@ -315,28 +317,6 @@ def load(name: str, split: str = "test", limit: int | None = None, seed: int = 0
         idx = _stratified(y, limit, ds.num_classes, seed)
         x, y = x[idx], y[idx]
     return x.float().div_(255.0), y
-
-
-def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 128, shuffle: bool = True,
-           seed: int = 0, drop_last: bool = False) -> DataLoader:
-    """A DataLoader over in-memory tensors; ``seed`` fixes the shuffle order."""
-    check_number("batch_size", batch_size, low=1, integer=True)
-    if len(x) != len(y):
-        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=drop_last)
-
-
-def write_cifar_like(folder: str | os.PathLike, files: dict[str, tuple[np.ndarray, np.ndarray]],
-                     label_key: str = "fine_labels") -> None:
-    """Write CIFAR-style batch pickles (torchvision's on-disk format) — for tests and copies."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for fname, (data, labels) in files.items():
-        buf = io.BytesIO()
-        pickle.dump({"data": np.asarray(data, dtype=np.uint8).reshape(len(labels), 3072),
-                     label_key: [int(v) for v in labels]}, buf, protocol=2)
-        (folder / fname).write_bytes(buf.getvalue())
 
 
 def cifar_augment(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -351,4 +331,3 @@ def cifar_augment(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
                  rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
     flip = torch.rand(n, device=x.device) < 0.5
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
-

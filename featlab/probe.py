@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._utils import check_choice, check_images, check_labels, check_model_input, check_number, eval_mode
-from .attacks.base import model_device
+from ._utils import model_device
 
 INPUT_TAP = "input"
 

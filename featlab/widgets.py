@@ -1,6 +1,7 @@
 """ipywidgets explorers, each with a static fallback for papermill and rendered notebooks."""
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -9,7 +10,7 @@ from torch import nn
 
 from ._utils import check_labels, check_model_input, check_number, eval_mode
 from .attacks import PGD
-from .notebooks import running_unattended
+from .nbtools import running_unattended
 from .probe import compare, random_noise
 from .viz import plot_distortion, plot_feature_grid
 
@@ -52,7 +53,7 @@ class FeatureNoiseExplorer:
         check_number("image_index", image_index, low=0, high=len(x) - 1, integer=True)
         self.attack_steps, self.image_index, self.seed = attack_steps, image_index, seed
         first = next(iter(self.models.values()))
-        from .attacks.base import model_device
+        from ._utils import model_device
         with eval_mode(first), torch.no_grad():
             shapes = {k: v.dim() for k, v in first.features(x[:1].to(model_device(first))).items()}
         self.spatial_taps = [k for k, d in shapes.items() if d == 4]
@@ -87,7 +88,7 @@ class FeatureNoiseExplorer:
         name0 = next(iter(self.models))
         m = self.models[name0]
         i = self.image_index
-        from .attacks.base import model_device
+        from ._utils import model_device
         dev = model_device(m)
         with eval_mode(m), torch.no_grad():
             clean = m.features(self.x[i:i + 1].to(dev), [tap])[tap][0].cpu()
@@ -168,7 +169,8 @@ class AttackExplorer:
         self.classes = list(classes) if classes is not None else [str(i) for i in range(k)]
         self.eps_max, self.cache_size, self.ig_steps = float(eps_max), cache_size, ig_steps
         self.in_255 = eps_max < 0.2            # CIFAR-style budgets read better in /255
-        self._cache: "dict[tuple, dict]" = {}
+        # a least-recently-used cache per (model, attack, eps, steps, image), one per explorer
+        self._cached = functools.lru_cache(maxsize=cache_size)(self._compute)
         self.computed = 0                      # how many results were computed (not served from cache)
 
     # -- the work, without widgets (unit-testable) ------------------------------------------------
@@ -188,12 +190,12 @@ class AttackExplorer:
         check_number("index", index, low=0, high=len(self.x) - 1, integer=True)
         check_number("steps", steps, low=1, integer=True)
         check_number("eps", eps, low=0.0, high=1.0 if attack != "PGD L2" else None)
-        key = (model_name, attack, round(float(eps), 6), int(steps) if attack != "FGSM" else 0, int(index))
-        if key in self._cache:
-            self._cache[key] = self._cache.pop(key)        # most recently used last
-            return self._cache[key]
+        return self._cached(model_name, attack, round(float(eps), 6), int(steps) if attack != "FGSM" else 0,
+                            int(index))
+
+    def _compute(self, model_name: str, attack: str, eps: float, steps: int, index: int) -> dict:
         model = self.models[model_name]
-        from .attacks.base import model_device
+        from ._utils import model_device
         dev = model_device(model)
         x, y = self.x[index:index + 1].to(dev), self.y[index:index + 1].to(dev)
         x_adv = self.attack(model, attack, eps, steps)(x, y)
@@ -205,10 +207,7 @@ class AttackExplorer:
                "distortion": None}
         if hasattr(model, "features") and eps > 0:
             res["distortion"] = compare(model, x, {"adv": x_adv})["adv"].mean()
-        self._cache[key] = res
         self.computed += 1
-        while len(self._cache) > self.cache_size:
-            self._cache.pop(next(iter(self._cache)))
         return res
 
     def attributions(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, t_clean: int, t_adv: int) -> dict:
@@ -272,8 +271,8 @@ class AttackExplorer:
         """Attack success rate (% of the images each model classified correctly that the attack
         flips) per eps, for every model, over the first ``n`` images (batched, with progress)."""
         from tqdm.auto import tqdm
-        from .evaluate import predict
-        from .attacks.base import model_device
+        from .metrics import predict
+        from ._utils import model_device
         x, y = self.x[:n], self.y[:n]
         out: dict[str, list[float]] = {}
         for name, model in self.models.items():

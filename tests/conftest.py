@@ -1,10 +1,13 @@
 """Shared fixtures: seeded RNG, tiny hand-built models, real MNIST subsets, a trained model."""
 from __future__ import annotations
 
+import io
 import os
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -65,6 +68,18 @@ def have_data(name: str) -> bool:
     ds = featlab.data.info(name)
     root = featlab.data.data_root()
     return all((root / ds.folder / f).is_file() for f in ds.files["train"] + ds.files["test"])
+
+
+def write_cifar_like(folder, files: dict, label_key: str = "fine_labels") -> None:
+    """Write CIFAR-style batch pickles (torchvision's on-disk format): ``files`` maps a file name
+    to (uint8 pixels N x 3072, labels N)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for fname, (data, labels) in files.items():
+        buf = io.BytesIO()
+        pickle.dump({"data": np.asarray(data, dtype=np.uint8).reshape(len(labels), 3072),
+                     label_key: [int(v) for v in labels]}, buf, protocol=2)
+        (folder / fname).write_bytes(buf.getvalue())
 
 
 needs_mnist = pytest.mark.skipif(not have_data("mnist"), reason="real MNIST not under FEATLAB_DATA (.ci/run writes it)")

@@ -19,7 +19,7 @@ from featlab import distributed
 
 def run_eval(out: str) -> None:
     from featlab.attacks import autoattack, from_spec
-    from featlab.evaluate import predict, robust_correct
+    from featlab.metrics import predict, robust_correct
     distributed.init("cpu")
     model = featlab.pretrained.load("mnist_cnn_pgd_at", "cpu")
     x, y = featlab.data.load("mnist", "test", limit=200)
@@ -34,7 +34,7 @@ def run_eval(out: str) -> None:
 
 
 def run_train(out: str, method: str, checkpoint: str | None, stop_after: int | None) -> None:
-    from featlab.defenses import AFD
+    from featlab.train import AFD
     from featlab.train import Standard, Trainer
     distributed.init("cpu")
     featlab.seed_everything(0)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import featlab
-from featlab.defenses import AFD, ProjectionDiscriminator
+from featlab.train import AFD
+from featlab.defenses import ProjectionDiscriminator
 from featlab.train import TRADES, Trainer
 
 
@@ -170,7 +171,7 @@ def test_apgd_training_attack_leaves_the_global_rng_alone():
 
 
 def test_a_discriminator_at_chance_for_a_whole_epoch_is_reported():
-    from featlab.defenses import AFDGameWarning
+    from featlab.train import AFDGameWarning
     featlab.seed_everything(0)
     m = featlab.models.create("mnist_resnet")
     afd = AFD(m, steps=1, lr_d=1e-12)                 # D cannot move: it stays at chance

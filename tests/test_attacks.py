@@ -100,7 +100,7 @@ def test_custom_loss_hook_attacks_a_feature_distance(tiny):
     (lambda m: FGSM(m, eps=float("nan")), "eps must be a finite number"),
     (lambda m: PGD(m, eps=0.1, steps=0), "steps must be >= 1"),
     (lambda m: PGD(m, eps=0.1, norm="l1"), "norm must be one of"),
-    (lambda m: attacks.create("cw", m), "unknown attack 'cw'"),
+    (lambda m: attacks.from_spec("cw", m, 0.1), "unknown attack spec .cw."),
     (lambda m: PGD("not a model"), "model must be a torch.nn.Module"),
 ])
 def test_bad_parameters_named(tiny, make, match):
@@ -143,9 +143,9 @@ def test_restarts_never_worse_than_one_run(trained_mnist, mnist_small):
 def test_robust_accuracy_falls_with_eps_and_pgd_beats_fgsm(trained_mnist, mnist_small):
     _, _, xt, yt = mnist_small
     x, y = xt[:500], yt[:500]
-    acc = featlab.evaluate.accuracy(trained_mnist, x, y)
+    acc = featlab.metrics.accuracy(trained_mnist, x, y)
     assert acc > 90
-    ev = featlab.evaluate.robust_accuracy
+    ev = featlab.metrics.robust_accuracy
     pgd = [ev(trained_mnist, x, y, PGD(trained_mnist, eps=e, steps=10), progress=False) for e in (0.05, 0.1, 0.2, 0.3)]
     assert acc >= pgd[0] >= pgd[1] >= pgd[2] >= pgd[3] and pgd[3] < 5
     fgsm = ev(trained_mnist, x, y, FGSM(trained_mnist, eps=0.1), progress=False)
@@ -163,10 +163,10 @@ def test_agrees_with_torchattacks_pgd(trained_mnist, mnist_small, norm, eps):
     ours = PGD(m, eps=eps, steps=steps, step_size=alpha, norm=norm)
     theirs = (torchattacks.PGD(m, eps=eps, alpha=alpha, steps=steps, random_start=True) if norm == "linf"
               else torchattacks.PGDL2(m, eps=eps, alpha=alpha, steps=steps, random_start=True))
-    ev = featlab.evaluate.robust_accuracy
+    ev = featlab.metrics.robust_accuracy
     a = ev(m, xt, yt, ours, progress=False)
     b = ev(m, xt, yt, theirs, progress=False)
-    clean = featlab.evaluate.accuracy(m, xt, yt)
+    clean = featlab.metrics.accuracy(m, xt, yt)
     print(f"\n{norm} eps {eps}: clean {clean:.1f}%  featlab PGD-{steps} {a:.1f}%  torchattacks PGD-{steps} {b:.1f}%")
     assert 5 < b < clean - 10, f"eps {eps} should give a non-trivial robust accuracy, got {b}"
     assert abs(a - b) <= 1.0, f"featlab {a:.1f}% vs torchattacks {b:.1f}%"

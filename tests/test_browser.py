@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from featlab import notebooks
+from featlab import runner
 from test_notebooks import CI_PARAMETERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def lab(tmp_path_factory):
     import papermill as pm
     root = tmp_path_factory.mktemp("lab")
     name = "04_attack_explorer.ipynb"
-    pm.execute_notebook(str(notebooks.NOTEBOOK_DIR / name), str(root / name), parameters=CI_PARAMETERS[name],
+    pm.execute_notebook(str(runner.NOTEBOOK_DIR / name), str(root / name), parameters=CI_PARAMETERS[name],
                         prepare_only=True)                 # CI parameters injected, nothing executed
     port, token = _free_port(), "featlab-browser-test"
     env = {k: v for k, v in os.environ.items() if k not in ("FEATLAB_NOTEBOOK_RUN", "MPLBACKEND")}

@@ -8,9 +8,12 @@ from torch import nn
 
 import featlab
 from featlab.attacks import BPDA, PGD, autoattack, from_spec
-from featlab.defenses import Defended, Quantize
-from featlab.evaluate import (GradientMaskingWarning, checklist, evaluate, input_gradient_stats, report_checks,
-                              robust_accuracy, sweep)
+from featlab.models import Defended
+from featlab.defenses import Quantize
+from featlab.attacks import GradientMaskingWarning
+from featlab.checklist import checklist, report_checks
+from featlab.evaluate import audit, sweep
+from featlab.metrics import input_gradient_stats, robust_accuracy
 from conftest import tiny_model
 
 
@@ -33,7 +36,7 @@ def test_checklist_flags_planted_gradient_masking(trained_mnist, mnist_small):
     x, y = xt[:200], yt[:200]
     masked = planted_masking(trained_mnist).eval()
     with pytest.warns(GradientMaskingWarning, match="suspect gradient masking"):
-        rep = evaluate(masked, x, y, [0.1, 0.3], attacks=("fgsm", "pgd10"), progress=False, label="quantized")
+        rep = audit(masked, x, y, [0.1, 0.3], attacks=("fgsm", "pgd10"), progress=False, label="quantized")
     failed = {c["check"] for c in rep["checks"] if not c["passed"]}
     assert not rep["passed"]
     assert "input gradients exist" in failed and "reaches ~0 at eps 1" in failed
@@ -54,7 +57,7 @@ def test_checklist_passes_an_honest_model(trained_mnist, mnist_small):
     x, y = xt[:200], yt[:200]
     with warnings.catch_warnings():
         warnings.simplefilter("error", GradientMaskingWarning)
-        rep = evaluate(trained_mnist, x, y, [0.05, 0.1, 0.2], attacks=("fgsm", "pgd10", "pgd20"), progress=False)
+        rep = audit(trained_mnist, x, y, [0.05, 0.1, 0.2], attacks=("fgsm", "pgd10", "pgd20"), progress=False)
     assert rep["passed"], rep["text"]
     accs = [r["robust_acc"] for r in rep["rows"] if r["attack"] == "pgd20" and r["eps"] < 1]
     assert accs == sorted(accs, reverse=True) and accs[-1] < accs[0]
@@ -116,7 +119,8 @@ def test_sweep_rows_and_bad_arguments(tiny):
 
 
 @pytest.mark.parametrize("spec,cls,fields", [
-    ("fgsm", "FGSM", {}), ("pgd", "PGD", {"steps": 40, "step_size": 0.01}),
+    ("fgsm", "FGSM", {}), ("pgd", "PGD", {"steps": 40, "step_size": 2.5 * 0.3 / 40}),
+    ("pgd40@0.01", "PGD", {"steps": 40, "step_size": 0.01}), ("pgd10x2_l2@0.05", "PGD", {"step_size": 0.05, "restarts": 2}),
     ("pgd20x3", "PGD", {"steps": 20, "restarts": 3}), ("pgd10_l2", "PGD", {"norm": "l2"}),
     ("square", "Square", {"n_queries": 5000, "norm": "linf"}), ("square300", "Square", {"n_queries": 300}),
 ])
@@ -128,10 +132,37 @@ def test_from_spec(tiny, spec, cls, fields):
         assert getattr(atk, k) == pytest.approx(v) if isinstance(v, float) else getattr(atk, k) == v
 
 
-@pytest.mark.parametrize("spec", ["pgdx", "pgd10_l3", "pgd10xz", "apgd-dlr", "pgd0", "pgd10x0", "square0", "squarex"])
+@pytest.mark.parametrize("spec", ["pgdx", "pgd10_l3", "pgd10xz", "apgd-dlr", "pgd0", "pgd10x0", "square0", "squarex",
+                                  "pgd40@0", "pgd40@", "pgd40@x", "pgd40@0.01_l2"])
 def test_from_spec_rejects_bad_specs(tiny, spec):
     with pytest.raises(ValueError, match="allowed: fgsm, pgdN"):
         from_spec(spec, tiny, 0.1)
+
+
+def test_one_step_rule_at_every_eps(tiny):
+    """A spec means the same attack at every eps: its step is 2.5 * eps / steps (no special case at
+    eps 0.3), unless the spec names its step."""
+    for spec, steps in (("pgd40", 40), ("pgd10", 10), ("pgd7x2_l2", 7)):
+        for eps in (0.1, 0.3, 0.35, 8 / 255):
+            assert from_spec(spec, tiny, eps).step_size == pytest.approx(2.5 * eps / steps)
+    assert {from_spec("pgd40@0.01", tiny, eps).step_size for eps in (0.1, 0.3, 0.35)} == {0.01}
+
+
+def test_registry_metadata_drives_the_checklist():
+    reg = featlab.attacks.REGISTRY
+    assert reg["square"].gradient_free and not reg["square"].iterative
+    assert reg["apgd"].parameter_free and reg["apgd"].composite and "square" not in reg["apgd"].members
+    assert "square" in reg["autoattack"].members and not reg["fgsm"].iterative
+    # a Square stronger than the gradient attacks fails the gradient-free check; AutoAttack (which holds
+    # Square) is not counted as a gradient attack, APGD is
+    rows = (_rows({0.3: 80.0}, "pgd40") + _rows({0.3: 70.0}, "square1000") + _rows({0.3: 60.0}, "autoattack"))
+    checks = {c["check"]: c["passed"] for c in checklist(rows)}
+    assert checks["gradient-free square1000 not stronger than gradient attacks"] is False
+    rows = _rows({0.3: 80.0}, "pgd40") + _rows({0.3: 69.0}, "apgd") + _rows({0.3: 70.0}, "square1000")
+    assert {c["check"]: c["passed"] for c in checklist(rows)}["gradient-free square1000 not stronger than gradient attacks"]
+    # an explicit step still counts as PGD for "more effort does not raise accuracy"
+    rows = _rows({0.3: 50.0}, "pgd10@0.05") + _rows({0.3: 60.0}, "pgd40@0.01")
+    assert not {c["check"]: c["passed"] for c in checklist(rows)}["more PGD steps/restarts do not raise accuracy"]
 
 
 def test_from_spec_norms(tiny):

@@ -39,9 +39,10 @@ def test_train_eval_probe_roundtrip(tmp_path):
     assert md.count("| white-box | pgd5 |") >= 3 and "| pass |" in md
 
 
-def test_unknown_attack_spec():
-    with pytest.raises(ValueError, match="unknown attack spec 'cw'"):
-        cli.build_attack("cw", None, 0.3)
+def test_unknown_attack_spec(capsys):
+    with pytest.raises(SystemExit) as err:          # a usage error, before anything loads
+        cli.main(["eval", "--pretrained", "mnist_cnn_standard", "--attacks", "cw"])
+    assert err.value.code == 2 and "unknown attack spec 'cw'" in capsys.readouterr().err
 
 
 @needs_mnist

@@ -7,7 +7,7 @@ import torch
 
 import featlab
 from featlab import data
-from conftest import needs_cifar10, needs_mnist
+from conftest import needs_cifar10, needs_mnist, write_cifar_like
 
 
 @needs_mnist
@@ -75,7 +75,7 @@ def _write_small_cifar100(root, n_train=200, n_test=100):
     files = {}
     for name, n in (("train", n_train), ("test", n_test)):
         files[name] = (rng.integers(0, 256, size=(n, 3072), dtype=np.uint8), np.arange(n) % 100)
-    data.write_cifar_like(root / "cifar-100-python", files, label_key="fine_labels")
+    write_cifar_like(root / "cifar-100-python", files, label_key="fine_labels")
     return files
 
 
@@ -109,6 +109,42 @@ def test_missing_data_offline_fails_fast_with_clear_message(tmp_path, monkeypatc
     assert probes and all(t <= 5 for t in probes)       # one short reachability probe, then the error
     msg = str(e.value)
     assert "t10k-images-idx3-ubyte" in msg and "FEATLAB_DATA" in msg and "cannot be reached" in msg
+
+
+def test_failed_download_ends_in_the_clear_message(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    class Broken(tvd.MNIST):
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    class WritesNothing(tvd.MNIST):
+        def __init__(self, *args, **kwargs):
+            pass
+    monkeypatch.setattr(data, "_reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(tvd, "MNIST", Broken)
+    with pytest.raises(data.DataNotFoundError, match="download failed: Error downloading") as e:
+        data.load("mnist", "test", root=tmp_path)
+    assert "t10k-labels-idx1-ubyte" in str(e.value)
+    monkeypatch.setattr(tvd, "MNIST", WritesNothing)
+    with pytest.raises(data.DataNotFoundError, match="download did not write t10k-images-idx3-ubyte"):
+        data.load("mnist", "test", root=tmp_path)
+
+
+@needs_mnist
+def test_mnist_reads_the_verified_raw_files_not_a_processed_cache(tmp_path):
+    # torchvision.datasets.MNIST prefers MNIST/processed/{training,test}.pt when both exist; featlab
+    # verifies the raw files, so it must read those
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in data.info("mnist").files["test"]:
+        shutil.copy(data.data_root() / "MNIST" / "raw" / f, raw / f)
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir()
+    for f in ("training.pt", "test.pt"):
+        torch.save((torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64)), processed / f)
+    x, y = data.load("mnist", "test", root=tmp_path)
+    assert x.shape == (10000, 1, 28, 28) and y[:3].tolist() == [7, 2, 1]
 
 
 def test_offline_flag_forbids_download(tmp_path, monkeypatch):

@@ -3,7 +3,9 @@ import torch
 
 import featlab
 from featlab.attacks import BPDA, PGD
-from featlab.defenses import Defended, DenoiserObjective, FeatureLoss, UNetDenoiser
+from featlab.models import Defended
+from featlab.train import DenoiserObjective
+from featlab.defenses import FeatureLoss, UNetDenoiser
 from featlab.evaluate import preprocessing_defense
 from featlab.train import Trainer
 from conftest import tiny_model
@@ -136,7 +138,7 @@ def test_no_side_effects_on_the_callers_models():
     x_hat = den(x).detach().requires_grad_(True)
     loss(x_hat, x).backward()
     assert x_hat.grad.abs().sum() > 0
-    featlab.evaluate.robust_accuracy(pipe, x, y, PGD(pipe, eps=0.1, steps=1), progress=False)
+    featlab.metrics.robust_accuracy(pipe, x, y, PGD(pipe, eps=0.1, steps=1), progress=False)
     obj.make_pairs(x, y)
     assert _same(clf, snap_c), "using the loss, the objective or the pipeline changed the classifier"
     assert _same(den, snap_d), "evaluating the pipeline changed the denoiser"
@@ -148,7 +150,7 @@ def test_three_threat_models_rows(mnist_small, trained_mnist):
     rows = preprocessing_defense(den, trained_mnist, xt[:50], yt[:50], [0.1], steps=3, progress=False)
     assert [r["threat_model"] for r in rows] == ["none", "oblivious", "end-to-end", "bpda"]
     by = {r["threat_model"]: r for r in rows}
-    assert by["none"]["clean_acc"] == pytest.approx(featlab.evaluate.accuracy(trained_mnist, xt[:50], yt[:50]))
+    assert by["none"]["clean_acc"] == pytest.approx(featlab.metrics.accuracy(trained_mnist, xt[:50], yt[:50]))
     assert by["none"]["robust_acc"] < by["none"]["clean_acc"]           # PGD at 0.1 hurts the bare classifier
     assert all(r["robust_acc"] <= r["clean_acc"] for r in rows)
     assert by["end-to-end"]["robust_acc"] <= by["oblivious"]["robust_acc"]
@@ -169,7 +171,7 @@ def test_binarisation_is_flagged_when_attacked_end_to_end_and_with_bpda(trained_
     """Binarisation in front of a standard CNN: its gradient is zero, so end-to-end PGD learns nothing
     from it, BPDA is not fooled by that, and the checklist says so."""
     from featlab.defenses import Quantize
-    from featlab.evaluate import checklist
+    from featlab.checklist import checklist
     _, _, xt, yt = mnist_small
     rows = preprocessing_defense(Quantize(1), trained_mnist, xt[:100], yt[:100], [0.3], steps=10, progress=False)
     by = {r["threat_model"]: r["robust_acc"] for r in rows}

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import featlab
-from featlab.evaluate import RESULT_KEYS, accuracy, robust_accuracy, write_result
+from featlab.results import RESULT_KEYS, write_result
+from featlab.metrics import accuracy, robust_accuracy
 from conftest import tiny_model
 
 
@@ -32,7 +33,7 @@ def test_write_result_requires_schema(tmp_path):
 def test_git_commit_of_a_repository_without_commits_is_unknown(tmp_path, monkeypatch):
     import shutil
     import subprocess
-    from featlab.evaluate import git_commit
+    from featlab.results import git_commit
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))   # tmp_path may sit inside a checkout
@@ -47,7 +48,7 @@ def test_git_commit_of_a_repository_without_commits_is_unknown(tmp_path, monkeyp
 
 
 def test_robust_accuracy_refuses_results_outside_the_threat_model():
-    from featlab.evaluate import check_threat_model
+    from featlab.metrics import check_threat_model
     model = tiny_model()
     x = torch.rand(8, 1, 8, 8) * 0.5 + 0.25
     y = torch.randint(0, 3, (8,))

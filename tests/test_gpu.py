@@ -23,7 +23,7 @@ def _toy(n=64, device="cpu"):
 
 
 def _objectives(model):
-    from featlab.defenses import AFD
+    from featlab.train import AFD
     yield "standard", Standard(), None
     yield "pgd_at", PGDAT(eps=0.1, steps=2), None
     yield "trades", TRADES(eps=0.1, steps=2), None
@@ -50,7 +50,8 @@ def test_amp_step_for_every_objective(which):
 
 
 def test_denoiser_amp_step():
-    from featlab.defenses import DenoiserObjective, FeatureLoss, UNetDenoiser
+    from featlab.train import DenoiserObjective
+    from featlab.defenses import FeatureLoss, UNetDenoiser
     clf = tiny_model().cuda().eval()
     den = UNetDenoiser(channels=1, width=4, depth=1)
     obj = DenoiserObjective(clf, FeatureLoss(clf), eps_range=(0.05, 0.1), pgd_steps=2, seed=0)
@@ -94,7 +95,7 @@ def test_attacks_on_cuda_agree_with_cpu():
     for dev in ("cpu", "cuda"):
         m = featlab.pretrained.load("mnist_resnet_pgd_at", device=dev).eval()
         featlab.seed_everything(0)
-        accs[dev] = featlab.evaluate.robust_accuracy(m, x, y, featlab.attacks.PGD(m, eps=0.3, steps=20),
+        accs[dev] = featlab.metrics.robust_accuracy(m, x, y, featlab.attacks.PGD(m, eps=0.3, steps=20),
                                                      progress=False)
     assert abs(accs["cpu"] - accs["cuda"]) <= 1.0, accs
 
@@ -104,9 +105,9 @@ def test_attacks_on_cuda_agree_with_cpu():
 @pytest.mark.parametrize("name", ["01_feature_noise.ipynb", "02_feature_loss_denoiser.ipynb", "03_afd.ipynb",
                                   "04_attack_explorer.ipynb", "05_honest_evaluation.ipynb"])
 def test_notebook_on_cuda(tmp_path, name):
-    from featlab import notebooks
+    from featlab import runner
     from test_notebooks import CHECKS, CI_PARAMETERS
-    result = notebooks.run(notebooks.NOTEBOOK_DIR / name, tmp_path, {**CI_PARAMETERS[name], "DEVICE": "cuda"},
+    result = runner.run(runner.NOTEBOOK_DIR / name, tmp_path, {**CI_PARAMETERS[name], "DEVICE": "cuda"},
                            cell_timeout=300, html=False)
     if name in CHECKS:
         CHECKS[name](result["metrics"])

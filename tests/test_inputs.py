@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 import featlab
 from featlab import evaluate, probe
 from featlab.attacks import FGSM, PGD, autoattack, square
-from featlab.defenses import AFD, MedianFilter, embedding_separability
+from featlab.train import AFD
+from featlab.defenses import MedianFilter, embedding_separability
 from featlab.probe import centroid_accuracy
 from featlab.train import Standard, Trainer
 from featlab.widgets import AttackExplorer, FeatureNoiseExplorer

@@ -1,7 +1,7 @@
 """Every notebook runs under papermill with small parameters; the numbers it records are checked."""
 import pytest
 
-from featlab import notebooks
+from featlab import runner
 
 # CI parameters: a smoke run in well under a minute per notebook on a 2-core CPU
 CI_PARAMETERS = {
@@ -21,7 +21,7 @@ CI_PARAMETERS = {
 
 
 def test_every_notebook_has_ci_parameters():
-    assert {p.name for p in notebooks.list_notebooks()} == set(CI_PARAMETERS)
+    assert {p.name for p in runner.list_notebooks()} == set(CI_PARAMETERS)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def executed(tmp_path_factory):
 
     def run(name):
         if name not in cache:
-            cache[name] = notebooks.run(notebooks.NOTEBOOK_DIR / name, out, CI_PARAMETERS[name], cell_timeout=600)
+            cache[name] = runner.run(runner.NOTEBOOK_DIR / name, out, CI_PARAMETERS[name], cell_timeout=600)
         return cache[name]
     return run
 
@@ -107,7 +107,7 @@ def test_notebook_defaults(executed, name):
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_notebook_trains_from_scratch(tmp_path, name):
     """PRETRAINED = False: the notebook trains every model itself (CI sizes) and still passes its checks."""
-    r = notebooks.run(notebooks.NOTEBOOK_DIR / name, tmp_path, {**CI_PARAMETERS[name], "PRETRAINED": False},
+    r = runner.run(runner.NOTEBOOK_DIR / name, tmp_path, {**CI_PARAMETERS[name], "PRETRAINED": False},
                       cell_timeout=600)
     assert r["metrics"]["pretrained"] is False, "the notebook read PRETRAINED"
     CHECKS[name](r["metrics"], pretrained=False)
@@ -138,7 +138,7 @@ def test_05_honest_evaluation(executed):
 
 
 def test_check_parameters_names_every_wrong_value():
-    from featlab.notebooks import BOOL, STR, Int, ListOf, Number, OneOf, ParameterError, check_parameters
+    from featlab.nbtools import BOOL, Int, ListOf, Number, OneOf, ParameterError, STR, check_parameters
     ok = dict(EPOCHS=2, EPS=0.3, EPS_LIST=[0.1, 0.3], LIMIT=None, DEVICE="auto", FLAG=True, MODE="fast")
     rules = dict(EPOCHS=Int(1), EPS=Number(0, 1), EPS_LIST=ListOf(Number(0, 1)), LIMIT=Int(100, none=True),
                  DEVICE=STR, FLAG=BOOL, MODE=OneOf("fast", "standard"))
@@ -161,7 +161,7 @@ def test_a_notebook_stops_at_a_bad_parameter_with_its_name(tmp_path):
     """A string where a number belongs: the cell after the parameters says so, before any data loads."""
     import papermill
     with pytest.raises(papermill.PapermillExecutionError) as err:
-        notebooks.run(notebooks.NOTEBOOK_DIR / "03_afd.ipynb", tmp_path, {**CI_PARAMETERS["03_afd.ipynb"],
+        runner.run(runner.NOTEBOOK_DIR / "03_afd.ipynb", tmp_path, {**CI_PARAMETERS["03_afd.ipynb"],
                                                                          "EPOCHS": "two"}, cell_timeout=120, html=False)
     assert "EPOCHS = 'two': must be an integer >= 1" in str(err.value)
     assert "check_parameters(globals()" in err.value.source      # the cell right after the parameters

@@ -1,8 +1,11 @@
-"""featlab.pretrained: shipped weights, checksums, weights-only loading, export."""
+"""featlab.pretrained: shipped weights (safetensors), checksums, loading that cannot run code, export."""
 import json
+import pickle
 import shutil
 
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 
 import featlab
@@ -18,10 +21,16 @@ def test_manifest_lists_files_with_matching_hashes():
     for name, e in man.items():
         path = pretrained.HERE / e["file"]
         assert path.is_file(), name
+        assert path.name == f"{name}.safetensors", name
         assert featlab.checkpoint.sha256(path) == e["sha256"], name
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            assert f.metadata()["format"] == pretrained.FORMAT, name
+            assert all(f.get_tensor(k).dtype in (torch.float16, torch.int64) for k in f.keys()), name
         assert e["train_command"].startswith("featlab train"), name
         total += path.stat().st_size
     assert total < 16e6, "the shipped models stay small"
+    assert not list(pretrained.HERE.glob("*.pt")), "no pickled weights ship: safetensors only"
+    assert sorted(p.name for p in pretrained.HERE.glob("*.safetensors")) == sorted(e["file"] for e in man.values())
     assert all(target in man for target in pretrained.ALIASES.values()), "every alias names a shipped model"
     for e in man.values():
         if e["kind"] == "denoiser":
@@ -31,7 +40,7 @@ def test_manifest_lists_files_with_matching_hashes():
 @needs_mnist
 def test_shipped_standard_model_is_the_trained_one():
     x, y = featlab.data.load("mnist", "test", limit=1000)
-    assert featlab.evaluate.accuracy(pretrained.load("mnist_standard"), x, y) > 98.0
+    assert featlab.metrics.accuracy(pretrained.load("mnist_standard"), x, y) > 98.0
 
 
 @needs_mnist
@@ -40,7 +49,7 @@ def test_shipped_denoisers_sit_in_front_of_their_classifier():
     for name, e in pretrained.manifest().items():
         if e["kind"] == "denoiser":
             d = pretrained.defended(name)
-            assert featlab.evaluate.accuracy(d, x, y) > 90, name
+            assert featlab.metrics.accuracy(d, x, y) > 90, name
 
 
 def test_unknown_name_and_wrong_kind_are_named():
@@ -65,6 +74,56 @@ def test_tampered_file_is_refused(tmp_path):
         pretrained.load("mnist_denoiser_feature", folder=folder)
 
 
+class _RunsOnUnpickle:
+    """A pickle that creates a file when it is loaded: what a malicious .pt can do."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _with_hash_of(folder, name, path):
+    man = json.loads((folder / "manifest.json").read_text())
+    man[name]["sha256"] = featlab.checkpoint.sha256(path)
+    (folder / "manifest.json").write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
+
+
+def test_a_file_that_is_not_safetensors_is_refused_even_with_a_matching_hash(tmp_path):
+    """The hash only says the file is the one the manifest names; the format refuses pickles outright."""
+    folder = tmp_path / "pre"
+    shutil.copytree(pretrained.HERE, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    name = "mnist_resnet_standard"
+    path = folder / pretrained.info(name, folder)["file"]
+    state = {k: v.half() if v.is_floating_point() else v for k, v in pretrained.load(name).state_dict().items()}
+    featlab.checkpoint.save({"model": state}, path)             # the old shipped format, renamed
+    _with_hash_of(folder, name, path)
+    with pytest.raises(CheckpointError, match="is not a safetensors file .*refusing it"):
+        pretrained.load(name, folder=folder)
+    marker = tmp_path / "pwned"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _RunsOnUnpickle(marker)}, f)
+    _with_hash_of(folder, name, path)
+    with pytest.raises(CheckpointError, match="is not a safetensors file"):
+        pretrained.load(name, folder=folder)
+    assert not marker.exists(), "loading never unpickles"
+    path.write_bytes(b"<html>quota exceeded</html>")
+    _with_hash_of(folder, name, path)
+    with pytest.raises(CheckpointError, match="is not a safetensors file"):
+        pretrained.load(name, folder=folder)
+
+
+def test_write_copies_views_and_shared_storage_into_plain_tensors(tmp_path):
+    """safetensors refuses shared storage and views: export's writer stores each tensor's values on its own."""
+    t = torch.randn(3, 4).half()
+    weights = {"a": t, "tied": t, "view": t.t(), "row": t[1], "n": torch.tensor(7)}
+    out = pretrained._write(weights, tmp_path / "w.safetensors", "w")
+    back = safetensors.torch.load_file(out)
+    assert set(back) == set(weights)
+    assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in weights.items())
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"], "no temporary file left"
+
+
 def test_export_refuses_bad_names_and_orphan_denoisers(tmp_path):
     folder = tmp_path / "pre"
     shutil.copytree(pretrained.HERE, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
@@ -73,12 +132,12 @@ def test_export_refuses_bad_names_and_orphan_denoisers(tmp_path):
     (run / "config.json").write_text(json.dumps({"model": "unet_denoiser", "dataset": "mnist", "method": "denoiser",
                                                  "width": 8, "depth": 2}))
     featlab.checkpoint.save({"model": featlab.defenses.UNetDenoiser(width=8).state_dict()}, run / "checkpoint.pt")
-    before = (folder / "mnist_denoiser_feature.pt").read_bytes()
+    before = (folder / "mnist_denoiser_feature.safetensors").read_bytes()
     with pytest.raises(ValueError, match="a denoiser needs the pretrained name of its classifier"):
         pretrained.export(run, "mnist_denoiser_feature", folder=folder)
     with pytest.raises(ValueError, match="a denoiser needs"):
         pretrained.export(run, "mnist_denoiser_feature", folder=folder, classifier="mnist_vit")
-    assert (folder / "mnist_denoiser_feature.pt").read_bytes() == before, "nothing written before validation"
+    assert (folder / "mnist_denoiser_feature.safetensors").read_bytes() == before, "nothing written before validation"
     pretrained.load("mnist_denoiser_feature", folder=folder)
     with pytest.raises(ValueError, match="lowercase letters"):
         pretrained.export(run, "../evil", folder=folder, classifier="mnist_cnn_standard")
@@ -95,7 +154,16 @@ def test_export_roundtrip(tmp_path):
     folder.mkdir()
     out = pretrained.export(run, "mine", folder=folder)
     assert out.stat().st_size < 400_000          # float16
+    assert out.name == "mine.safetensors" and sorted(p.name for p in folder.iterdir()) == ["manifest.json", out.name]
+    assert pretrained.info("mine", folder)["file"] == out.name
+    assert pretrained.info("mine", folder)["sha256"] == featlab.checkpoint.sha256(out)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    stored = safetensors.torch.load_file(out)
+    assert set(stored) == set(half) and all(stored[k].dtype == v.dtype and torch.equal(stored[k], v)
+                                            for k, v in half.items()), "the file holds exactly the float16 weights"
     back = pretrained.load("mine", folder=folder)
+    got = back.state_dict()
+    assert all(torch.equal(got[k], v.float() if v.is_floating_point() else v) for k, v in half.items()), "bit-exact"
     x = torch.rand(4, 1, 28, 28)
     model.eval()
     assert torch.allclose(back(x), model(x), atol=5e-2)

@@ -7,7 +7,7 @@ from torch import nn
 
 import featlab
 from featlab.attacks import BPDA, PGD
-from featlab.evaluate import robust_accuracy
+from featlab.metrics import robust_accuracy
 from featlab.train import PGDAT, TRADES, Standard, Trainer
 from conftest import tiny_model
 
@@ -80,14 +80,14 @@ def test_evaluation_stays_fp32_while_training_in_bf16(monkeypatch):
     t = Trainer(m, Standard(), epochs=1, device="cpu", progress=False,
                 eval_attack=lambda mm: PGD(mm, eps=0.1, steps=3))
     # the per-epoch evaluation: clean and robust accuracy; arm the spy only while it runs
-    orig = featlab.train.robust_accuracy
+    orig = featlab.train.loop.robust_accuracy
 
     def spied(*args, **kwargs):
         spy.seen.clear()
         out = orig(*args, **kwargs)
         assert spy.seen and set(spy.seen) == {torch.float32}
         return out
-    monkeypatch.setattr(featlab.train, "robust_accuracy", spied)
+    monkeypatch.setattr(featlab.train.loop, "robust_accuracy", spied)
     h = t.fit(x, y, eval_data=(x, y))
     assert "robust_acc" in h[-1]
     # an autocast around robust_accuracy is switched off: the same number as without it
@@ -101,7 +101,7 @@ def test_evaluation_stays_fp32_while_training_in_bf16(monkeypatch):
 
 
 def test_objective_logs_are_tensors_so_steps_do_not_sync():
-    from featlab.defenses import AFD
+    from featlab.train import AFD
     x, y = _toy(32)
     for make in (Standard, lambda: PGDAT(eps=0.1, steps=2), lambda: TRADES(eps=0.1, steps=2)):
         t = Trainer(tiny_model(), make(), device="cpu", progress=False)
@@ -116,7 +116,7 @@ def test_objective_logs_are_tensors_so_steps_do_not_sync():
 
 
 def test_trainer_schedules_and_checkpoints_every_optimizer_of_the_objective(tmp_path):
-    from featlab.defenses import AFD
+    from featlab.train import AFD
     x, y = _toy()
 
     def run(stop_after=None):
@@ -186,7 +186,7 @@ def test_early_exit_matches_full_attack_on_a_trained_model(trained_mnist, mnist_
     assert res[True][0] == res[False][0]
     assert res[True][1] < 0.9 * res[False][1]       # images that fall stop costing gradients
     # BPDA through a defense: the attack's model and the evaluated one compute the same outputs
-    from featlab.defenses import Defended
+    from featlab.models import Defended
     from featlab.defenses.squeeze import Quantize
     defended = Defended(Quantize(8), trained_mnist)
     bpda = [robust_accuracy(defended, x, y, BPDA(Quantize(8), trained_mnist, eps=0.1, steps=10), progress=False,

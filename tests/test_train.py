@@ -98,7 +98,7 @@ def test_pgd_at_eps_ramp():
 
 def test_standard_training_learns_real_mnist(mnist_small, trained_mnist):
     _, _, xt, yt = mnist_small
-    assert featlab.evaluate.accuracy(trained_mnist, xt, yt) > 95.0   # one epoch on 10k images
+    assert featlab.metrics.accuracy(trained_mnist, xt, yt) > 95.0   # one epoch on 10k images
 
 
 def test_bad_trainer_arguments():
@@ -220,7 +220,7 @@ model, hist = featlab.train.train_classifier("mnist_cnn", x, y, "pgd_at", epochs
                                              progress=False, device="cpu", eps=0.1, steps=2)
 out["train_classifier"] = digest(torch.cat([p.flatten() for p in model.parameters()]))
 scramble()
-out["robust_correct"] = digest(featlab.evaluate.robust_correct(model, x, y, PGD(model, eps=0.1, steps=3), progress=False,
+out["robust_correct"] = digest(featlab.metrics.robust_correct(model, x, y, PGD(model, eps=0.1, steps=3), progress=False,
                                                               seed=3).double())
 scramble()
 res = featlab.probe.sweep({"m": model}, x[:16], y[:16], [0.1], attack_steps=2, seed=4)

@@ -1,32 +1,21 @@
 """Attacks with one calling convention: ``Attack(model, eps=..., ...)(x, y) -> x_adv``.
 
 Pixels in [0, 1], eps in pixel units. AutoAttack and Square come from torchattacks (:func:`autoattack`,
-:func:`square`).
+:func:`square`). Attacks by name: :func:`from_spec` ("pgd40", "autoattack", ...), whose kinds and
+their metadata are in :data:`REGISTRY` (:mod:`featlab.attacks.specs`).
 
     >>> x_adv = PGD(model, eps=0.3, steps=40, step_size=0.01)(x, y)
+    >>> x_adv = from_spec("pgd40@0.01", model, eps=0.3)(x, y)          # the same attack
 """
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-
-from .autoattack import SPECS_HELP, TorchattacksAttack, autoattack, from_spec, parse_pgd_spec, square, strongest_pgd
-from .base import Attack, cross_entropy_per_example, model_device
+from .autoattack import TorchattacksAttack, autoattack, square
+from .base import Attack, GradientMaskingWarning, canonical_norm, cross_entropy_per_example, model_device
 from .bpda import BPDA, IdentityBackward
 from .fgsm import FGSM
 from .pgd import PGD
+from .specs import REGISTRY, SPECS_HELP, AttackKind, Spec, from_spec, parse, parse_pgd_spec, strongest_pgd
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD}
-
-
-def create(name: str, model: nn.Module, **kwargs: Any) -> Attack:
-    """Build a registered attack: "fgsm", "pgd" (Linf) or "pgd_l2"."""
-    if name == "pgd_l2":
-        return PGD(model, norm="l2", **kwargs)
-    if name not in ATTACKS:
-        raise ValueError(f"name: unknown attack {name!r}; allowed: {sorted(ATTACKS) + ['pgd_l2']}")
-    return ATTACKS[name](model, **kwargs)
-
-
-__all__ = ["autoattack", "square", "TorchattacksAttack", "from_spec", "parse_pgd_spec", "strongest_pgd", "SPECS_HELP", "Attack", "BPDA", "IdentityBackward", "FGSM", "PGD", "ATTACKS", "create", "cross_entropy_per_example", "model_device"]
+__all__ = ["Attack", "AttackKind", "BPDA", "FGSM", "GradientMaskingWarning", "IdentityBackward", "PGD", "REGISTRY",
+           "SPECS_HELP", "Spec", "TorchattacksAttack", "autoattack", "canonical_norm", "cross_entropy_per_example",
+           "from_spec", "model_device", "parse", "parse_pgd_spec", "square", "strongest_pgd"]

@@ -15,23 +15,18 @@ the numbers it is compared with. ``version="fast"`` keeps only APGD-CE + APGD-T 
 quick check); ``version="torchattacks"`` is torchattacks' own AutoAttack, for comparison.
 
     >>> atk = autoattack(model, eps=0.3)            # standard
-    >>> acc = featlab.evaluate.robust_accuracy(model, x, y, atk)
+    >>> acc = featlab.metrics.robust_accuracy(model, x, y, atk)
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from torch import nn
 
 from .._utils import check_choice, check_number
 from .base import Attack
-from .fgsm import FGSM
-from .pgd import PGD
 
 VERSIONS = ("standard", "fast", "torchattacks")
-SPECS_HELP = ("fgsm, pgdN (e.g. pgd40), pgdN_l2, pgdNxR (R restarts), autoattack, apgd (apgd-ce + apgd-t), "
-              "square or squareQ (Square, gradient-free, Q queries, default 5000)")
 
 
 class TorchattacksAttack(Attack):
@@ -101,19 +96,6 @@ def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = 
                               eps, norm)
 
 
-def parse_pgd_spec(spec: str) -> tuple[int, int, str | None] | None:
-    """(steps, restarts, norm or None) of a "pgdN[xR][_l2|_linf]" spec; None if ``spec`` is not PGD.
-
-    Raises ValueError for a malformed PGD spec (e.g. "pgdx", "pgd0").
-    """
-    if not isinstance(spec, str) or not spec.startswith("pgd"):
-        return None
-    m = re.fullmatch(r"pgd(\d*)(?:x(\d+))?(?:_(l2|linf))?", spec)
-    if m is None or (m.group(1) and int(m.group(1)) == 0) or (m.group(2) and int(m.group(2)) == 0):
-        raise ValueError(f"attacks: bad PGD spec {spec!r} (steps and restarts >= 1); allowed: {SPECS_HELP}")
-    return int(m.group(1) or 40), int(m.group(2) or 1), m.group(3)
-
-
 def square(model: nn.Module, eps: float, norm: str = "linf", n_queries: int = 5000, seed: int = 0) -> Any:
     """torchattacks' Square attack alone (Andriushchenko et al. 2020): random search, no gradients.
 
@@ -129,47 +111,3 @@ def square(model: nn.Module, eps: float, norm: str = "linf", n_queries: int = 50
     atk = torchattacks.Square(model, norm="Linf" if norm == "linf" else "L2", eps=eps, n_queries=n_queries,
                               n_restarts=1, seed=seed)
     return TorchattacksAttack(model, atk, "square" if n_queries == 5000 else f"square{n_queries}", eps, norm)
-
-
-def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0) -> Any:
-    """An attack from a short spec string (the CLI's ``--attacks``): see ``SPECS_HELP``.
-
-    PGD with 40 steps at Linf 0.3 uses step 0.01 (Madry et al.); other PGD uses 2.5 * eps / steps.
-    The attack's ``norm`` attribute says which norm it runs in.
-    """
-    if not isinstance(spec, str):
-        raise TypeError(f"attacks: a spec must be a string; allowed: {SPECS_HELP}")
-    check_choice("norm", norm, ("linf", "l2"))
-    if spec == "fgsm":
-        if norm != "linf":
-            raise ValueError("attacks: fgsm is an Linf attack; with norm 'l2' use pgdN_l2 (e.g. pgd1_l2)")
-        atk = FGSM(model, eps=eps)
-        atk.norm = "linf"
-        return atk
-    pgd = parse_pgd_spec(spec)
-    if pgd is not None:
-        steps, restarts, tail = pgd
-        n = tail or norm
-        step = 0.01 if (n == "linf" and abs(eps - 0.3) < 1e-9 and steps == 40) else 2.5 * eps / steps
-        atk = PGD(model, eps=eps, steps=steps, step_size=step, norm=n, restarts=restarts)
-        atk.name = spec
-        return atk
-    if spec in ("autoattack", "apgd", "autoattack-ta"):
-        version = {"autoattack": "standard", "apgd": "fast", "autoattack-ta": "torchattacks"}[spec]
-        atk = autoattack(model, eps, norm=norm, version=version, seed=seed)
-        atk.norm = norm
-        return atk
-    m = re.fullmatch(r"square(\d*)", spec)
-    if m is not None:
-        if m.group(1) and int(m.group(1)) == 0:
-            raise ValueError(f"attacks: bad Square spec {spec!r} (queries >= 1); allowed: {SPECS_HELP}")
-        atk = square(model, eps, norm=norm, n_queries=int(m.group(1) or 5000), seed=seed)
-        atk.name = spec
-        return atk
-    raise ValueError(f"attacks: unknown attack spec {spec!r}; allowed: {SPECS_HELP}")
-
-
-def strongest_pgd(specs: list[str]) -> str | None:
-    """The PGD spec with the most steps x restarts (None if there is none)."""
-    pgds = [(s, parse_pgd_spec(s)) for s in specs if parse_pgd_spec(s) is not None]
-    return max(pgds, key=lambda t: t[1][0] * t[1][1])[0] if pgds else None

@@ -13,7 +13,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .._utils import GradientMaskingWarning, borrowed, check_labels, check_model_input, inputs_checked, unwrap
+from .._utils import model_device  # noqa: F401  (re-exported by featlab.attacks)
+from .._utils import borrowed, check_labels, check_model_input, inputs_checked, unwrap
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -23,12 +24,15 @@ def cross_entropy_per_example(output: torch.Tensor, y: torch.Tensor) -> torch.Te
     return nn.functional.cross_entropy(output, y, reduction="none")
 
 
-def model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
+def canonical_norm(norm: Any) -> str | None:
+    """"linf" or "l2" for the ways attacks spell their norm ("Linf", "inf", "L2"); None otherwise."""
+    n = str(norm).lower() if norm is not None else None
+    return {"linf": "linf", "l2": "l2", "inf": "linf"}.get(n) if n else None
+
+
+class GradientMaskingWarning(UserWarning):
+    """An evaluation failed a sanity check, or an attack got no gradient: a robust accuracy
+    measured this way may come from masked gradients, not from robustness."""
 
 
 class Attack:
@@ -71,7 +75,7 @@ class Attack:
 
         A model whose output does not depend differentiably on x (e.g. it thresholds its input)
         gets a zero gradient, not an error: that is gradient masking, and the evaluation
-        checklist (``featlab.evaluate.checklist``) is there to notice it.
+        checklist (``featlab.checklist.checklist``) is there to notice it.
         """
         return self.input_grad_and_output(x, y)[0]
 
@@ -104,7 +108,7 @@ class Attack:
 
     def run_for_accuracy(self, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor | None = None,
                          early_exit: bool = True) -> torch.Tensor:
-        """Adversarial examples for measuring robust accuracy (``featlab.evaluate.robust_accuracy``).
+        """Adversarial examples for measuring robust accuracy (``featlab.metrics.robust_accuracy``).
 
         An attack that ``supports_early_exit`` keeps, per example, the first iterate that fools the
         model (else its usual result); examples where ``active`` (bool, (N,)) is False, e.g. those

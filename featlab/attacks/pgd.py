@@ -37,7 +37,7 @@ class PGD(Attack):
 
     Shape: x (N, C, H, W) in [0, 1], y (N,) -> x_adv like x, inside the ball and [0, 1].
 
-    For robust accuracy (:meth:`run_for_accuracy`, which ``featlab.evaluate.robust_accuracy`` uses)
+    For robust accuracy (:meth:`run_for_accuracy`, which ``featlab.metrics.robust_accuracy`` uses)
     PGD keeps, per example, the first iterate that fools the model, and with ``early_exit`` stops
     computing gradients for it from then on: on a standard model most examples fall within a few
     steps, so the attack costs a fraction of ``steps`` forward/backward passes with exactly the same

@@ -1,5 +1,5 @@
 """The feature-loss denoising autoencoder (Sivamani, "Feature Losses for Adversarial
-Robustness", https://arxiv.org/abs/1912.04497) and the pieces to train and attack it.
+Robustness", https://arxiv.org/abs/1912.04497): the denoiser architectures and the feature loss.
 
 A denoiser D is put in front of any classifier f; it is trained on (x_adv, x) pairs so that
 feature maps phi_l(D(x_adv)) of a frozen feature extractor match phi_l(x) (a perceptual loss),
@@ -7,21 +7,20 @@ optionally plus a pixel term. At test time the defended model is f(D(x)).
 
     >>> den = create_denoiser("bottleneck", channels=1)   # or "unet", "residual" (DENOISERS)
     >>> loss = FeatureLoss(classifier, taps={"conv1": 1.0, "conv2": 1.0}, pixel_weight=0.0)
-    >>> defended = Defended(den, classifier)            # an nn.Module: logits of f(D(x))
+    >>> defended = featlab.models.Defended(den, classifier)   # an nn.Module: logits of f(D(x))
+
+Training it is a Trainer objective: :class:`featlab.train.DenoiserObjective`.
 
 Introduced in notebooks/02_feature_loss_denoiser.ipynb.
 """
 from __future__ import annotations
 
-import random
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from .._utils import borrowed, check_images, check_number
-from ..attacks import FGSM, PGD
-from ..train import Objective
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -182,30 +181,6 @@ def create_denoiser(arch: str, channels: int = 1, width: int | None = None, dept
     return DENOISERS[arch](**kwargs)
 
 
-class Defended(nn.Module):
-    """``classifier(denoiser(x))`` as one module: puts a denoiser in front of ANY classifier.
-
-    Exposes ``num_classes``, ``input_shape`` and ``check_input`` of the classifier, so featlab
-    attacks and evaluation treat it like any model (the end-to-end white-box threat model).
-    """
-
-    def __init__(self, denoiser: nn.Module, classifier: nn.Module):
-        super().__init__()
-        self.denoiser, self.classifier = denoiser, classifier
-        self.num_classes = getattr(classifier, "num_classes", None)
-        self.input_shape = getattr(classifier, "input_shape", None)
-        # the pipeline's own flag starts as its classifier's, without touching either module: building
-        # a Defended changes nothing in the caller's models (its train()/eval() set both, as any Module)
-        self.training = bool(classifier.training)
-
-    def check_input(self, x: torch.Tensor, name: str = "x") -> None:
-        check = getattr(self.classifier, "check_input", None)
-        check(x, name) if callable(check) else check_images(x, name=name)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.denoiser(x))
-
-
 class FeatureLoss(nn.Module):
     """Perceptual loss: sum_l w_l * mean (phi_l(x_hat) - phi_l(x))^2  +  pixel_weight * mean (x_hat - x)^2.
 
@@ -259,80 +234,3 @@ class FeatureLoss(nn.Module):
 
     def forward(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return torch.stack(list(self.terms(x_hat, x).values())).sum()
-
-
-class DenoiserObjective(Objective):
-    """Train a denoiser (the Trainer's model) on adversarial pairs made on the fly.
-
-    Per batch: pick eps uniformly in ``eps_range`` and an attack (FGSM or PGD, with probability
-    ``pgd_fraction``) against the frozen ``classifier``; x_adv = attack(x, y); minimise
-    ``loss(D(x_adv), x)``, plus the same loss on clean inputs (``clean_weight``) so the
-    denoiser leaves clean images alone.
-
-    Args:
-        classifier: the frozen target classifier (attacked to make the pairs).
-        loss: a :class:`FeatureLoss` (its extractor may be the classifier itself or another net).
-        eps_range: (low, high) Linf radii in pixel units (default (0.05, 0.3)).
-        pgd_steps: PGD steps when PGD is drawn (default 10).
-        pgd_fraction: probability of PGD instead of FGSM per batch (default 0.5).
-        clean_weight: weight of the clean-input term (default 0.5).
-    """
-
-    name = "denoiser"
-
-    def __init__(self, classifier: nn.Module, loss: FeatureLoss, eps_range: tuple[float, float] = (0.05, 0.3),
-                 pgd_steps: int = 10, pgd_fraction: float = 0.5, clean_weight: float = 0.5, seed: int = 0):
-        lo, hi = eps_range
-        check_number("eps_range[0]", lo, low=0.0, high=1.0)
-        check_number("eps_range[1]", hi, low=lo, high=1.0)
-        check_number("pgd_fraction", pgd_fraction, low=0.0, high=1.0)
-        check_number("clean_weight", clean_weight, low=0.0)
-        self.classifier, self.loss_fn = classifier, loss     # borrowed: used frozen, in eval mode, never changed
-        self.eps_range, self.pgd_steps, self.pgd_fraction = (float(lo), float(hi)), int(pgd_steps), float(pgd_fraction)
-        self.clean_weight = float(clean_weight)
-        self.rng = random.Random(seed)
-
-    def bind(self, trainer) -> None:
-        super().bind(trainer)
-        self.classifier.to(trainer.device)
-        self.loss_fn.to(trainer.device)
-        self.loss_fn.extractor.to(trainer.device)
-
-    def make_pairs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, str]:
-        eps = self.rng.uniform(*self.eps_range)
-        if self.rng.random() < self.pgd_fraction:
-            atk, kind = PGD(self.classifier, eps=eps, steps=self.pgd_steps, step_size=2.5 * eps / self.pgd_steps), "pgd"
-        else:
-            atk, kind = FGSM(self.classifier, eps=eps), "fgsm"
-        return atk(x, y), eps, kind
-
-    def evaluation_model(self, model: nn.Module) -> nn.Module:
-        return Defended(model, self.classifier)
-
-    def loss(self, model, x, y):
-        x_adv, eps, kind = self.make_pairs(x, y)
-        denoised = model(x_adv)
-        terms = self.loss_fn.terms(denoised, x)
-        total = torch.stack(list(terms.values())).sum()
-        logs = {k: v.detach() for k, v in terms.items()}
-        if self.clean_weight > 0:
-            clean_loss = self.loss_fn(model(x), x)
-            total = total + self.clean_weight * clean_loss
-            logs["clean_term"] = clean_loss.detach()
-        with torch.no_grad(), borrowed(self.classifier):
-            logits = self.classifier(denoised)
-        logs.update(eps=eps, pgd=float(kind == "pgd"))
-        return total, logits, logs
-
-    def state_dict(self):
-        return {"rng": list(self.rng.getstate()[1]), "rng_version": self.rng.getstate()[0],
-                "rng_gauss": self.rng.getstate()[2]}
-
-    def load_state_dict(self, state):
-        if state:
-            self.rng.setstate((state["rng_version"], tuple(state["rng"]), state["rng_gauss"]))
-
-    def config(self):
-        return {"name": self.name, "eps_range": list(self.eps_range), "pgd_steps": self.pgd_steps,
-                "pgd_fraction": self.pgd_fraction, "clean_weight": self.clean_weight,
-                "taps": self.loss_fn.taps, "pixel_weight": self.loss_fn.pixel_weight}

@@ -1,4 +1,5 @@
-"""Model registry: ``create(name)`` returns a :class:`FeatureModel` (normalisation inside).
+"""Model registry: ``create(name)`` returns a :class:`FeatureModel` (normalisation inside);
+:class:`Defended` puts a preprocessing (a denoiser) in front of any classifier.
 
     >>> model = create("mnist_cnn")
     >>> model.tap_names
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import FeatureModel, L2Normalize, Normalize
+from .compose import Defended
 from .mnist import mnist_cnn, mnist_resnet, mnist_resnet18
 from .resnet import preact_resnet18, resnet18
 
@@ -38,5 +40,5 @@ def default_dataset(name: str) -> str:
     return MODELS[name][1]
 
 
-__all__ = ["FeatureModel", "Normalize", "L2Normalize", "MODELS", "create", "default_dataset",
+__all__ = ["Defended", "FeatureModel", "Normalize", "L2Normalize", "MODELS", "create", "default_dataset",
            "mnist_cnn", "mnist_resnet", "mnist_resnet18", "resnet18", "preact_resnet18"]

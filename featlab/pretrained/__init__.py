@@ -1,9 +1,12 @@
 """Pretrained MNIST models shipped with featlab, so notebooks run on a laptop without training.
 
-The weights live next to this file (``<name>.pt``, float16 state dicts, 0.25 MB for the small
-ResNets and denoisers, 6.5 MB for each Madry CNN: its 3136x1024 layer is most of it) and are listed in ``manifest.json`` with their SHA-256, the run that trained them
-(command, epochs, device, wall time) and its headline numbers. Loading checks the hash first
-and then reads the file with ``weights_only=True``: a tampered or truncated file is refused.
+The weights live next to this file (``<name>.safetensors``, float16 state dicts, 0.25 MB for the
+small ResNets and denoisers, 6.5 MB for each Madry CNN: its 3136x1024 layer is most of it) and are
+listed in ``manifest.json`` with their SHA-256, the run that trained them (command, epochs, device,
+wall time) and its headline numbers. Loading checks the hash first and then reads the file with
+``safetensors`` (raw tensors and a JSON header, no pickle: loading cannot execute code): a tampered,
+truncated or replaced file is refused, and so is one that is not safetensors (an old ``.pt`` pickle).
+Training checkpoints (``featlab.checkpoint``) keep their own format: they hold optimizer state too.
 
     >>> model = featlab.pretrained.load("mnist_afd")           # an alias of mnist_resnet_afd
     >>> defended = featlab.pretrained.defended("mnist_denoiser_feature")   # denoiser + its classifier
@@ -16,16 +19,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
+from .. import data, models, runs
+from ..defenses import create_denoiser
+from ..models import Defended
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "manifest.json"
+FORMAT = "featlab-pretrained-safetensors-1"     # recorded in each file's safetensors metadata
 ALIASES = {"mnist_standard": "mnist_cnn_standard", "mnist_pgd_at": "mnist_cnn_pgd_at",
            "mnist_trades": "mnist_resnet_trades", "mnist_afd": "mnist_resnet_afd"}
 
@@ -59,14 +68,44 @@ def _state(key: str, entry: dict[str, Any], folder: Path) -> dict[str, torch.Ten
     if digest != entry["sha256"]:
         raise ckpt.CheckpointError(f"pretrained: {path} has SHA-256 {digest[:16]}..., the manifest says "
                                    f"{entry['sha256'][:16]}...; the file is damaged or was replaced, refusing it")
-    state = ckpt.load(path)["model"]
+    try:
+        state = safetensors.torch.load_file(path, device="cpu")
+    except Exception as e:          # SafetensorError (a pickle, an HTML page, a truncated header), OSError, ...
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ckpt.CheckpointError(f"pretrained: {path} is not a safetensors file ({type(e).__name__}: {msg}); "
+                                   f"pretrained weights are read only as safetensors (an old .pt pickle must be "
+                                   f"re-exported with `featlab export`), refusing it") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def _write(weights: dict[str, torch.Tensor], path: Path, name: str) -> Path:
+    """Save ``weights`` as safetensors at ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    safetensors stores each tensor's bytes once and refuses views and shared storage, so every tensor is
+    copied into its own contiguous CPU buffer first (values, dtypes and shapes unchanged).
+    """
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise TypeError("weights must map strings to tensors")
+    plain = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in weights.items()}
+    meta = {"format": FORMAT, "name": name}        # nothing else: the file's hash depends on the weights alone
+    ckpt._sweep_stale_tmp(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        safetensors.torch.save_file(plain, tmp, metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~ckpt._umask())      # mkstemp makes 0600; the weights are an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def _build(entry: dict[str, Any]) -> nn.Module:
-    from .. import data, models
     if entry["kind"] == "denoiser":
-        from ..defenses import create_denoiser
         return create_denoiser(entry.get("arch", "unet"), channels=entry["channels"], width=entry["width"],
                                depth=entry["depth"])
     return models.create(entry["model"], num_classes=data.info(entry["dataset"]).num_classes)
@@ -88,7 +127,6 @@ def info(name: str, folder: str | os.PathLike | None = None) -> dict[str, Any]:
 
 def defended(name: str, device: str | torch.device = "cpu", folder: str | os.PathLike | None = None) -> nn.Module:
     """A pretrained denoiser in front of the classifier it was trained for (``Defended``)."""
-    from ..defenses import Defended
     folder = Path(folder) if folder is not None else HERE
     _, entry = _entry(name, folder)
     if entry["kind"] != "denoiser":
@@ -107,8 +145,7 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     folder = Path(folder) if folder is not None else HERE
     if not re.fullmatch(r"[a-z0-9_]+", str(name)):
         raise ValueError(f"name: {name!r} must be lowercase letters, digits and underscores (it becomes a file name)")
-    config = json.loads((run / "config.json").read_text())
-    state = ckpt.load(run / "checkpoint.pt")
+    config, state = runs.read(run)
     man = manifest(folder / "manifest.json")
     kind = "denoiser" if config["method"] == "denoiser" else "classifier"
     if kind == "denoiser":                           # validate everything before writing anything
@@ -127,7 +164,7 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     except (RuntimeError, KeyError, ValueError) as e:
         raise ValueError(f"run_dir: the weights in {run / 'checkpoint.pt'} do not fit the model its config.json "
                          f"names ({config['model']}, {config['dataset']}): {str(e).splitlines()[0]}") from None
-    out = ckpt.save({"model": weights}, folder / f"{name}.pt")
+    out = _write(weights, folder / f"{name}.safetensors", name)
     history = state.get("history", [])
     entry: dict[str, Any] = {
         "file": out.name, "sha256": ckpt.sha256(out), "kind": kind,
@@ -143,3 +180,22 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     tmp.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, folder / "manifest.json")
     return out
+
+
+def load_classifier(ref: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A classifier from a reference, as ``featlab train --classifier-run`` takes it: ``pretrained:NAME``
+    (a shipped classifier) or a run folder. Returns the module (eval mode) and its dataset, model and
+    method."""
+    if not isinstance(ref, str):
+        raise TypeError(f"ref must be a string: pretrained:NAME or a run folder, got {type(ref).__name__}")
+    if ref.startswith("pretrained:"):
+        name = ref.split(":", 1)[1]
+        entry = info(name)
+        if entry["kind"] != "classifier":
+            raise ValueError(f"ref: {ref} is a denoiser; a classifier is needed: "
+                             f"{[k for k in available() if info(k)['kind'] == 'classifier']}")
+        return load(name, device), {k: entry[k] for k in ("dataset", "model", "method")}
+    run = runs.load(ref, device)
+    if run.config["method"] == "denoiser":
+        raise ValueError(f"ref: {ref} is a denoiser run; a classifier run or pretrained:NAME is needed")
+    return run.model, run.config
