@@ -1,6 +1,6 @@
 """The fast AutoAttack (APGD-CE + APGD-T) on the same images: 2 processes x 1 thread under torchrun
 (gloo) against 1 process x 2 threads. Prints one JSON line with both wall times, their ratio and
-whether the two robust accuracies are equal (they must be: featlab.evaluate deals batches with
+whether the two robust accuracies are equal (they must be: featlab.metrics deals batches with
 their own seeds), and appends it to bench/results/distributed_eval.jsonl.
 
     python bench/distributed_eval.py [--images 200] [--aa-steps 100] [--batch 50] [--model mnist_cnn_pgd_at]

@@ -38,7 +38,7 @@ METHODS = {
     "trades": ["--method", "trades", "--attack-steps", "40"] + SAME_OPT,
 }
 EVALS = [
-    ["--attacks", "pgd40", "apgd", "square", "--eps", "0.3"],     # one sweep: the checklist compares them
+    ["--attacks", "pgd40@0.01", "apgd", "square", "--eps", "0.3"],     # Madry's PGD-40; one sweep: the checklist compares them
     ["--attacks", "autoattack", "--eps", "0.3"],
     ["--attacks", "apgd", "--eps", "0.35", "0.4"],
     ["--attacks", "pgd40", "--norm", "l2", "--eps", "2"],

@@ -122,7 +122,7 @@ def choose_fast_path(device: torch.device | str, precision: str = "auto",
     channels_last; in fp32 on a CPU it is slower for ResNet-18, see bench/train_speed.py).
     ``FEATLAB_FAST=0`` in the environment turns both "auto" choices into fp32 + contiguous.
 
-    Evaluation never uses this: robust accuracy is measured in fp32 (see ``featlab.evaluate``).
+    Evaluation never uses this: robust accuracy is measured in fp32 (see ``featlab.metrics``).
     """
     check_choice("precision", precision, PRECISIONS)
     check_choice("memory_format", memory_format, MEMORY_FORMATS)

@@ -28,18 +28,20 @@ def _row_key(r: dict[str, Any]) -> str:
         return str(r.get("attack"))
     attack = str(r.get("attack") or "").split(" ")[0]
     spec = _spec(attack) if attack else None
-    if r["threat_model"] == "end-to-end" and spec is not None and spec.kind.name != "pgd":
-        return f"end-to-end {attack}"
+    if r["threat_model"] == "end-to-end" and attack and (spec is None or spec.kind.name != "pgd"):
+        return f"end-to-end {attack}"         # another attack on the whole pipeline (a name that is no spec too)
     return str(r["threat_model"])
 
 
 def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | None = None,
               large_eps: float | None = None, tol: float = 1.0, zero_tol: float = 5.0,
-              dead_tol: float = 50.0, n: int | None = None) -> list[dict[str, Any]]:
+              dead_tol: float = 50.0, n: int | None = None, gap_tol: float = 10.0) -> list[dict[str, Any]]:
     """Sanity checks after Carlini et al. 2019 ("On Evaluating Adversarial Robustness", arXiv 1902.06705).
 
-    Works on rows of :func:`sweep` (``attack``, ``eps``, ``robust_acc``) and, for preprocessing
-    defenses, rows of :func:`featlab.evaluate.preprocessing_defense` (``threat_model``). A check that the rows
+    Works on rows of :func:`featlab.evaluate.sweep` (``attack``, ``eps``, ``robust_acc``) and, for
+    preprocessing defenses, rows of :func:`featlab.evaluate.preprocessing_defense` (``threat_model``).
+    Attacks are recognised by their spec (:func:`featlab.attacks.parse`); a row whose attack is no spec
+    (a name from a ``sweep`` factory dict) enters the monotonicity check only. A check that the rows
     cannot decide is left out. Each check: ``{"check", "passed", "detail"}``.
 
     1. monotone: per attack, accuracy does not rise (by more than ``tol`` points) as eps grows;
@@ -59,8 +61,13 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
        identity. If it does, the preprocessing's gradient is useless or misleading (binarisation,
        rounding, a median filter), which is gradient masking: report BPDA.
     10. for preprocessing defenses with attacks on the whole pipeline (``pipeline_attacks`` of
-        :func:`preprocessing_defense`): AutoAttack / APGD through it is at least as strong as
-        end-to-end PGD, and Square through it is not stronger than the gradient attacks through it.
+        :func:`featlab.evaluate.preprocessing_defense`): AutoAttack / APGD through it is at least as
+        strong as end-to-end PGD, and Square through it is not stronger than the attacks through it
+        that use gradients only (PGD, APGD; not AutoAttack, which holds Square itself), as in check 8.
+    11. PGD is not far weaker than the parameter-free ensemble (APGD, AutoAttack) on the same model
+        or pipeline: a gap of more than ``gap_tol`` points means PGD's gradient is unreliable there
+        (a masked or shattered gradient, e.g. through a clamp), so a PGD number on this defense
+        overstates its robustness and the ensemble's number is the one to report.
 
     Comparisons allow ``tol`` points of slack, at least one image's worth (100 / ``n``) when the
     number of evaluated images ``n`` is given, so a single flipped image is not a failure.
@@ -124,6 +131,12 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         bad = [f"{aa} {acc:.1f}% > {p} {by_attack[p][e]:.1f}% at eps {e:g}" for e, acc in by_attack[aa].items()
                for p in steps_of if plain[p].norm != "l2" and e in by_attack[p] and acc > by_attack[p][e] + tol]
         add(f"{aa} <= PGD", not bad, "ok" if not bad else "; ".join(bad))
+        far = [f"{p} {by_attack[p][e]:.1f}% vs {aa} {acc:.1f}% at eps {e:g}" for e, acc in sorted(by_attack[aa].items())
+               for p in steps_of if plain[p].norm != "l2" and e in by_attack[p] and by_attack[p][e] > acc + gap_tol]
+        if any(e in by_attack[p] for p in steps_of for e in by_attack[aa]):
+            add(f"PGD not far weaker than {aa}", not far,
+                "ok" if not far else "; ".join(far) + f" (more than {gap_tol:g} points): PGD's gradient is unreliable "
+                                                      f"here, report {aa}")
     # gradient-free attacks against the gradient attacks in the same norm
     for sq in (k for k, s in plain.items() if s.kind.gradient_free):
         grad_attacks = [k for k, s in plain.items() if uses_gradients_only(s) and norm_of.get(k) == norm_of.get(sq)]
@@ -167,6 +180,12 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
                 bad = [f"{key} {acc:.1f}% > end-to-end PGD {e2e[e]:.1f}% at eps {e:g}"
                        for e, acc in sorted(by_attack[key].items()) if e in e2e and acc > e2e[e] + tol]
                 add(f"{key} <= end-to-end PGD", not bad, "ok" if not bad else "; ".join(bad))
+                if s.kind.parameter_free:
+                    far = [f"end-to-end PGD {e2e[e]:.1f}% vs {key} {acc:.1f}% at eps {e:g}"
+                           for e, acc in sorted(by_attack[key].items()) if e in e2e and e2e[e] > acc + gap_tol]
+                    add(f"end-to-end PGD not far weaker than {key}", not far,
+                        "ok" if not far else "; ".join(far) + f" (more than {gap_tol:g} points): PGD's gradient "
+                                                              f"through the pipeline is unreliable, report {key.split()[1]}")
     if gradient_stats is not None:
         d = gradient_stats["dead_fraction"]
         add("input gradients exist", d <= dead_tol,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from . import data, distributed, models, pretrained, runs
-from ._utils import get_device, model_device, seed_everything
+from ._utils import get_device, seed_everything
 from .attacks import PGD, from_spec, parse, strongest_pgd
 from .checklist import checklist, report_checks
 from .evaluate import audit, preprocessing_defense
@@ -241,19 +241,22 @@ class EvalTarget:
     trained: dict[str, Any]           # epochs, train_wall_s (and the shipped weights' hash)
     label: str                        # names the result files
     classifier_ref: str | None = None  # a denoiser's or control's classifier: run folder or pretrained:NAME
+    loaded_classifier: torch.nn.Module | None = None     # already loaded (a control reads its config from it)
 
     def classifier(self, device: torch.device) -> torch.nn.Module:
-        return pretrained.load_classifier(self.classifier_ref, device)[0]
+        if self.loaded_classifier is None:
+            self.loaded_classifier = pretrained.load_classifier(self.classifier_ref, device)[0]
+        return self.loaded_classifier
 
 
 def _eval_target(a: argparse.Namespace, device: torch.device) -> EvalTarget:
     if getattr(a, "control", None) is not None:
         from .defenses import create_control
-        _, ccfg = pretrained.load_classifier(a.classifier_run, device)
+        clf, ccfg = pretrained.load_classifier(a.classifier_run, device)
         config = {"dataset": ccfg["dataset"], "model": a.control, "method": "control", "command": None,
                   "device": None, "classifier_run": a.classifier_run}
         return EvalTarget(create_control(a.control).to(device), config, {"epochs": 0, "train_wall_s": 0.0},
-                          f"control_{a.control}_{_ref_label(a.classifier_run)}", a.classifier_run)
+                          f"control_{a.control}_{_ref_label(a.classifier_run)}", a.classifier_run, clf)
     if a.pretrained is not None:
         entry = pretrained.info(a.pretrained)
         key = pretrained.ALIASES.get(a.pretrained, a.pretrained)
@@ -282,7 +285,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
         # transfer: the denoiser in front of a classifier it was not trained for
         target.config = config = {**config, "trained_for": config.get("classifier_run"),
                                   "classifier_run": a.classifier_run}
-        target.classifier_ref = a.classifier_run
+        target.classifier_ref, target.loaded_classifier = a.classifier_run, None
         target.label = f"{target.label}_on_{_ref_label(a.classifier_run)}"
     x, y = data.load(config["dataset"], "test", limit=a.n_eval, seed=a.seed)
     base = {"dataset": config["dataset"], "model": config["model"], "method": config["method"], "n_eval": len(x),
@@ -292,7 +295,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
             "train_memory_format": config.get("memory_format", "contiguous"),
             "precision": "fp32", "world_size": distributed.world_size(), **target.trained}
     if config["method"] in ("denoiser", "control"):
-        _eval_preprocessing(a, target, x, y, base)
+        _eval_preprocessing(a, target, target.classifier(device), x, y, base)
         return
     t0 = time.time()
     large = a.large_eps if a.large_eps is not None else (1.0 if a.norm == "linf" else None)
@@ -317,8 +320,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
     print(f"eval wall {time.time() - t0:.1f}s")
 
 
-def _eval_preprocessing(a: argparse.Namespace, target: EvalTarget, x: torch.Tensor, y: torch.Tensor,
-                        base: dict[str, Any]) -> None:
+def _eval_preprocessing(a: argparse.Namespace, target: EvalTarget, classifier: torch.nn.Module, x: torch.Tensor,
+                        y: torch.Tensor, base: dict[str, Any]) -> None:
     """Every threat model of a preprocessing defense (a denoiser or a control) in front of its classifier:
     the undefended reference, oblivious, end-to-end and BPDA with PGD from ``--attacks pgdN[@S]``; and
     ``--attacks autoattack`` / ``apgd`` / ``square`` run end to end on the whole pipeline."""
@@ -335,8 +338,7 @@ def _eval_preprocessing(a: argparse.Namespace, target: EvalTarget, x: torch.Tens
     if config["method"] == "denoiser":
         extra["denoiser"] = config.get("arch", "unet")
     t1 = time.time()
-    rows = preprocessing_defense(target.model, target.classifier(model_device(target.model)),
-                                 x, y, a.eps, steps=spec.steps, step_size=spec.step_size, batch_size=a.batch_size,
+    rows = preprocessing_defense(target.model, classifier, x, y, a.eps, steps=spec.steps, step_size=spec.step_size, batch_size=a.batch_size,
                                  pipeline_attacks=[s.text for s in specs if s.kind.name != "pgd"], seed=a.seed)
     wall = round(time.time() - t1, 1)
     checks = checklist([r for r in rows if r["threat_model"] != "none"], n=len(x))

@@ -68,7 +68,8 @@ def _torchvision_class(name: str):
 
 
 def _torchvision_md5(name: str) -> dict[str, str]:
-    """File md5s as torchvision publishes them (read from torchvision, not copied here)."""
+    """CIFAR file md5s as torchvision publishes them (read from torchvision, not copied here; MNIST's are in
+    ``file_md5``: torchvision lists md5s only for its .gz archives)."""
     cls = _torchvision_class(name)
     return {f: md5 for f, md5 in list(cls.train_list) + list(cls.test_list)}
 

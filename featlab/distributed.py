@@ -11,7 +11,7 @@
   run seed and takes its slice of each global batch; DDP averages the gradients (objectives that
   run their own updates, AFD, all-reduce theirs with :func:`average_gradients`). Rank 0 alone
   writes checkpoints, history and records.
-- Evaluation (:mod:`featlab.evaluate`): batches are dealt round-robin to the ranks, each batch with
+- Evaluation (:mod:`featlab.metrics`): batches are dealt round-robin to the ranks, each batch with
   its own seed (:func:`batch_seed`), and the per-example correctness is gathered, so the number is
   the single-process one exactly (same batches, same seeds), for every attack.
 

@@ -139,12 +139,14 @@ def large_eps_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
                    large_eps: float | None, norm: str = "linf", batch_size: int = 500, seed: int = 0,
                    progress: bool = True) -> list[dict[str, Any]]:
     """The checklist's "reaches ~0" point: the strongest PGD of ``attacks`` (most steps x restarts,
-    else PGD-100) at ``large_eps``; [] when ``large_eps`` is None or already in ``eps_list``."""
+    else PGD-100; with the rule's step size, whatever step the spec fixed) at ``large_eps``; [] when ``large_eps`` is None or already in ``eps_list``."""
     if large_eps is None or large_eps in eps_list:
         return []
     check_number("large_eps", large_eps, low=0.0, low_open=True, high=1.0 if norm == "linf" else None)
-    return sweep(model, x, y, [strongest_pgd(attacks) or "pgd100"], [large_eps], norm=norm, batch_size=batch_size,
-                 seed=seed, progress=progress)
+    strongest = parse(strongest_pgd(attacks) or "pgd100")
+    spec = (f"pgd{strongest.steps}" + (f"x{strongest.restarts}" if strongest.restarts > 1 else "")
+            + (f"_{strongest.norm}" if strongest.norm else ""))     # the rule's step at large_eps, not a fixed one
+    return sweep(model, x, y, [spec], [large_eps], norm=norm, batch_size=batch_size, seed=seed, progress=progress)
 
 
 def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: list[float],

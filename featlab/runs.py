@@ -52,15 +52,28 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, ckpt.load(folder / "checkpoint.pt")
 
 
-def build_model(config: dict[str, Any]) -> nn.Module:
+def input_channels(config: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> int:
+    """A denoiser run's input channels: its config's (written since the residual denoiser), else the
+    in-channels of the first convolution in its weights."""
+    if config.get("channels"):
+        return int(config["channels"])
+    convs = [v for v in (weights or {}).values() if isinstance(v, torch.Tensor) and v.dim() == 4]
+    if not convs:
+        raise ValueError("run: this denoiser run records no input channels and its weights hold no convolution")
+    return int(convs[0].shape[1])
+
+
+def build_model(config: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The untrained module a run's config names: a denoiser (``method`` "denoiser") or a classifier."""
     if config["method"] == "denoiser":
-        if not config.get("channels"):
-            raise ValueError("run: this denoiser run's config.json does not record its input channels "
-                             "(written by featlab train since the residual denoiser); retrain it")
-        return create_denoiser(config.get("arch", "unet"), channels=config["channels"], width=config["width"],
-                               depth=config["depth"])
+        return create_denoiser(config.get("arch", "unet"), channels=input_channels(config, weights),
+                               width=config["width"], depth=config["depth"])
     return models.create(config["model"], num_classes=data.info(config["dataset"]).num_classes)
+
+
+def train_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Epochs trained and their wall time, as result records and the pretrained manifest give them."""
+    return {"epochs": len(history), "train_wall_s": round(sum(h.get("time_s", 0.0) for h in history), 1)}
 
 
 @dataclass
@@ -75,14 +88,14 @@ class Run:
     @property
     def train_summary(self) -> dict[str, Any]:
         """Epochs trained and their wall time, for result records."""
-        return {"epochs": len(self.history), "train_wall_s": round(sum(h.get("time_s", 0.0) for h in self.history), 1)}
+        return train_summary(self.history)
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
     """Load a run folder (or its ``checkpoint.pt``): the trained module on ``device``, in eval mode."""
     config, state = read(path)
-    model = build_model(config)
     weights = state.get("model", state)
+    model = build_model(config, weights)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

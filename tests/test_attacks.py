@@ -131,7 +131,7 @@ def test_repr_prints_hyperparameters(tiny):
 
 def test_restarts_never_worse_than_one_run(trained_mnist, mnist_small):
     _, _, xt, yt = mnist_small
-    ev = featlab.evaluate
+    ev = featlab.metrics
     x, y = xt[:200], yt[:200]
     featlab.seed_everything(0)
     one = ev.robust_accuracy(trained_mnist, x, y, PGD(trained_mnist, eps=0.1, steps=5), progress=False)

@@ -272,3 +272,34 @@ def test_verdicts():
     assert "ignores the defense" in v and "end-to-end" in v
     with pytest.raises(ValueError, match="at least one white-box"):
         featlab.results.verdict("d", 99, {"oblivious": 60}, ok, 0.3)
+
+
+def test_pgd_far_above_the_ensemble_is_flagged():
+    """Check 11: PGD more than gap_tol points above APGD/AutoAttack means PGD's gradient is unreliable (the
+    residual denoiser's clamp: end-to-end PGD-40 19.8% against AutoAttack 0.8% on the whole pipeline)."""
+    rows = _rows({0.3: 94.0}, "pgd40") + _rows({0.3: 88.6}, "autoattack")
+    assert {c["check"]: c["passed"] for c in checklist(rows)}["PGD not far weaker than autoattack"]
+    rows = _rows({0.3: 30.0}, "pgd40") + _rows({0.3: 5.0}, "apgd")
+    checks = {c["check"]: c for c in checklist(rows)}
+    assert not checks["PGD not far weaker than apgd"]["passed"] and "report apgd" in checks["PGD not far weaker than apgd"]["detail"]
+    pipe = [{"threat_model": "end-to-end", "attack": "pgd40", "eps": 0.3, "robust_acc": 19.8},
+            {"threat_model": "oblivious", "attack": "pgd40", "eps": 0.3, "robust_acc": 97.0},
+            {"threat_model": "end-to-end", "attack": "autoattack", "eps": 0.3, "robust_acc": 0.8}]
+    checks = {c["check"]: c["passed"] for c in checklist(pipe, n=1000)}
+    assert checks["end-to-end autoattack <= end-to-end PGD"] and not checks["end-to-end PGD not far weaker than end-to-end autoattack"]
+    assert {c["check"]: c["passed"] for c in checklist(pipe, n=1000, gap_tol=20.0)}[
+        "end-to-end PGD not far weaker than end-to-end autoattack"]
+
+
+
+def test_square_through_the_pipeline_is_compared_with_gradient_only_attacks():
+    """Check 10, as check 8: Square is compared with the attacks that use gradients only (PGD, APGD), not with
+    AutoAttack, which holds Square itself; a Square far below end-to-end PGD fails even when AutoAttack is
+    as low (the ensemble's number came from its gradient-free member)."""
+    pipe = [{"threat_model": "end-to-end", "attack": "pgd40", "eps": 0.3, "robust_acc": 90.0},
+            {"threat_model": "end-to-end", "attack": "autoattack", "eps": 0.3, "robust_acc": 70.0},
+            {"threat_model": "end-to-end", "attack": "square100", "eps": 0.3, "robust_acc": 70.0}]
+    checks = {c["check"]: c["passed"] for c in checklist(pipe)}
+    assert not checks["gradient-free end-to-end square100 not stronger than gradient attacks through the pipeline"]
+    pipe[0]["robust_acc"] = 70.0
+    assert all(c["passed"] for c in checklist(pipe))

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import featlab
-from featlab import evaluate, probe
+from featlab import evaluate, metrics, probe
 from featlab.attacks import FGSM, PGD, autoattack, square
 from featlab.train import AFD
 from featlab.defenses import MedianFilter, embedding_separability
@@ -62,13 +62,13 @@ IMAGE_ENTRIES = {
     "model(x)": lambda m, x, y: m(x),
     "model.embed": lambda m, x, y: m.embed(x),
     "model.features": lambda m, x, y: m.features(x),
-    "evaluate.predict": lambda m, x, y: evaluate.predict(m, x),
+    "metrics.predict": lambda m, x, y: metrics.predict(m, x),
     "probe.compare": lambda m, x, y: probe.compare(m, x, {"same": x}),
 }
 LABELLED_ENTRIES = {
-    "evaluate.accuracy": lambda m, x, y: evaluate.accuracy(m, x, y),
-    "evaluate.robust_accuracy": lambda m, x, y: evaluate.robust_accuracy(m, x, y, PGD(m, eps=0.1, steps=2),
-                                                                         progress=False),
+    "metrics.accuracy": lambda m, x, y: metrics.accuracy(m, x, y),
+    "metrics.robust_accuracy": lambda m, x, y: metrics.robust_accuracy(m, x, y, PGD(m, eps=0.1, steps=2),
+                                                                       progress=False),
     "evaluate.sweep": lambda m, x, y: evaluate.sweep(m, x, y, ["fgsm"], [0.1], progress=False),
     "FGSM": lambda m, x, y: FGSM(m, eps=0.1)(x, y),
     "PGD": lambda m, x, y: PGD(m, eps=0.1, steps=2)(x, y),
@@ -135,6 +135,6 @@ def test_zero_padded_mnist_is_refused_by_the_shipped_afd():
     with pytest.raises(ValueError, match=r"x: mnist_resnet takes float images of shape \(N, 1, 28, 28\)"):
         model(torch.nn.functional.pad(x, (2, 2, 2, 2)))
     with pytest.raises(ValueError, match="x must be 28x28 pixels"):
-        evaluate.accuracy(model, torch.nn.functional.pad(x, (2, 2, 2, 2)), torch.zeros(4, dtype=torch.long))
+        metrics.accuracy(model, torch.nn.functional.pad(x, (2, 2, 2, 2)), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"x: resnet18 takes float images of shape \(N, 3, 32, 32\)"):
         featlab.models.create("resnet18")(torch.rand(2, 1, 32, 32))

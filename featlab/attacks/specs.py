@@ -153,7 +153,8 @@ def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed:
     if n not in s.kind.norms:
         pretty = {"linf": "Linf", "l2": "L2"}
         raise ValueError(f"attacks: {spec} is an {'/'.join(pretty[m] for m in s.kind.norms)} attack; with norm {n!r} "
-                         f"use one of {[k for k, v in REGISTRY.items() if n in v.norms]} (e.g. pgd1_l2 for one L2 step)")
+                         f"use a spec of {[k for k, v in REGISTRY.items() if n in v.norms]}, e.g. pgdN_l2 "
+                         f"(pgd1_l2 for one L2 step); allowed: {SPECS_HELP}")
     atk = _BUILDERS[s.kind.name](s, model, eps, n, seed)
     atk.norm = n
     return atk

@@ -156,9 +156,8 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     shape = {"kind": kind, "model": config["model"], "dataset": config["dataset"]}
     if kind == "denoiser":
-        convs = [v for v in state["model"].values() if v.dim() == 4]
         shape.update(arch=config.get("arch", "unet"), width=config["width"], depth=config["depth"],
-                     channels=int(convs[0].shape[1]) if convs else 0)
+                     channels=runs.input_channels(config, state["model"]))
     try:                    # the weights must build the model the config names, before anything is written
         _build(shape).load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     except (RuntimeError, KeyError, ValueError) as e:
@@ -169,8 +168,8 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     entry: dict[str, Any] = {
         "file": out.name, "sha256": ckpt.sha256(out), "kind": kind,
         "model": config["model"], "dataset": config["dataset"], "method": config["method"],
-        "epochs": len(history), "train_command": config.get("command"), "train_device": config.get("device"),
-        "train_wall_s": round(sum(h.get("time_s", 0.0) for h in history), 1), "objective": config.get("objective"),
+        **runs.train_summary(history), "train_command": config.get("command"), "train_device": config.get("device"),
+        "objective": config.get("objective"),
         "history": history, "metrics": metrics or {}}
     if kind == "denoiser":
         entry.update(classifier=classifier, arch=shape["arch"], width=shape["width"], depth=shape["depth"],

@@ -260,7 +260,7 @@ class Trainer:
                     self.scheduler.step()
                     for sch in self.extra_schedulers.values():
                         sch.step()
-                if eval_data is not None:          # sharded over the ranks by featlab.evaluate
+                if eval_data is not None:          # sharded over the ranks by featlab.metrics
                     evaluated = self.objective.evaluation_model(self.model)
                     record["clean_acc"] = accuracy(evaluated, *eval_data)
                     if self.eval_attack is not None:
