@@ -17,7 +17,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -52,24 +52,18 @@ def _looks_wrapped(state: dict) -> bool:
                                    for v in state.values())
 
 
-def save(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + rename), with the sha256 of its
-    serialised bytes. Returns the path."""
-    if not isinstance(state, dict):
-        raise TypeError(f"state must be a dict, got {type(state).__name__}")
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Create ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder, which is
+    fsynced, given the process's umask and renamed over ``path``; a crash never leaves a half-written
+    file under the real name, and temporary files an earlier killed save left behind are swept."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_tmp(path)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    payload = buf.getvalue()
-    wrapped = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
-               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(wrapped, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
@@ -78,6 +72,19 @@ def save(state: dict[str, Any], path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def save(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (:func:`atomic_write`), with the sha256 of its serialised
+    bytes. Returns the path."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict, got {type(state).__name__}")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    wrapped = {"format": FORMAT, "sha256": hashlib.sha256(payload).hexdigest(),
+               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    return atomic_write(path, lambda tmp: torch.save(wrapped, tmp))
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -88,20 +87,7 @@ def _write(weights: dict[str, torch.Tensor], path: Path, name: str) -> Path:
         raise TypeError("weights must map strings to tensors")
     plain = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in weights.items()}
     meta = {"format": FORMAT, "name": name}        # nothing else: the file's hash depends on the weights alone
-    ckpt._sweep_stale_tmp(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(plain, tmp, metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~ckpt._umask())      # mkstemp makes 0600; the weights are an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return ckpt.atomic_write(path, lambda tmp: safetensors.torch.save_file(plain, tmp, metadata=meta))
 
 
 def _build(entry: dict[str, Any]) -> nn.Module:
