@@ -152,12 +152,14 @@ class AttackExplorer:
         x, y: candidate images (N, C, H, W) in [0, 1] and labels (N,).
         classes: class names (default "0".."K-1").
         eps_max: slider maximum in pixel units (0.5 for MNIST; CIFAR: 16/255, shown in /255).
+        l2_max: maximum of the L2 slider, shown for "PGD L2" (default: ``eps_max * sqrt(pixels) / 4``,
+            3.5 on MNIST, 0.87 on CIFAR-10, around the usual budgets of 2 and 0.5).
         cache_size: results kept (default 256).
     """
 
     def __init__(self, models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
                  classes: Sequence[str] | None = None, eps_max: float = 0.5, cache_size: int = 256,
-                 ig_steps: int = 32):
+                 ig_steps: int = 32, l2_max: float | None = None):
         _check_models_and_data(models, x, y)
         check_number("eps_max", eps_max, low=0.0, low_open=True, high=1.0)
         check_number("cache_size", cache_size, low=1, integer=True)
@@ -168,6 +170,9 @@ class AttackExplorer:
         k = getattr(next(iter(self.models.values())), "num_classes", None) or int(y.max()) + 1
         self.classes = list(classes) if classes is not None else [str(i) for i in range(k)]
         self.eps_max, self.cache_size, self.ig_steps = float(eps_max), cache_size, ig_steps
+        if l2_max is not None:
+            check_number("l2_max", l2_max, low=0.0, low_open=True)
+        self.l2_max = float(l2_max) if l2_max is not None else round(self.eps_max * x[0].numel() ** 0.5 / 4, 2)
         self.in_255 = eps_max < 0.2            # CIFAR-style budgets read better in /255
         # a least-recently-used cache per (model, attack, eps, steps, image), one per explorer
         self._cached = functools.lru_cache(maxsize=cache_size)(self._compute)
@@ -212,7 +217,13 @@ class AttackExplorer:
 
     def attributions(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, t_clean: int, t_adv: int) -> dict:
         """captum Integrated Gradients and Saliency maps (H, W) for clean and adversarial inputs,
-        each for the class the model predicts on that input."""
+        each for the class the model predicts on that input.
+
+        IG runs from two baselines: black ("ig/...", the usual zero baseline) and mid-grey ("ig_grey/...").
+        IG multiplies the averaged gradient by (input - baseline), so from black a pixel that is black in
+        the input gets zero attribution by construction: on MNIST's black background the clean image's
+        attribution sits on the strokes whatever the model does. The grey baseline has no such blind spot.
+        """
         from captum.attr import IntegratedGradients, Saliency
         with eval_mode(model):
             ig, sal = IntegratedGradients(model), Saliency(model)
@@ -220,6 +231,8 @@ class AttackExplorer:
             for tag, inp, t in (("clean", x, t_clean), ("adv", x_adv, t_adv)):
                 inp = inp.detach().clone().requires_grad_(True)
                 out[f"ig/{tag}"] = ig.attribute(inp, target=t, n_steps=self.ig_steps).sum(1)[0].detach().cpu()
+                out[f"ig_grey/{tag}"] = ig.attribute(inp, baselines=torch.full_like(inp, 0.5), target=t,
+                                                     n_steps=self.ig_steps).sum(1)[0].detach().cpu()
                 out[f"saliency/{tag}"] = sal.attribute(inp, target=t, abs=True).amax(1)[0].detach().cpu()
         return out
 
@@ -231,8 +244,10 @@ class AttackExplorer:
                 f"adversarial: {c[res['pred_adv']]} ({100 * res['p_adv'].max():.1f}%) | "
                 + ("attack FAILED" if ok else "attack SUCCEEDED"))
 
-    def figure(self, res: dict, title: str = ""):
-        fig = plt.figure(figsize=(13, 5.6))
+    def figure(self, res: dict, title: str | None = ""):
+        """The explorer's figure for one result; ``title`` "" puts the summary line on top, None no title
+        (the live widget prints the summary above the figure)."""
+        fig = plt.figure(figsize=(13, 5.6), layout="constrained")    # no panel's tick labels overlap another
         grid = fig.add_gridspec(2, 6)
         img = lambda t: t[0].permute(1, 2, 0).squeeze(-1).numpy()  # noqa: E731
         delta = res["x_adv"] - res["x"]
@@ -255,15 +270,19 @@ class AttackExplorer:
             ax.plot(range(len(d)), list(d.values()), marker="o")
             ax.set_xticks(range(len(d)), list(d), rotation=60, fontsize=7), ax.set_yscale("log")
         ax.set_title("feature distortion", fontsize=9)
-        for j, key in enumerate(("ig/clean", "ig/adv", "saliency/clean", "saliency/adv")):
-            ax = fig.add_subplot(grid[1, j + (1 if j > 1 else 0)])
+        names = {"ig": "IG (black baseline)", "ig_grey": "IG (grey baseline)", "saliency": "Saliency"}
+        for j, key in enumerate(("ig/clean", "ig/adv", "ig_grey/clean", "ig_grey/adv", "saliency/clean",
+                                 "saliency/adv")):
+            ax = fig.add_subplot(grid[1, j])
             a = res["attributions"][key]
             lim = float(a.abs().max()) or 1.0
-            ax.imshow(a.numpy(), cmap="RdBu_r" if key.startswith("ig") else "hot", vmin=-lim if key.startswith("ig") else 0,
-                      vmax=lim)
-            ax.set_title(key.replace("ig", "Integrated Gradients").replace("/", ", "), fontsize=8)
+            signed = key.startswith("ig")
+            ax.imshow(a.numpy(), cmap="RdBu_r" if signed else "hot", vmin=-lim if signed else 0, vmax=lim)
+            kind, tag = key.split("/")
+            ax.set_title(f"{names[kind]}, {tag}", fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
-        fig.suptitle(title or self.summary(res), fontsize=10)
+        if title is not None:
+            fig.suptitle(title or self.summary(res), fontsize=10)
         return fig
 
     def success_curves(self, eps_list: Sequence[float], attack: str = "PGD Linf", steps: int = 10,
@@ -299,6 +318,10 @@ class AttackExplorer:
                                    min=0.0, max=self.eps_max * scale, step=(1.0 if self.in_255 else 0.01),
                                    description="eps" + (" (/255)" if self.in_255 else ""), continuous_update=False)
         self.w_eps.add_class("featlab-eps")
+        # L2 budgets are another unit: sqrt(pixels) times larger for the same per-pixel change
+        self.w_eps_l2 = w.FloatSlider(value=round(self.l2_max / 2, 2), min=0.0, max=self.l2_max, step=0.05,
+                                      description="eps (L2)", continuous_update=False)
+        self.w_eps_l2.add_class("featlab-eps-l2")
         self.w_steps = w.IntSlider(value=10, min=1, max=50, description="steps", continuous_update=False)
         self.w_index = w.BoundedIntText(value=0, min=0, max=len(self.x) - 1, description="image")
         self.w_random = w.Button(description="random image")
@@ -307,10 +330,12 @@ class AttackExplorer:
         self.w_out = w.Output()
 
         def redraw(*_):
-            res = self.compute(self.w_model.value, self.w_attack.value, self.w_eps.value / scale,
-                               self.w_steps.value, self.w_index.value)
+            l2 = self.w_attack.value == "PGD L2"
+            self.w_eps.layout.display, self.w_eps_l2.layout.display = ("none", None) if l2 else (None, "none")
+            eps = self.w_eps_l2.value if l2 else self.w_eps.value / scale
+            res = self.compute(self.w_model.value, self.w_attack.value, eps, self.w_steps.value, self.w_index.value)
             self.w_summary.value = f"<b>{self.summary(res)}</b>"
-            fig = self.figure(res)
+            fig = self.figure(res, title=None)
             with self.w_out:
                 self.w_out.clear_output(wait=True)
                 display(fig)
@@ -319,12 +344,12 @@ class AttackExplorer:
         def pick_random(_):
             self.w_index.value = int(torch.randint(0, len(self.x), (1,)))
 
-        for c in (self.w_model, self.w_attack, self.w_eps, self.w_steps, self.w_index):
+        for c in (self.w_model, self.w_attack, self.w_eps, self.w_eps_l2, self.w_steps, self.w_index):
             c.observe(redraw, names="value")
         self.w_random.on_click(pick_random)
         redraw()
         controls = w.VBox([w.HBox([self.w_model, self.w_attack, self.w_index, self.w_random]),
-                           w.HBox([self.w_eps, self.w_steps])])
+                           w.HBox([self.w_eps, self.w_eps_l2, self.w_steps])])
         return w.VBox([controls, self.w_summary, self.w_out])
 
     def static(self, eps_values: Sequence[float], model_name: str | None = None, attack: str = "PGD Linf",

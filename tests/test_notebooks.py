@@ -88,6 +88,8 @@ def check_04(m, pretrained=True):
     assert std[0] == 0 and std[-1] >= std[1] and std[-1] > 50, "success grows with eps on the standard model"
     assert m["latency_s/cached"] < m["latency_s/pgd10_one_image"] / 10     # a ratio in one run, not a clock limit
     assert set(m) >= {"success/PGD-AT", "success/denoiser + standard", "ig_stroke_share/standard"}
+    # the black baseline puts all of the clean image's IG on the strokes by construction; the grey one does not
+    assert m["ig_stroke_share/standard"][0] > 0.95 > m["ig_grey_stroke_share/standard"][0]
 
 
 CHECKS = {"01_feature_noise.ipynb": check_01, "02_feature_loss_denoiser.ipynb": check_02,

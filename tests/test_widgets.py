@@ -17,7 +17,12 @@ def test_compute_caches_and_reports(explorer):
     r1 = explorer.compute("standard", "PGD Linf", 0.3, 10, 0)
     assert explorer.computed == 1
     assert (r1["x_adv"] - r1["x"]).abs().max() <= 0.3 + 1e-6
-    assert set(r1["attributions"]) == {"ig/clean", "ig/adv", "saliency/clean", "saliency/adv"}
+    assert set(r1["attributions"]) == {"ig/clean", "ig/adv", "ig_grey/clean", "ig_grey/adv", "saliency/clean",
+                                       "saliency/adv"}
+    # from black, IG is zero wherever the clean image is black (IG multiplies by x - baseline); from grey it is not
+    background = r1["x"][0, 0] == 0
+    assert r1["attributions"]["ig/clean"][background].abs().max() == 0
+    assert r1["attributions"]["ig_grey/clean"][background].abs().max() > 0
     assert r1["attributions"]["ig/clean"].shape == (28, 28)
     assert list(r1["distortion"])[0] == "input" and "logits" in r1["distortion"]
     r2 = explorer.compute("standard", "PGD Linf", 0.3, 10, 0)
@@ -43,6 +48,18 @@ def test_widget_reacts_to_slider_and_controls(explorer):
     n = explorer.computed
     explorer.w_eps.value = 0.3                                 # back to the first value: cached
     assert explorer.w_summary.value == first and explorer.computed == n
+    # PGD L2 has its own slider, in L2 units (the Linf slider's 0.5 would be a negligible L2 budget)
+    explorer.w_attack.value = "PGD L2"
+    assert explorer.w_eps.layout.display == "none" and explorer.w_eps_l2.layout.display is None
+    assert explorer.l2_max == round(0.5 * 28 / 4, 2) and explorer.w_eps_l2.max == explorer.l2_max
+    key_eps = explorer.w_eps_l2.value
+    explorer.w_eps_l2.value = 0.0
+    assert "attack FAILED" in explorer.w_summary.value
+    explorer.w_attack.value = "PGD Linf"
+    assert explorer.w_eps.layout.display is None and explorer.w_eps_l2.layout.display == "none" and key_eps > 1
+    # the widget prints the summary once, above the figure (no figure title repeating it)
+    fig = explorer.figure(explorer.compute("standard", "PGD Linf", 0.3, 10, 0), title=None)
+    assert fig._suptitle is None
     explorer.w_attack.value = "PGD L2"                         # a new attack and a new eps: two new results
     explorer.w_eps.value = 0.5
     assert explorer.computed == n + 2
