@@ -55,13 +55,16 @@ def migrate(rec: dict) -> bool:
                 and any(re.fullmatch(r"pgd40(x\d+)?(_linf)?", a) for a in rec.get("attacks", [])):
             rec["attacks"] = [a + "@0.01" if re.fullmatch(r"pgd40(x\d+)?(_linf)?", a) else a for a in rec["attacks"]]
             rec["attack_repr"] = "per-example worst case of " + " + ".join(rec["attacks"])
+            rec["migrated"] = NOTE
+            changed = True
         elif _ran_at_step_001(rec):
             rec["attack"] = _PGD40.sub(lambda m: (m.group(1) or "") + m.group(2) + "@0.01", rec["attack"])
-        else:
-            return False
-        rec["migrated"] = NOTE
-        changed = True
-    if "command_as_run" not in rec and rec.get("command"):
+            rec["migrated"] = NOTE
+            changed = True
+    same_call = (re.search(r"--eps 0\.3( |$)", str(rec.get("command", ""))) is not None
+                 and "--norm l2" not in str(rec.get("command", "")))       # another attack of a call that ran pgd40
+    if "command_as_run" not in rec and rec.get("command") and ("migrated" in rec or same_call) \
+            and _new_command(rec["command"]) != rec["command"]:
         rec["command_as_run"] = rec["command"]
         rec["command"] = _new_command(rec["command"])
         rec["migrated"] = NOTE
