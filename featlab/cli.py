@@ -81,7 +81,7 @@ def _classifier_ref(text: str) -> str:
         name = _pretrained_name(text.split(":", 1)[1])
         if pretrained.info(name)["kind"] != "classifier":
             raise argparse.ArgumentTypeError(f"{text} is a denoiser; a shipped classifier is needed: "
-                                             f"{[k for k in pretrained.available() if pretrained.info(k)['kind'] == 'classifier']}")
+                                             f"{pretrained.available('classifier')}")
         return text
     return _run_folder(text)
 

@@ -43,9 +43,10 @@ def manifest(path: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
-def available() -> list[str]:
-    """Names of the shipped models (aliases resolve to them: see ``ALIASES``)."""
-    return sorted(manifest())
+def available(kind: str | None = None) -> list[str]:
+    """Names of the shipped models (aliases resolve to them: see ``ALIASES``); ``kind`` "classifier" or
+    "denoiser" keeps those."""
+    return sorted(k for k, e in manifest().items() if kind is None or e["kind"] == kind)
 
 
 def _entry(name: str, folder: Path) -> tuple[str, dict[str, Any]]:
@@ -178,7 +179,7 @@ def load_classifier(ref: str, device: str | torch.device = "cpu") -> tuple[nn.Mo
         entry = info(name)
         if entry["kind"] != "classifier":
             raise ValueError(f"ref: {ref} is a denoiser; a classifier is needed: "
-                             f"{[k for k in available() if info(k)['kind'] == 'classifier']}")
+                             f"{available('classifier')}")
         return load(name, device), {k: entry[k] for k in ("dataset", "model", "method")}
     run = runs.load(ref, device)
     if run.config["method"] == "denoiser":
