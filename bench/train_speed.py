@@ -29,7 +29,7 @@ from featlab.train import PGDAT, Standard, Trainer
 
 from _timing import interleaved_medians
 
-BATCH = {"mnist_resnet": 128, "mnist_cnn": 128, "preact_resnet18": 64, "resnet18": 64}
+BATCH = {"mnist_resnet": 128, "mnist_cnn": 128, "preact_resnet18": 64, "resnet18": 64, "cifar_airnet": 128, "resnet20": 128}
 PATHS = {"fp32_nchw": dict(precision="fp32", memory_format="contiguous"),
          "fast": dict(precision="auto", memory_format="auto")}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -32,7 +33,7 @@ from .checklist import checklist, report_checks
 from .evaluate import audit, preprocessing_defense
 from .metrics import accuracy, robust_accuracy
 from .results import device_description, record, result_name, write_result
-from .train import AFD, DenoiserObjective, Trainer, create_objective
+from .train import AFD, DenoiserObjective, Trainer, create_objective, triangle_schedule
 
 
 # --------------------------------------------------------------------------- flag checks (before any loading)
@@ -165,7 +166,9 @@ def cmd_train(a: argparse.Namespace) -> None:
                             game=not a.afd_no_game)
         else:
             kwargs: dict[str, Any] = {}
-            if a.method == "pgd_at":
+            if a.method == "standard":
+                kwargs = dict(label_smoothing=a.label_smoothing)
+            elif a.method == "pgd_at":
                 kwargs = dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, eps_start=a.eps_start,
                               ramp_epochs=a.ramp_epochs, attack=a.train_attack)
             elif a.method == "trades":
@@ -184,13 +187,19 @@ def cmd_train(a: argparse.Namespace) -> None:
     else:
         opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=not a.no_nesterov)
     sched = None
-    if a.milestones:
+    if a.lr_schedule == "triangle":
+        steps = math.ceil(len(y) / a.batch_size)
+        warmup = a.warmup_epochs if a.warmup_epochs is not None else a.epochs / 5
+        sched = triangle_schedule(opt, a.epochs * steps, round(warmup * steps))
+    elif a.milestones:
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=a.milestones, gamma=0.1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"dataset": dataset, "model": a.model if a.method != "denoiser" else f"{a.denoiser}_denoiser",
               "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config(),
-              "optimizer": a.optimizer, "lr": a.lr,
+              "optimizer": a.optimizer, "lr": a.lr, "lr_schedule": a.lr_schedule,
+              **({"warmup_epochs": a.warmup_epochs if a.warmup_epochs is not None else a.epochs / 5}
+                 if a.lr_schedule == "triangle" else {"milestones": a.milestones}),
               **({"nesterov": False} if a.optimizer == "sgd" and a.no_nesterov else {}), "batch_size": a.batch_size, "limit": a.limit,
               "command": a.command, "device": device_description(device),
               "world_size": distributed.world_size(), "sync_batchnorm": a.sync_bn, **extra}
@@ -200,6 +209,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     augment = data.cifar_augment if dataset.startswith("cifar") else None
     t0 = time.time()
     trainer = Trainer(model, objective, epochs=a.epochs, batch_size=a.batch_size, optimizer=opt, scheduler=sched,
+                      scheduler_interval="step" if a.lr_schedule == "triangle" else "epoch",
                       augment=augment, device=device, checkpoint=str(out / "checkpoint.pt"), seed=a.seed,
                       eval_attack=eval_attack, precision=a.precision, memory_format=a.memory_format,
                       sync_batchnorm=a.sync_bn)
@@ -443,7 +453,14 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--lr", type=_float_in(0.0, low_open=True), default=None,
                    help="learning rate (default: 1e-3 for adam, 0.1 for sgd and for afd's E+C, as in the AFD code)")
     t.add_argument("--weight-decay", type=_float_in(0.0), default=5e-4)
-    t.add_argument("--milestones", type=_int_at_least(1), nargs="*", default=[])
+    t.add_argument("--milestones", type=_int_at_least(1), nargs="*", default=[],
+                   help="epochs after which the LR drops 10x (the step schedule)")
+    t.add_argument("--lr-schedule", choices=["step", "triangle"], default="step",
+                   help="step: constant LR with --milestones drops; triangle: per-step one-cycle, linear up over "
+                        "--warmup-epochs then linear down to 0 (the fast CIFAR recipes)")
+    t.add_argument("--warmup-epochs", type=_float_in(0.0), default=None,
+                   help="triangle: epochs of linear warm-up (default: a fifth of --epochs)")
+    t.add_argument("--label-smoothing", type=_float_in(0.0, 1.0), default=0.0, help="standard: cross-entropy label smoothing")
     t.add_argument("--eps", type=_float_in(0.0), default=0.3)
     t.add_argument("--attack-steps", type=_int_at_least(1), default=10)
     t.add_argument("--step-size", type=_float_in(0.0, low_open=True), default=None, help="attack step (default 2.5 * eps / steps)")
@@ -579,6 +596,12 @@ def _check_flags(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.cmd == "train":
         if a.eps > 1:
             p.error(f"argument --eps: {a.eps:g} must be <= 1 (linf, pixel units)")
+        if a.lr_schedule == "triangle" and a.milestones:
+            p.error("argument --milestones: is for --lr-schedule step; triangle has no drops")
+        if a.warmup_epochs is not None and (a.lr_schedule != "triangle" or a.warmup_epochs > a.epochs):
+            p.error(f"argument --warmup-epochs: needs --lr-schedule triangle and at most --epochs {a.epochs}")
+        if a.label_smoothing and a.method != "standard":
+            p.error(f"argument --label-smoothing: is for --method standard (got {a.method})")
         if a.milestones and max(a.milestones) >= a.epochs:
             p.error(f"argument --milestones: {max(a.milestones)} must be < --epochs {a.epochs}")
         if a.method == "denoiser" and not a.classifier_run:

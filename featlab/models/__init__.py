@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import FeatureModel, L2Normalize, Normalize
+from .cifar import cifar_airnet, resnet20
 from .compose import Defended
 from .mnist import mnist_cnn, mnist_resnet, mnist_resnet18
 from .resnet import preact_resnet18, resnet18
@@ -21,6 +22,8 @@ MODELS: dict[str, tuple[Callable[..., FeatureModel], str]] = {
     "mnist_resnet18": (mnist_resnet18, "mnist"),
     "resnet18": (resnet18, "cifar10"),
     "preact_resnet18": (preact_resnet18, "cifar10"),
+    "cifar_airnet": (cifar_airnet, "cifar10"),
+    "resnet20": (resnet20, "cifar10"),
 }
 
 
@@ -41,4 +44,5 @@ def default_dataset(name: str) -> str:
 
 
 __all__ = ["Defended", "FeatureModel", "Normalize", "L2Normalize", "MODELS", "create", "default_dataset",
-           "mnist_cnn", "mnist_resnet", "mnist_resnet18", "resnet18", "preact_resnet18"]
+           "mnist_cnn", "mnist_resnet", "mnist_resnet18", "resnet18", "preact_resnet18",
+           "cifar_airnet", "resnet20"]

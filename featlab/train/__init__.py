@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from .afd import AFD, AFDGameWarning
 from .denoiser import DenoiserObjective
-from .loop import Trainer, train_classifier
+from .loop import Trainer, Triangle, train_classifier, triangle_schedule
 from .objectives import OBJECTIVES, TRADES, Objective, PGDAT, Standard, create_objective
 
 __all__ = ["AFD", "AFDGameWarning", "DenoiserObjective", "OBJECTIVES", "Objective", "PGDAT", "Standard", "TRADES",
-           "Trainer", "create_objective", "train_classifier"]
+           "Trainer", "Triangle", "create_objective", "train_classifier", "triangle_schedule"]

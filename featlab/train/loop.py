@@ -12,17 +12,43 @@ from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
 from .. import distributed
-from .._utils import (FastPath, check_labels, check_model_input, check_number, choose_fast_path, get_device,
+from .._utils import (FastPath, check_choice, check_labels, check_model_input, check_number, choose_fast_path, get_device,
                       inputs_checked)
 from ..attacks import PGD
 from ..metrics import accuracy, robust_accuracy
 from .objectives import Objective, Standard, create_objective
 
 
+class Triangle:
+    """The LR factor of a one-cycle ("triangle") schedule, per optimiser step: linear from ``start`` to
+    1 over ``warmup_steps``, then linear to 0 at ``total_steps`` (Smith 2018; the schedule of the fast
+    CIFAR recipes, e.g. airbench). A class, not a lambda, so checkpoints can hold and restore it."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, start: float = 0.0):
+        check_number("total_steps", total_steps, low=1, integer=True)
+        check_number("warmup_steps", warmup_steps, low=0, high=total_steps, integer=True)
+        check_number("start", start, low=0.0, high=1.0)
+        self.total_steps, self.warmup_steps, self.start = int(total_steps), int(warmup_steps), float(start)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.start + (1.0 - self.start) * step / self.warmup_steps
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
+
+
+def triangle_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                      start: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step one-cycle LR schedule (see :class:`Triangle`); give it to ``Trainer`` with
+    ``scheduler_interval="step"``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, Triangle(total_steps, warmup_steps, start))
+
+
 def _clone_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> Any:
     """A scheduler of the same class and settings as ``scheduler``, bound to ``optimizer``."""
     import copy
     import inspect
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and len(scheduler.lr_lambdas) == 1:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, copy.deepcopy(scheduler.lr_lambdas[0]))
     sig = inspect.signature(type(scheduler).__init__)
     kwargs = {}
     for name in list(sig.parameters)[2:]:           # skip self, optimizer
@@ -46,7 +72,9 @@ class Trainer:
         epochs: total epochs (default 1).
         batch_size: default 128.
         optimizer: a torch optimiser over the model's parameters (default Adam, lr 1e-3).
-        scheduler: an epoch-wise torch LR scheduler, stepped after each epoch (optional).
+        scheduler: a torch LR scheduler (optional), stepped after each epoch, or after each optimiser
+            step with ``scheduler_interval="step"`` (e.g. :func:`triangle_schedule`).
+        scheduler_interval: "epoch" (default) or "step".
         augment: callable applied to each training batch on the device (e.g.
             :func:`featlab.data.cifar_augment`), or None.
         device: "auto" (cuda > mps > cpu), or a device.
@@ -75,7 +103,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, objective: Objective | None = None, *, epochs: int = 1,
                  batch_size: int = 128, optimizer: torch.optim.Optimizer | None = None,
-                 scheduler: Any = None, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 scheduler: Any = None, scheduler_interval: str = "epoch", augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: str | torch.device | None = "auto", precision: str = "auto",
                  memory_format: str = "auto", checkpoint: str | None = None, resume: bool = True, seed: int = 0,
                  eval_attack: Callable[[nn.Module], Callable] | None = None, progress: bool = True,
@@ -84,6 +112,7 @@ class Trainer:
         check_number("batch_size", batch_size, low=1, integer=True)
         check_number("seed", seed, low=0, integer=True)
         check_number("log_every", log_every, low=1, integer=True)
+        check_choice("scheduler_interval", scheduler_interval, ("epoch", "step"))
         self.device = get_device(device)
         self.world_size, self.rank = distributed.world_size(), distributed.rank()
         self.shard_weight = 1.0               # this rank's share of the current global batch
@@ -100,6 +129,7 @@ class Trainer:
         self.epochs, self.batch_size, self.seed = int(epochs), int(batch_size), int(seed)
         self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.scheduler, self.augment = scheduler, augment
+        self.scheduler_interval = scheduler_interval
         self.checkpoint, self.resume, self.progress = checkpoint, resume, progress
         self.eval_attack = eval_attack
         self.history: list[dict[str, float]] = []
@@ -178,6 +208,11 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.start_epoch = int(state["epoch"]) + 1
 
+    def _step_schedulers(self) -> None:
+        self.scheduler.step()
+        for sch in self.extra_schedulers.values():
+            sch.step()
+
     def _maybe_resume(self) -> None:
         from pathlib import Path
         distributed.barrier()            # rank 0 may still be writing it
@@ -242,6 +277,8 @@ class Trainer:
                     yb = y[idx].to(self.device, non_blocking=True)
                     xb = self.prepare_batch(xb)
                     logs = self.objective.train_step(xb, yb)
+                    if self.scheduler is not None and self.scheduler_interval == "step":
+                        self._step_schedulers()
                     for k, v in logs.items():
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
                     if callback is not None:
@@ -256,10 +293,8 @@ class Trainer:
                 record = {"epoch": epoch + 1, **{k: float(v) / n for k, v in sums.items()},
                           "lr": self.optimizer.param_groups[0]["lr"]}
                 record.update(self.objective.epoch_logs())
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                    for sch in self.extra_schedulers.values():
-                        sch.step()
+                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                    self._step_schedulers()
                 if eval_data is not None:          # sharded over the ranks by featlab.metrics
                     evaluated = self.objective.evaluation_model(self.model)
                     record["clean_acc"] = accuracy(evaluated, *eval_data)
