@@ -107,6 +107,44 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+# Threat-model defaults per dataset: Linf radii and budgets in pixel units (the notebooks' and the CLI's
+# common values: Madry et al.'s 0.3 on MNIST, 8/255 on CIFAR; L2 2.0 / 0.5). ``eps_max``: the explorer's
+# slider range; ``curve_eps``: an attack-success curve over eps; ``denoiser_eps_range``: the Linf radii a
+# denoiser trains on (a margin above ``eps``).
+_THREAT: dict[str, dict] = {
+    "mnist": dict(eps=0.3, eps_list=(0.1, 0.2, 0.3), l2_eps=2.0, eps_max=0.5,
+                  curve_eps=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4), denoiser_eps_range=(0.05, 0.35)),
+    "cifar10": dict(eps=8 / 255, eps_list=(2 / 255, 4 / 255, 8 / 255), l2_eps=0.5, eps_max=16 / 255,
+                    curve_eps=tuple(k / 255 for k in (0, 1, 2, 3, 4, 6, 8, 12, 16)),
+                    denoiser_eps_range=(2 / 255, 10 / 255)),
+}
+_THREAT["cifar100"] = _THREAT["cifar10"]
+
+
+def threat_defaults(dataset: str) -> dict:
+    """The usual threat model of ``dataset``, in pixel units: ``eps`` (the headline Linf radius: 0.3 on
+    MNIST, 8/255 on CIFAR), ``eps_list`` (a sweep up to it), ``l2_eps`` (2.0 / 0.5), ``eps_max`` (an
+    explorer's slider maximum), ``curve_eps`` (an attack-success curve) and ``denoiser_eps_range``
+    (the Linf radii a denoiser trains on). A fresh dict each call (lists where the values are lists).
+
+        >>> threat_defaults("cifar10")["eps"] * 255
+        8.0
+    """
+    check_choice("dataset", dataset, DATASETS)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in _THREAT[dataset].items()}
+
+
+def format_eps(eps: float, dataset: str, norm: str = "linf") -> str:
+    """An eps as people write it for ``dataset``: Linf budgets on CIFAR in /255 ("8/255", "2/255";
+    "0.5/255" for a fraction), everything else as a plain number ("0.3"; L2 "0.5")."""
+    check_choice("dataset", dataset, DATASETS)
+    check_choice("norm", norm, ("linf", "l2"))
+    eps = float(eps)
+    if dataset.startswith("cifar") and norm == "linf" and eps > 0:
+        return f"{eps * 255:.3g}/255"
+    return f"{eps:g}"
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data root: ``root`` if given, else ``$FEATLAB_DATA``, else ``~/.cache/featlab/data``."""
     if root is None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import distributed
+from . import data, distributed
 from ._utils import get_device
 
 #: what every record holds (accuracies in percent); :func:`write_result` refuses a record without them
@@ -110,8 +110,8 @@ def load(results_dir: str | os.PathLike = "results") -> list[dict[str, Any]]:
 
 
 def _fmt_eps(eps: float, dataset: str, norm: str) -> str:
-    if dataset.startswith("cifar") and norm == "linf" and eps > 0:
-        return f"{eps * 255:.3g}/255"
+    if dataset in data.DATASETS and norm in ("linf", "l2"):
+        return data.format_eps(eps, dataset, norm)
     return f"{eps:g}"
 
 
@@ -319,13 +319,15 @@ def recorded_sanity(records: list[dict[str, Any]], train_command: str, eps: floa
 
 
 def verdict(name: str, clean: float, robust: dict[str, float], checks: list[dict[str, Any]], eps: float,
-            n: int | None = None) -> str:
+            n: int | None = None, dataset: str | None = None) -> str:
     """A plain-language verdict on one defense.
 
     Args:
         robust: robust accuracy per attack or threat model at ``eps`` (e.g. {"pgd40": 95.1,
             "autoattack": 93.0} or {"oblivious": 28.0, "end-to-end": 3.0, "bpda": 11.0}).
         checks: the checklist of :func:`featlab.checklist.checklist` for this defense.
+        dataset: writes ``eps`` as that dataset's people do (:func:`featlab.data.format_eps`: 8/255 on
+            CIFAR); None: as a plain number.
     """
     failed = [c["check"] for c in checks if not c["passed"]]
     where = f" on {n} test images" if n else ""
@@ -338,7 +340,8 @@ def verdict(name: str, clean: float, robust: dict[str, float], checks: list[dict
     worst_name = min(white, key=white.get)
     worst = white[worst_name]
     passed = "; the checks pass" if checks else " (no checks were run: treat it as unverified)"
-    text = f"{name}: clean {clean:.1f}%, {worst:.1f}% under its strongest attack ({worst_name}) at eps {eps:g}{where}."
+    at = data.format_eps(eps, dataset) if dataset else f"{eps:g}"
+    text = f"{name}: clean {clean:.1f}%, {worst:.1f}% under its strongest attack ({worst_name}) at eps {at}{where}."
     if "oblivious" in robust and robust["oblivious"] > worst + 10:
         text += (f" It looks robust only to an attacker who ignores the defense (oblivious {robust['oblivious']:.1f}%); "
                  f"an attacker who sees the whole pipeline wins: do not report the oblivious number alone.")

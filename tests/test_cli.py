@@ -94,6 +94,11 @@ def _featlab(*args: str, timeout: float = 120):
     (["train", "--method", "trades", "--train-attack", "apgd-ce", "--out", "x"], "--train-attack"),
     (["train", "--method", "denoiser", "--out", "x"], "--classifier-run"),
     (["train", "--milestones", "3", "--epochs", "2", "--out", "x"], "--milestones"),
+    (["train", "--lr-schedule", "triangle", "--milestones", "1", "--epochs", "2", "--out", "x"], "--milestones"),
+    (["train", "--warmup-epochs", "1", "--epochs", "2", "--out", "x"], "--warmup-epochs"),
+    (["train", "--lr-schedule", "triangle", "--warmup-epochs", "3", "--epochs", "2", "--out", "x"], "--warmup-epochs"),
+    (["train", "--method", "pgd_at", "--label-smoothing", "0.1", "--out", "x"], "--label-smoothing"),
+    (["train", "--label-smoothing", "1.5", "--out", "x"], "--label-smoothing"),
     (["results", "--results-dir", "x"], "--results-dir"),
 ])
 def test_bad_flags_are_usage_errors_that_name_the_flag(args, flag, tmp_path):

@@ -51,3 +51,17 @@ def test_features_in_order_and_deep_first_request():
 
 def test_cifar100_head():
     assert models.create("preact_resnet18", num_classes=100)(torch.rand(1, 3, 32, 32)).shape == (1, 100)
+
+
+def test_cifar_cpu_models_size_and_shapes():
+    air = models.create("cifar_airnet").eval()
+    n_air = sum(p.numel() for p in air.parameters())
+    assert n_air * 4 < 5e6, "cifar_airnet's fp32 weights fit the 5 MB shipping limit"
+    assert air.embed(torch.rand(2, 3, 32, 32)).shape == (2, 192)
+    assert [n for n in air.tap_names] == ["stem", "block1", "block2", "block3", "pool", "embedding", "logits"]
+    f = air.features(torch.rand(1, 3, 32, 32), layers=["block1", "block3"])
+    assert f["block1"].shape[-1] == 16 and f["block3"].shape[-1] == 4
+    r20 = models.create("resnet20")
+    assert 0.26e6 < sum(p.numel() for p in r20.parameters()) < 0.28e6, "ResNet-20 has He et al.'s 0.27 M parameters"
+    with pytest.raises(ValueError, match="widths: four positive"):
+        models.create("cifar_airnet", widths=(32, 64, 0, 192))

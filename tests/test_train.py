@@ -269,3 +269,44 @@ def test_pgd_at_with_apgd_ce_trains_inside_the_ball_and_leaves_the_rng_alone():
     assert loss.requires_grad and logits.shape == (8, 3) and logs["eps"] == 0.1
     with pytest.raises(ValueError, match="attack: 'apgd-ce' trains in Linf only"):
         PGDAT(eps=0.5, attack="apgd-ce", norm="l2")
+
+
+def test_triangle_schedule_per_step_and_resumable(tmp_path):
+    from featlab.train import Triangle, triangle_schedule
+    tri = Triangle(total_steps=10, warmup_steps=4)
+    assert [round(tri(s), 3) for s in (0, 2, 4, 7, 10, 12)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+    with pytest.raises(ValueError, match="warmup_steps"):
+        Triangle(total_steps=10, warmup_steps=11)
+    x, y = _toy()
+
+    def trainer(name):
+        featlab.seed_everything(1)
+        m = tiny_model()
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        steps_per_epoch = -(-len(x) // 32)
+        return Trainer(m, Standard(label_smoothing=0.1), epochs=3, batch_size=32, optimizer=opt,
+                       scheduler=triangle_schedule(opt, 3 * steps_per_epoch, steps_per_epoch),
+                       scheduler_interval="step", device="cpu", progress=False, seed=7, checkpoint=str(tmp_path / name))
+    full = trainer("full.pt")
+    h = full.fit(x, y)
+    # stepped after every batch: the warm-up (one epoch) peaks at the end of epoch 1, then decays to 0
+    assert [r["lr"] for r in h] == pytest.approx([0.1, 0.05, 0.0])
+    part = trainer("part.pt")
+    part.fit(x, y, stop_after=1)
+    resumed = trainer("part.pt")
+    h_res = resumed.fit(x, y)
+    assert [r["loss"] for r in h_res] == [r["loss"] for r in h], "a resumed per-step schedule continues exactly"
+    with pytest.raises(ValueError, match="scheduler_interval"):
+        Trainer(tiny_model(), scheduler_interval="batch", device="cpu")
+
+
+def test_label_smoothing_is_the_objectives_and_checked():
+    logits = torch.tensor([[4.0, 0.0, 0.0]])
+    model = lambda x: logits  # noqa: E731
+    plain, _, _ = Standard().loss(model, None, torch.tensor([0]))
+    smooth, _, _ = Standard(label_smoothing=0.3).loss(model, None, torch.tensor([0]))
+    assert smooth > plain, "smoothing penalises a confident correct prediction"
+    assert Standard(label_smoothing=0.3).config() == {"name": "standard", "label_smoothing": 0.3}
+    assert Standard().config() == {"name": "standard"}
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Standard(label_smoothing=-0.1)
