@@ -14,7 +14,7 @@ from typing import Any
 
 from ._utils import choose_fast_path, cpu_has_native_bf16, get_device, seed_everything
 from . import (attacks, checklist, checkpoint, data, defenses, evaluate, metrics, models, nbtools, pretrained, probe,
-               results, runs, train)
+               recipes, results, runs, train)
 
 _LAZY = ("viz", "widgets")     # matplotlib and ipywidgets load on first use (``featlab.viz``), not on import
 
@@ -27,5 +27,5 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = ["attacks", "checklist", "checkpoint", "data", "defenses", "evaluate", "metrics", "models", "nbtools",
-           "pretrained", "probe", "results", "runs", "train", "viz", "widgets",
+           "pretrained", "probe", "recipes", "results", "runs", "train", "viz", "widgets",
            "get_device", "seed_everything", "choose_fast_path", "cpu_has_native_bf16", "__version__"]

@@ -6,6 +6,7 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from . import data
 from ._utils import eval_mode
 from .probe import Distortion
 
@@ -64,15 +65,19 @@ def plot_feature_grid(clean: torch.Tensor, perturbed: torch.Tensor, channels: in
     return fig
 
 
-def show_images(rows: Sequence[torch.Tensor], labels: Sequence[str], n: int = 8, fig=None):
-    """A grid of images, one row per tensor (N, C, H, W) in [0, 1]."""
-    fig = fig or plt.figure(figsize=(1.3 * n, 1.4 * len(rows)))
+def show_images(rows: Sequence[torch.Tensor], labels: Sequence[str], n: int = 8, fig=None,
+                titles: Sequence[str] | None = None):
+    """A grid of images, one row per tensor (N, C, H, W) in [0, 1] (grey or RGB); ``labels`` name the
+    rows, ``titles`` (optional) the first ``n`` columns, e.g. the class names of the images."""
+    fig = fig or plt.figure(figsize=(1.3 * n, 1.4 * len(rows) + (0.2 if titles is not None else 0)))
     axes = fig.subplots(len(rows), n, squeeze=False)
     for i, (imgs, lab) in enumerate(zip(rows, labels)):
         for j in range(n):
-            img = imgs[j].detach().cpu()
+            img = imgs[j].detach().cpu().clamp(0, 1)
             axes[i][j].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
             axes[i][j].set_xticks([]), axes[i][j].set_yticks([])
+            if i == 0 and titles is not None and j < len(titles):
+                axes[i][j].set_title(str(titles[j]), fontsize=8)
         axes[i][0].set_ylabel(lab)
     return fig
 
@@ -166,11 +171,14 @@ def plot_history(histories: Mapping[str, Sequence[Mapping[str, float]]], keys: S
     return fig
 
 
-def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title: str = "", label_prefix: str = ""):
+def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title: str = "", label_prefix: str = "",
+                    dataset: str | None = None):
     """Robust accuracy over eps, one line per ``row[by]`` (an attack, or a threat model).
 
     ``rows``: from :func:`featlab.evaluate.sweep` or :func:`featlab.evaluate.preprocessing_defense`;
     Linf rows above eps 0.5 (the checklist's "reaches ~0" point at 1.0) are left out of the plot.
+    ``dataset``: the eps ticks as that dataset writes them (:func:`featlab.data.format_eps`: 2/255,
+    4/255, 8/255 on CIFAR); None: plain numbers.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
@@ -182,6 +190,10 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label_prefix + name)
     ax.set_xlabel("eps (pixel units)")
+    if dataset is not None and groups:
+        ticks = sorted({p[0] for pts in groups.values() for p in pts})
+        ax.set_xticks(ticks, [data.format_eps(t, dataset) for t in ticks])
+        ax.set_xlabel("eps (Linf)")
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)

@@ -8,7 +8,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from ._utils import check_labels, check_model_input, check_number, eval_mode
+from . import data
+from ._utils import check_choice, check_labels, check_model_input, check_number, eval_mode
 from .attacks import PGD
 from .nbtools import running_unattended
 from .probe import compare, random_noise
@@ -38,11 +39,17 @@ class FeatureNoiseExplorer:
         eps_values: the slider's stops (Linf, pixel units).
         attack_steps: PGD steps (default 10).
         image_index: which image of the batch the feature grid shows (default 0).
+        dataset: writes eps as that dataset does (:func:`featlab.data.format_eps`: 8/255 on CIFAR);
+            None (default): plain numbers.
     """
 
     def __init__(self, models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
-                 eps_values: Sequence[float], attack_steps: int = 10, image_index: int = 0, seed: int = 0):
+                 eps_values: Sequence[float], attack_steps: int = 10, image_index: int = 0, seed: int = 0,
+                 dataset: str | None = None):
         _check_models_and_data(models, x, y)
+        if dataset is not None:
+            check_choice("dataset", dataset, data.DATASETS)
+        self.dataset = dataset
         self.models, self.x, self.y = dict(models), x, y
         if isinstance(eps_values, (str, bytes)) or not isinstance(eps_values, Sequence) or not eps_values:
             raise ValueError(f"eps_values: a non-empty list of numbers in [0, 1] is needed, got {eps_values!r}")
@@ -58,6 +65,9 @@ class FeatureNoiseExplorer:
             shapes = {k: v.dim() for k, v in first.features(x[:1].to(model_device(first))).items()}
         self.spatial_taps = [k for k, d in shapes.items() if d == 4]
         self._cache: dict[float, dict] = {}
+
+    def eps_label(self, eps: float) -> str:
+        return data.format_eps(eps, self.dataset) if self.dataset else f"{eps:.3g}"
 
     def compute(self, eps: float) -> dict:
         """{model: {"distortion": {set: Distortion}, "x_adv": tensor}} for one eps (cached)."""
@@ -84,7 +94,7 @@ class FeatureNoiseExplorer:
             for s, d in r["distortion"].items():
                 curves[f"{name}: {s}"] = d
                 styles[f"{name}: {s}"] = {"linestyle": "-" if s == "adversarial" else "--", "color": f"C{i}"}
-        plot_distortion(curves, ax=ax, styles=styles, title=f"relative L2 distortion, eps = {eps:.3g}")
+        plot_distortion(curves, ax=ax, styles=styles, title=f"relative L2 distortion, eps = {self.eps_label(eps)}")
         name0 = next(iter(self.models))
         m = self.models[name0]
         i = self.image_index
@@ -108,7 +118,7 @@ class FeatureNoiseExplorer:
     def widget(self):
         import ipywidgets as w
         from IPython.display import display
-        slider = w.SelectionSlider(options=[(f"{e:.3g}", e) for e in self.eps_values], value=self.eps_values[0],
+        slider = w.SelectionSlider(options=[(self.eps_label(e), e) for e in self.eps_values], value=self.eps_values[0],
                                    description="eps", continuous_update=False)
         taps = w.Dropdown(options=self.spatial_taps, value=self.spatial_taps[-1], description="tap")
         out = w.Output()
@@ -150,17 +160,27 @@ class AttackExplorer:
     Args:
         models: name -> classifier on [0, 1] images (featlab models, ``Defended`` pipelines...).
         x, y: candidate images (N, C, H, W) in [0, 1] and labels (N,).
-        classes: class names (default "0".."K-1").
-        eps_max: slider maximum in pixel units (0.5 for MNIST; CIFAR: 16/255, shown in /255).
+        classes: class names (default: the dataset's, else "0".."K-1").
+        eps_max: slider maximum in pixel units (default: the dataset's, 0.5 for MNIST, 16/255 for CIFAR,
+            shown in /255; 0.5 without a dataset).
         l2_max: maximum of the L2 slider, shown for "PGD L2" (default: ``eps_max * sqrt(pixels) / 4``,
             3.5 on MNIST, 0.87 on CIFAR-10, around the usual budgets of 2 and 0.5).
         cache_size: results kept (default 256).
+        dataset: "mnist", "cifar10"...: the defaults of ``classes`` and ``eps_max``, eps written as the
+            dataset does (:func:`featlab.data.format_eps`) and the eps slider starting at its usual
+            budget (:func:`featlab.data.threat_defaults`); None (default): plain numbers, slider at 0.3.
     """
 
     def __init__(self, models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
-                 classes: Sequence[str] | None = None, eps_max: float = 0.5, cache_size: int = 256,
-                 ig_steps: int = 32, l2_max: float | None = None):
+                 classes: Sequence[str] | None = None, eps_max: float | None = None, cache_size: int = 256,
+                 ig_steps: int = 32, l2_max: float | None = None, dataset: str | None = None):
         _check_models_and_data(models, x, y)
+        if dataset is not None:
+            check_choice("dataset", dataset, data.DATASETS)
+            classes = classes if classes is not None else data.info(dataset).classes
+            eps_max = eps_max if eps_max is not None else data.threat_defaults(dataset)["eps_max"]
+        eps_max = 0.5 if eps_max is None else eps_max
+        self.dataset = dataset
         check_number("eps_max", eps_max, low=0.0, low_open=True, high=1.0)
         check_number("cache_size", cache_size, low=1, integer=True)
         check_number("ig_steps", ig_steps, low=1, integer=True)
@@ -173,10 +193,17 @@ class AttackExplorer:
         if l2_max is not None:
             check_number("l2_max", l2_max, low=0.0, low_open=True)
         self.l2_max = float(l2_max) if l2_max is not None else round(self.eps_max * x[0].numel() ** 0.5 / 4, 2)
-        self.in_255 = eps_max < 0.2            # CIFAR-style budgets read better in /255
+        self.in_255 = eps_max < 0.2 or bool(dataset and dataset.startswith("cifar"))  # CIFAR budgets read in /255
+        self.eps_default = data.threat_defaults(dataset)["eps"] if dataset else (8 / 255 if self.in_255 else 0.3)
         # a least-recently-used cache per (model, attack, eps, steps, image), one per explorer
         self._cached = functools.lru_cache(maxsize=cache_size)(self._compute)
         self.computed = 0                      # how many results were computed (not served from cache)
+
+    def eps_label(self, eps: float, attack: str = "PGD Linf") -> str:
+        """``eps`` as the dataset writes it (8/255 on CIFAR in Linf), or a plain number."""
+        if self.dataset and attack != "PGD L2":
+            return data.format_eps(eps, self.dataset)
+        return f"{eps:.3g}"
 
     # -- the work, without widgets (unit-testable) ------------------------------------------------
     def attack(self, model: nn.Module, name: str, eps: float, steps: int):
@@ -314,7 +341,7 @@ class AttackExplorer:
         scale = 255.0 if self.in_255 else 1.0
         self.w_model = w.Dropdown(options=list(self.models), description="model")
         self.w_attack = w.Dropdown(options=list(ATTACK_CHOICES), value="PGD Linf", description="attack")
-        self.w_eps = w.FloatSlider(value=round(min(0.3 * (1 if not self.in_255 else 8 / 255 / 0.3), self.eps_max) * scale, 3),
+        self.w_eps = w.FloatSlider(value=round(min(self.eps_default, self.eps_max) * scale, 3),
                                    min=0.0, max=self.eps_max * scale, step=(1.0 if self.in_255 else 0.01),
                                    description="eps" + (" (/255)" if self.in_255 else ""), continuous_update=False)
         self.w_eps.add_class("featlab-eps")
@@ -358,14 +385,17 @@ class AttackExplorer:
         name = model_name or next(iter(self.models))
         for eps in eps_values:
             res = self.compute(name, attack, eps, steps, index)
-            fig = self.figure(res, title=f"{name}, {attack}, eps {eps:.3g}: {self.summary(res)}")
+            fig = self.figure(res, title=f"{name}, {attack}, eps {self.eps_label(eps, attack)}: {self.summary(res)}")
             display(fig)
             plt.close(fig)
 
-    def show(self, static_eps: Sequence[float] = (0.1, 0.2, 0.3)) -> None:
-        """The live explorer in a notebook frontend; static figures for a few eps when unattended."""
+    def show(self, static_eps: Sequence[float] | None = None) -> None:
+        """The live explorer in a notebook frontend; static figures for a few eps when unattended
+        (``static_eps``, default the dataset's ``eps_list``, else 0.1, 0.2, 0.3)."""
         from IPython.display import display
         if running_unattended():
+            if static_eps is None:
+                static_eps = data.threat_defaults(self.dataset)["eps_list"] if self.dataset else (0.1, 0.2, 0.3)
             self.static(static_eps)
         else:
             display(self.widget())

@@ -57,7 +57,7 @@ def test_cifar_cpu_models_size_and_shapes():
     air = models.create("cifar_airnet").eval()
     n_air = sum(p.numel() for p in air.parameters())
     assert n_air * 4 < 5e6, "cifar_airnet's fp32 weights fit the 5 MB shipping limit"
-    assert air.embed(torch.rand(2, 3, 32, 32)).shape == (2, 192)
+    assert air.embed(torch.rand(2, 3, 32, 32)).shape == (2, 192) and air.embedding_dim == 192
     assert [n for n in air.tap_names] == ["stem", "block1", "block2", "block3", "pool", "embedding", "logits"]
     f = air.features(torch.rand(1, 3, 32, 32), layers=["block1", "block3"])
     assert f["block1"].shape[-1] == 16 and f["block3"].shape[-1] == 4

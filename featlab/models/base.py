@@ -58,6 +58,14 @@ class FeatureModel(nn.Module):
         self._check(x)
         return self.encoder(self.normalize(x))
 
+    @property
+    def embedding_dim(self) -> int:
+        """The width of the embedding: the input features of the head's first linear layer."""
+        for m in self.head.modules():
+            if isinstance(m, nn.Linear):
+                return m.in_features
+        raise AttributeError(f"embedding_dim: the head of {self.name or type(self).__name__} has no nn.Linear")
+
     def _check(self, x: torch.Tensor) -> None:
         """Every forward: the shape and dtype this model was built for. The values (finite, in [0, 1])
         too, except inside featlab's entry points, which check a batch once and then run many passes

@@ -81,7 +81,7 @@ class AFD(Objective):
             check_number(n, v, low=0.0, low_open=True)
         self.model, self.eps, self.steps, self.step_size = model, float(eps), int(steps), float(step_size)
         self.attack_name, self.loss_name = attack, loss
-        dim = model.head.in_features
+        dim = model.embedding_dim
         self.discriminator = ProjectionDiscriminator(dim, model.num_classes)
         self.optimizer_ec = torch.optim.SGD(model.parameters(), lr=lr_ec, momentum=momentum, weight_decay=weight_decay)
         self.optimizer_e = torch.optim.SGD(model.encoder.parameters(), lr=lr_e, momentum=momentum)
