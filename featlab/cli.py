@@ -144,6 +144,44 @@ def _denoiser_parts(a: argparse.Namespace, device: torch.device):
     return model, objective, ccfg
 
 
+def _classifier_parts(a: argparse.Namespace):
+    """The model and objective of a classifier run (every method but the denoiser)."""
+    dataset = a.dataset or models.default_dataset(a.model)
+    model = models.create(a.model, num_classes=data.info(dataset).num_classes)
+    if a.method == "afd":
+        objective = AFD(model, eps=a.eps, steps=a.attack_steps, step_size=a.step_size or 2.5 * a.eps / a.attack_steps,
+                        attack=a.train_attack, loss=a.afd_loss, lr_ec=a.lr, lr_e=a.lr_e, lr_d=a.lr_d,
+                        game=not a.afd_no_game)
+        return model, objective, dataset
+    kwargs: dict[str, Any] = {
+        "standard": lambda: dict(label_smoothing=a.label_smoothing),
+        "pgd_at": lambda: dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, eps_start=a.eps_start,
+                               ramp_epochs=a.ramp_epochs, attack=a.train_attack),
+        "trades": lambda: dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, beta=a.beta),
+    }[a.method]()
+    return model, create_objective(a.method, **kwargs), dataset
+
+
+def _optimizer(a: argparse.Namespace, model: torch.nn.Module, objective: Any) -> torch.optim.Optimizer:
+    if a.method == "afd":
+        return objective.optimizer_ec          # E + C: SGD as in the AFD code; the schedule applies to it
+    if a.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=a.lr)
+    return torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=a.weight_decay,
+                           nesterov=not a.no_nesterov)
+
+
+def _schedule(a: argparse.Namespace, opt: torch.optim.Optimizer, n_train: int) -> tuple[Any, str, dict[str, Any]]:
+    """(scheduler or None, the interval it steps at, what the run's config says about it)."""
+    if a.lr_schedule == "triangle":
+        steps = math.ceil(n_train / a.batch_size)
+        warmup = a.warmup_epochs if a.warmup_epochs is not None else a.epochs / 5
+        return (triangle_schedule(opt, a.epochs * steps, round(warmup * steps)), "step",
+                {"lr_schedule": "triangle", "warmup_epochs": warmup})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=a.milestones, gamma=0.1) if a.milestones else None
+    return sched, "epoch", {"lr_schedule": "step", "milestones": a.milestones}
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     seed_everything(a.seed)
     if a.method == "afd":
@@ -158,48 +196,17 @@ def cmd_train(a: argparse.Namespace) -> None:
         extra = {"classifier_run": a.classifier_run, "classifier_model": ccfg["model"],
                  "extractor_run": a.extractor_run or a.classifier_run, **model.config()}
     else:
-        dataset = a.dataset or models.default_dataset(a.model)
-        model = models.create(a.model, num_classes=data.info(dataset).num_classes)
-        if a.method == "afd":
-            objective = AFD(model, eps=a.eps, steps=a.attack_steps, step_size=a.step_size or 2.5 * a.eps / a.attack_steps,
-                            attack=a.train_attack, loss=a.afd_loss, lr_ec=a.lr, lr_e=a.lr_e, lr_d=a.lr_d,
-                            game=not a.afd_no_game)
-        else:
-            kwargs: dict[str, Any] = {}
-            if a.method == "standard":
-                kwargs = dict(label_smoothing=a.label_smoothing)
-            elif a.method == "pgd_at":
-                kwargs = dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, eps_start=a.eps_start,
-                              ramp_epochs=a.ramp_epochs, attack=a.train_attack)
-            elif a.method == "trades":
-                kwargs = dict(eps=a.eps, steps=a.attack_steps, step_size=a.step_size, beta=a.beta)
-            objective = create_objective(a.method, **kwargs)
+        model, objective, dataset = _classifier_parts(a)
     identity = {"dataset": dataset, "model": a.model if a.method != "denoiser" else f"{a.denoiser}_denoiser",
                 "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config()}
     _check_out_folder(Path(a.out), json.loads(json.dumps(identity)))     # before any data or file is touched
     x, y = data.load(dataset, "train", limit=a.limit, seed=a.seed)
     xt, yt = data.load(dataset, "test", limit=a.eval_n, seed=a.seed)
-    params = model.parameters()
-    if a.method == "afd":
-        opt = objective.optimizer_ec          # E + C: SGD as in the AFD code; the schedule applies to it
-    elif a.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=a.lr)
-    else:
-        opt = torch.optim.SGD(params, lr=a.lr, momentum=0.9, weight_decay=a.weight_decay, nesterov=not a.no_nesterov)
-    sched = None
-    if a.lr_schedule == "triangle":
-        steps = math.ceil(len(y) / a.batch_size)
-        warmup = a.warmup_epochs if a.warmup_epochs is not None else a.epochs / 5
-        sched = triangle_schedule(opt, a.epochs * steps, round(warmup * steps))
-    elif a.milestones:
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=a.milestones, gamma=0.1)
+    opt = _optimizer(a, model, objective)
+    sched, interval, schedule_config = _schedule(a, opt, len(y))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"dataset": dataset, "model": a.model if a.method != "denoiser" else f"{a.denoiser}_denoiser",
-              "method": a.method, "epochs": a.epochs, "seed": a.seed, "objective": objective.config(),
-              "optimizer": a.optimizer, "lr": a.lr, "lr_schedule": a.lr_schedule,
-              **({"warmup_epochs": a.warmup_epochs if a.warmup_epochs is not None else a.epochs / 5}
-                 if a.lr_schedule == "triangle" else {"milestones": a.milestones}),
+    config = {**identity, "optimizer": a.optimizer, "lr": a.lr, **schedule_config,
               **({"nesterov": False} if a.optimizer == "sgd" and a.no_nesterov else {}), "batch_size": a.batch_size, "limit": a.limit,
               "command": a.command, "device": device_description(device),
               "world_size": distributed.world_size(), "sync_batchnorm": a.sync_bn, **extra}
@@ -209,7 +216,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     augment = data.cifar_augment if dataset.startswith("cifar") else None
     t0 = time.time()
     trainer = Trainer(model, objective, epochs=a.epochs, batch_size=a.batch_size, optimizer=opt, scheduler=sched,
-                      scheduler_interval="step" if a.lr_schedule == "triangle" else "epoch",
+                      scheduler_interval=interval,
                       augment=augment, device=device, checkpoint=str(out / "checkpoint.pt"), seed=a.seed,
                       eval_attack=eval_attack, precision=a.precision, memory_format=a.memory_format,
                       sync_batchnorm=a.sync_bn)
