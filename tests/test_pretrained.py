@@ -53,6 +53,18 @@ def test_shipped_cifar_standard_model_reaches_90_percent():
     assert featlab.metrics.accuracy(model, x, y) >= 90.0, "issue 19: a CPU-trained standard CIFAR-10 model >= 90%"
 
 
+@needs_cifar10
+def test_shipped_cifar_fast_at_model_is_robust_at_8_255():
+    x, y = featlab.data.load("cifar10", "test", limit=200)
+    model = pretrained.load("cifar_airnet_fast_at")
+    clean = featlab.metrics.accuracy(model, x, y)
+    pgd = featlab.attacks.PGD(model, eps=8 / 255, steps=20, step_size=2.5 * (8 / 255) / 20)
+    robust = featlab.metrics.robust_accuracy(model, x, y, pgd, seed=0, progress=False)
+    # issue 19's bars (clean >= 70, PGD-20 >= 40 on 1,000 images), with room for 200 images' sampling noise
+    assert clean >= 70 and robust >= 36, (clean, robust)
+    assert robust < clean - 20, "8/255 is a real attack: robust well below clean"
+
+
 @needs_mnist
 def test_shipped_denoisers_sit_in_front_of_their_classifier():
     x, y = featlab.data.load("mnist", "test", limit=300)
