@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# lowest first: _utils -> data, models -> attacks -> metrics -> defenses -> train, recipes -> evaluate, checklist
+# lowest first: _utils -> data, models -> attacks -> metrics -> defenses -> train -> pretrained, recipes -> evaluate, checklist
 # -> results -> viz, widgets -> cli, runner
 LAYERS: list[tuple[str, ...]] = [
     ("_utils", "nbtools", "checkpoint", "distributed"),
@@ -21,8 +21,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("attacks",),
     ("metrics",),
     ("defenses",),
-    ("train", "runs", "recipes"),
-    ("pretrained",),
+    ("train", "runs"),
+    ("pretrained", "recipes"),
     ("evaluate", "checklist", "probe"),
     ("results",),
     ("viz", "widgets"),

@@ -190,3 +190,23 @@ def test_cifar_augment_keeps_shape_range():
     same = data.cifar_augment(x, pad=0)           # no room to shift: each image is x or its mirror
     for a, b in zip(same, x):
         assert torch.equal(a, b) or torch.equal(a, b.flip(2))
+
+
+def test_threat_defaults_and_eps_as_each_dataset_writes_it():
+    c, m = data.threat_defaults("cifar10"), data.threat_defaults("mnist")
+    assert c["eps"] == 8 / 255 and c["eps_list"] == [2 / 255, 4 / 255, 8 / 255] and c["l2_eps"] == 0.5
+    assert m["eps"] == 0.3 and m["eps_list"] == [0.1, 0.2, 0.3] and m["l2_eps"] == 2.0
+    for t in (c, m):
+        lo, hi = t["denoiser_eps_range"]
+        assert max(t["eps_list"]) == t["eps"] and lo < t["eps"] < hi and t["eps"] < t["eps_max"]
+        assert t["curve_eps"][0] == 0 and max(t["curve_eps"]) > t["eps"]
+    c["eps_list"].append(1.0)                                     # a fresh copy each call
+    assert data.threat_defaults("cifar10")["eps_list"] == [2 / 255, 4 / 255, 8 / 255]
+    assert [data.format_eps(e, "cifar10") for e in (2 / 255, 8 / 255, 0.5 / 255, 0.0314)] == \
+        ["2/255", "8/255", "0.5/255", "8.01/255"]
+    assert data.format_eps(0.3, "mnist") == "0.3" and data.format_eps(0.5, "cifar10", "l2") == "0.5"
+    assert data.format_eps(0, "cifar10") == "0"
+    with pytest.raises(ValueError, match="dataset"):
+        data.format_eps(0.3, "svhn")
+    with pytest.raises(ValueError, match="dataset"):
+        data.threat_defaults("svhn")

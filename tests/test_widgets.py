@@ -128,3 +128,41 @@ def test_explorer_settings_are_checked(trained_mnist, mnist_small, explorer):
         explorer.compute("standard", "PGD Linf", -0.1, 10, 0)
     with pytest.raises(ValueError, match="steps"):
         explorer.compute("standard", "PGD Linf", 0.1, 0, 0)
+
+
+def test_explorers_speak_the_dataset(trained_mnist, mnist_small):
+    """dataset="cifar10": class names, eps in /255 (slider, labels, titles), the slider at 8/255; "mnist" as before."""
+    import matplotlib.pyplot as plt
+    featlab.seed_everything(0)
+    air = featlab.models.create("cifar_airnet").eval()
+    x, y = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 8, 9])
+    ex = AttackExplorer({"air": air}, x, y, dataset="cifar10")
+    assert ex.classes == list(featlab.data.info("cifar10").classes) and ex.eps_max == 16 / 255 and ex.in_255
+    assert ex.eps_label(8 / 255) == "8/255" and ex.eps_label(0.5, "PGD L2") == "0.5"
+    ex.widget()
+    assert ex.w_eps.value == 8.0 and ex.w_eps.max == 16.0 and ex.w_eps.description == "eps (/255)"
+    assert ex.summary(ex.compute("air", "FGSM", 8 / 255, 1, 4)).startswith("label ship |")
+    plt.close("all")
+    _, _, xt, yt = mnist_small
+    mn = AttackExplorer({"m": trained_mnist}, xt[:4], yt[:4], dataset="mnist")
+    assert mn.eps_max == 0.5 and not mn.in_255 and mn.classes[3] == "3" and mn.eps_label(0.3) == "0.3"
+    fx = FeatureNoiseExplorer({"air": air}, x, y, [2 / 255, 8 / 255], attack_steps=1, dataset="cifar10")
+    slider = fx.widget().children[0].children[0]
+    assert [label for label, _ in slider.options] == ["2/255", "8/255"]
+    plt.close("all")
+    with pytest.raises(ValueError, match="dataset"):
+        AttackExplorer({"air": air}, x, y, dataset="svhn")
+
+
+def test_figures_and_verdicts_write_eps_per_dataset():
+    import matplotlib.pyplot as plt
+    from featlab import results, viz
+    rows = [{"attack": "pgd10", "eps": e, "robust_acc": 50.0 - 100 * e} for e in (2 / 255, 4 / 255, 8 / 255)]
+    ax = viz.plot_robustness(rows, dataset="cifar10")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2/255", "4/255", "8/255"]
+    fig = viz.show_images([torch.rand(8, 3, 32, 32)], ["clean"], titles=list("abcdefgh"))
+    assert fig.axes[0].get_title() == "a"
+    plt.close("all")
+    text = results.verdict("m", 90.0, {"pgd10": 40.0}, [], 8 / 255, n=100, dataset="cifar10")
+    assert "at eps 8/255 on 100 test images" in text
+    assert "at eps 0.3." in results.verdict("m", 99.0, {"pgd10": 90.0}, [], 0.3, dataset="mnist")

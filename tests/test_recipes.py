@@ -1,0 +1,66 @@
+"""featlab.recipes: the fast CIFAR recipe's schedule and defaults, the notebooks' live models, and the shipped
+model or a live one, never silently."""
+import math
+
+import pytest
+import torch
+
+import featlab
+from featlab import recipes
+from featlab.train import AFD
+
+
+@pytest.fixture
+def tiny_cifar():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+
+
+def test_fit_fast_cifar_schedule_and_small_data_defaults(tiny_cifar):
+    """64 images: batches of 32 (20 steps an epoch is asked for, 32 the floor), lr 0.4 * sqrt(32/500); the
+    per-step triangle peaks after epochs/5 and ends at 0."""
+    x, y = tiny_cifar
+    featlab.seed_everything(0)
+    model = featlab.models.create("cifar_airnet")
+    hist = recipes.fit_fast_cifar(model, x, y, epochs=2, device="cpu", progress=False)
+    peak = 0.4 * math.sqrt(32 / 500)
+    # 4 steps in all, warmup round(0.4 * 2) = 1 step: after epoch 1 (2 steps) the factor is (4 - 2) / (4 - 1)
+    assert hist[0]["lr"] == pytest.approx(peak * 2 / 3) and hist[1]["lr"] == 0.0
+    with pytest.raises(ValueError, match="epochs"):
+        recipes.fit_fast_cifar(model, x, y, epochs=0)
+
+
+def test_fit_fast_cifar_keeps_an_objectives_own_optimisers(tiny_cifar):
+    x, y = tiny_cifar
+    featlab.seed_everything(0)
+    model = featlab.models.create("cifar_airnet")
+    afd = AFD(model, eps=8 / 255, steps=1, step_size=10 / 255, lr_ec=0.05, lr_e=0.02, lr_d=0.03)
+    recipes.fit_fast_cifar(model, x, y, afd, epochs=1, batch_size=32, device="cpu", progress=False)
+    for opt, lr in ((afd.optimizer_ec, 0.05), (afd.optimizer_e, 0.02), (afd.optimizer_d, 0.03)):
+        group = opt.param_groups[0]
+        assert group["initial_lr"] == lr and group["lr"] == 0.0, "AFD's rates kept, the triangle applied to each"
+
+
+def test_train_live_builds_each_datasets_model(tiny_cifar):
+    x, y = tiny_cifar
+    model, hist = recipes.train_live("cifar10", x, y, "adversarial", epochs=1, device="cpu", progress=False)
+    assert model.name == "cifar_airnet" and not model.training and len(hist) == 1
+    for kwargs, match in ((dict(dataset="svhn"), "dataset"), (dict(method="trades"), "method")):
+        with pytest.raises(ValueError, match=match):
+            recipes.train_live(**{"dataset": "cifar10", "x": x, "y": y, "method": "standard", **kwargs})
+
+
+def test_shipped_or_trained_says_which(capsys):
+    trained = []
+
+    def train():
+        trained.append(1)
+        return torch.nn.Identity()
+    model, shipped = recipes.shipped_or_trained("mnist_cnn_standard", train)
+    assert shipped and not trained and model.name == "mnist_cnn"
+    assert "shipped mnist_cnn_standard: featlab train" in capsys.readouterr().out
+    model, shipped = recipes.shipped_or_trained("no_such_model", train)
+    assert not shipped and trained == [1] and isinstance(model, torch.nn.Identity)
+    assert "no_such_model is not shipped" in capsys.readouterr().out, "a missing model is never replaced silently"
+    model, shipped = recipes.shipped_or_trained("mnist_cnn_standard", train, use_shipped=False)
+    assert not shipped and trained == [1, 1] and capsys.readouterr().out == ""
