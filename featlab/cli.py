@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
@@ -33,7 +32,7 @@ from .checklist import checklist, report_checks
 from .evaluate import audit, preprocessing_defense
 from .metrics import accuracy, robust_accuracy
 from .results import device_description, record, result_name, write_result
-from .train import AFD, DenoiserObjective, Trainer, create_objective, triangle_schedule
+from .train import AFD, DenoiserObjective, Trainer, create_objective, triangle_schedule_for
 
 
 # --------------------------------------------------------------------------- flag checks (before any loading)
@@ -174,10 +173,8 @@ def _optimizer(a: argparse.Namespace, model: torch.nn.Module, objective: Any) ->
 def _schedule(a: argparse.Namespace, opt: torch.optim.Optimizer, n_train: int) -> tuple[Any, str, dict[str, Any]]:
     """(scheduler or None, the interval it steps at, what the run's config says about it)."""
     if a.lr_schedule == "triangle":
-        steps = math.ceil(n_train / a.batch_size)
-        warmup = a.warmup_epochs if a.warmup_epochs is not None else a.epochs / 5
-        return (triangle_schedule(opt, a.epochs * steps, round(warmup * steps)), "step",
-                {"lr_schedule": "triangle", "warmup_epochs": warmup})
+        sched, warmup = triangle_schedule_for(opt, a.epochs, n_train, a.batch_size, a.warmup_epochs)
+        return sched, "step", {"lr_schedule": "triangle", "warmup_epochs": warmup}
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=a.milestones, gamma=0.1) if a.milestones else None
     return sched, "epoch", {"lr_schedule": "step", "milestones": a.milestones}
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import data, models, pretrained
 from ._utils import check_choice, check_number, seed_everything
-from .train import PGDAT, Objective, Standard, Trainer, train_classifier, triangle_schedule
+from .train import PGDAT, Objective, Standard, Trainer, train_classifier, triangle_schedule_for
 
 LIVE_MODELS = {"mnist": "mnist_cnn", "cifar10": "cifar_airnet"}     # what train_live builds per dataset
 
@@ -66,9 +66,7 @@ def fit_fast_cifar(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                                     nesterov=True)
-    steps = math.ceil(len(x) / batch_size)
-    warmup = epochs / 5 if warmup_epochs is None else warmup_epochs
-    scheduler = triangle_schedule(optimizer, epochs * steps, round(warmup * steps))
+    scheduler, _ = triangle_schedule_for(optimizer, epochs, len(x), batch_size, warmup_epochs)
     trainer = Trainer(model, objective, epochs=epochs, batch_size=batch_size, optimizer=optimizer, scheduler=scheduler,
                       scheduler_interval="step", augment=data.cifar_augment, device=device, seed=seed,
                       eval_attack=eval_attack, progress=progress)

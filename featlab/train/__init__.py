@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from .afd import AFD, AFDGameWarning
 from .denoiser import DenoiserObjective
-from .loop import Trainer, Triangle, train_classifier, triangle_schedule
+from .loop import Trainer, Triangle, train_classifier, triangle_schedule, triangle_schedule_for
 from .objectives import OBJECTIVES, TRADES, Objective, PGDAT, Standard, create_objective
 
 __all__ = ["AFD", "AFDGameWarning", "DenoiserObjective", "OBJECTIVES", "Objective", "PGDAT", "Standard", "TRADES",
-           "Trainer", "Triangle", "create_objective", "train_classifier", "triangle_schedule"]
+           "Trainer", "Triangle", "create_objective", "train_classifier", "triangle_schedule",
+           "triangle_schedule_for"]

@@ -43,6 +43,15 @@ def triangle_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup
     return torch.optim.lr_scheduler.LambdaLR(optimizer, Triangle(total_steps, warmup_steps, start))
 
 
+def triangle_schedule_for(optimizer: torch.optim.Optimizer, epochs: int, n_train: int, batch_size: int,
+                          warmup_epochs: float | None = None) -> tuple[torch.optim.lr_scheduler.LambdaLR, float]:
+    """:func:`triangle_schedule` for ``epochs`` over ``n_train`` images in batches of ``batch_size``, the
+    warm-up ``warmup_epochs`` long (default a fifth of ``epochs``); returns (scheduler, warm-up epochs)."""
+    steps = math.ceil(n_train / batch_size)
+    warmup = epochs / 5 if warmup_epochs is None else warmup_epochs
+    return triangle_schedule(optimizer, epochs * steps, round(warmup * steps)), warmup
+
+
 def _clone_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> Any:
     """A scheduler of the same class and settings as ``scheduler``, bound to ``optimizer``."""
     import copy
