@@ -574,8 +574,10 @@ def main(argv: list[str] | None = None) -> None:
     _check_flags(p, a)
     if distributed.env_world_size() > 1 and os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")      # under torchrun rank 0 speaks (errors still reach stderr)
+    finished = False
     try:
         a.func(a)
+        finished = True
     except UsageError as err:
         if a.debug:
             raise
@@ -588,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(1)
     finally:
-        distributed.shutdown()
+        distributed.shutdown(clean=finished)
 
 
 def _check_flags(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:

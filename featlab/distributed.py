@@ -21,6 +21,7 @@ ends the job (torchrun stops the others) and one that hangs cannot hold the othe
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from typing import Iterable
 
@@ -86,9 +87,22 @@ def init(device: str | torch.device | None = "auto", timeout_s: float | None = N
     return dev
 
 
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group (a no-op outside torchrun).
+
+    ``clean=True`` (the work finished on this rank): wait for the other ranks first, and free what
+    still holds the group (a DDP wrapper in a reference cycle) while the interpreter is alive, so
+    no rank tears gloo down under a peer that is still talking to it, and no gloo worker thread is
+    destroyed during interpreter shutdown (both end a rank with SIGABRT, "terminate called without
+    an active exception"). ``clean=False`` (this rank failed): destroy at once; a barrier would
+    wait for ranks that may never come.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if clean and dist.get_world_size() > 1:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

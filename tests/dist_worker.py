@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--stop-after", type=int, default=None)
     a = p.parse_args()
+    finished = False
     try:
         if a.mode == "eval":
             run_eval(a.out)
@@ -80,8 +81,9 @@ def main() -> None:
             run_train(a.out, a.method, a.checkpoint, a.stop_after)
         else:
             run_fail(a.out)
+        finished = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(clean=finished)
 
 
 if __name__ == "__main__":
