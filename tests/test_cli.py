@@ -55,7 +55,7 @@ def test_eval_pretrained(tmp_path, capsys):
     assert set(recs) == {f"pretrained_mnist_resnet_afd_{a}_linf_eps{e}_n100.json"
                          for a in ("fgsm", "pgd5", "worst-case") for e in ("0.1", "0.3")}
     r = recs["pretrained_mnist_resnet_afd_pgd5_linf_eps0.3_n100.json"]
-    assert r["method"] == "afd" and r["epochs"] == 3 and r["weights"].startswith("featlab.pretrained:mnist_resnet_afd")
+    assert r["method"] == "afd" and r["epochs"] == 8 and r["weights"].startswith("featlab.pretrained:mnist_resnet_afd")
     assert r["train_command"].startswith("featlab train --model mnist_resnet --method afd")
     assert r["clean_acc"] >= 95 and 70 <= r["robust_acc"] <= r["clean_acc"]        # a robust model, not a toy
     dres = tmp_path / "den"
