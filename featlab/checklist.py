@@ -11,6 +11,8 @@ import warnings
 from typing import Any
 
 from .attacks import REGISTRY, GradientMaskingWarning, Spec, canonical_norm, parse
+from ._utils import check_choice
+from .data import DATASETS, format_eps
 
 
 def _spec(name: str) -> Spec | None:
@@ -35,7 +37,8 @@ def _row_key(r: dict[str, Any]) -> str:
 
 def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | None = None,
               large_eps: float | None = None, tol: float = 1.0, zero_tol: float = 5.0,
-              dead_tol: float = 50.0, n: int | None = None, gap_tol: float = 10.0) -> list[dict[str, Any]]:
+              dead_tol: float = 50.0, n: int | None = None, gap_tol: float = 10.0,
+              dataset: str | None = None) -> list[dict[str, Any]]:
     """Sanity checks after Carlini et al. 2019 ("On Evaluating Adversarial Robustness", arXiv 1902.06705).
 
     Works on rows of :func:`featlab.evaluate.sweep` (``attack``, ``eps``, ``robust_acc``) and, for
@@ -71,7 +74,12 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
 
     Comparisons allow ``tol`` points of slack, at least one image's worth (100 / ``n``) when the
     number of evaluated images ``n`` is given, so a single flipped image is not a failure.
+
+    ``dataset``: the details write eps as that dataset's people do (:func:`featlab.data.format_eps`:
+    "8/255" in Linf on CIFAR); None: as a plain number.
     """
+    if dataset is not None:
+        check_choice("dataset", dataset, DATASETS)
     if n:
         tol = max(tol, 100.0 / n)
     checks: list[dict[str, Any]] = []
@@ -90,6 +98,9 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
             norm_of[key] = canonical_norm(r.get("norm")) or (spec_of[key].norm if spec_of[key] else None)
     plain = {k: s for k, s in spec_of.items() if s is not None and not k.startswith("end-to-end ")}
 
+    def fe(e: float, key: str) -> str:      # an eps in a detail, in the unit of ``key``'s norm
+        return format_eps(e, dataset, norm_of.get(key) or "linf") if dataset else f"{e:g}"
+
     def uses_gradients_only(s: Spec) -> bool:       # FGSM, PGD, APGD: not Square, not AutoAttack (holds Square)
         return not s.kind.gradient_free and not any(m in REGISTRY and REGISTRY[m].gradient_free for m in s.kind.members)
 
@@ -98,7 +109,7 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         if len(eps_sorted) >= 2:
             rises = [(a, b) for a, b in zip(eps_sorted, eps_sorted[1:]) if curve[b] > curve[a] + tol]
             add(f"monotone in eps ({name})", not rises,
-                "ok" if not rises else "; ".join(f"{curve[a]:.1f}% at eps {a:g} -> {curve[b]:.1f}% at eps {b:g}"
+                "ok" if not rises else "; ".join(f"{curve[a]:.1f}% at eps {fe(a, name)} -> {curve[b]:.1f}% at eps {fe(b, name)}"
                                                  for a, b in rises))
     if large_eps is not None:
         at = {n: c[large_eps] for n, c in by_attack.items() if large_eps in c and n not in ("none", "oblivious")}
@@ -116,22 +127,22 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         if iterative:
             add("iterative attacks at least as strong as FGSM", not bad,
                 "ok" if not bad else "; ".join(f"{n} {by_attack[n][e]:.1f}% > {f} {by_attack[f][e]:.1f}% "
-                                               f"at eps {e:g}" for n, e in bad))
+                                               f"at eps {fe(e, f)}" for n, e in bad))
     for l2 in (False, True):
         group = sorted((k for k in steps_of if (plain[k].norm == "l2") == l2), key=steps_of.get)
         bad = []
         for weak, strong in zip(group, group[1:]):
             for e, acc in by_attack[strong].items():
                 if e in by_attack[weak] and acc > by_attack[weak][e] + tol:
-                    bad.append(f"{strong} {acc:.1f}% > {weak} {by_attack[weak][e]:.1f}% at eps {e:g}")
+                    bad.append(f"{strong} {acc:.1f}% > {weak} {by_attack[weak][e]:.1f}% at eps {fe(e, strong)}")
         if len(group) >= 2:
             add(f"more PGD steps/restarts do not raise accuracy{' (l2)' if l2 else ''}", not bad,
                 "ok" if not bad else "; ".join(bad))
     for aa in (k for k, s in plain.items() if s.kind.parameter_free):
-        bad = [f"{aa} {acc:.1f}% > {p} {by_attack[p][e]:.1f}% at eps {e:g}" for e, acc in by_attack[aa].items()
+        bad = [f"{aa} {acc:.1f}% > {p} {by_attack[p][e]:.1f}% at eps {fe(e, aa)}" for e, acc in by_attack[aa].items()
                for p in steps_of if plain[p].norm != "l2" and e in by_attack[p] and acc > by_attack[p][e] + tol]
         add(f"{aa} <= PGD", not bad, "ok" if not bad else "; ".join(bad))
-        far = [f"{p} {by_attack[p][e]:.1f}% vs {aa} {acc:.1f}% at eps {e:g}" for e, acc in sorted(by_attack[aa].items())
+        far = [f"{p} {by_attack[p][e]:.1f}% vs {aa} {acc:.1f}% at eps {fe(e, aa)}" for e, acc in sorted(by_attack[aa].items())
                for p in steps_of if plain[p].norm != "l2" and e in by_attack[p] and by_attack[p][e] > acc + gap_tol]
         if any(e in by_attack[p] for p in steps_of for e in by_attack[aa]):
             add(f"PGD not far weaker than {aa}", not far,
@@ -147,17 +158,17 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
                 compared = True
                 best = min(grad, key=grad.get)
                 if acc < grad[best] - tol:
-                    bad.append(f"{sq} {acc:.1f}% < {best} {grad[best]:.1f}% at eps {e:g}")
+                    bad.append(f"{sq} {acc:.1f}% < {best} {grad[best]:.1f}% at eps {fe(e, sq)}")
         if compared:
             add(f"gradient-free {sq} not stronger than gradient attacks", not bad, "ok" if not bad else "; ".join(bad))
     if "end-to-end" in by_attack and "oblivious" in by_attack:
         e2e, obl = by_attack["end-to-end"], by_attack["oblivious"]
-        bad = [f"end-to-end {e2e[e]:.1f}% > oblivious {obl[e]:.1f}% at eps {e:g}" for e in e2e
+        bad = [f"end-to-end {e2e[e]:.1f}% > oblivious {obl[e]:.1f}% at eps {fe(e, 'end-to-end')}" for e in e2e
                if e in obl and e2e[e] > obl[e] + tol]
         add("end-to-end <= oblivious", not bad, "ok" if not bad else "; ".join(bad))
     if "end-to-end" in by_attack and "bpda" in by_attack:
         e2e, bpda = by_attack["end-to-end"], by_attack["bpda"]
-        bad = [f"bpda {bpda[e]:.1f}% < end-to-end {e2e[e]:.1f}% at eps {e:g}" for e in e2e
+        bad = [f"bpda {bpda[e]:.1f}% < end-to-end {e2e[e]:.1f}% at eps {fe(e, 'end-to-end')}" for e in e2e
                if e in bpda and bpda[e] < e2e[e] - tol]
         add("end-to-end at least as strong as BPDA", not bad, "ok" if not bad else "; ".join(bad))
     # 10. attacks on the whole pipeline: an ensemble is at least as strong as end-to-end PGD, and a
@@ -173,15 +184,15 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
                 for e, acc in sorted(by_attack[key].items()):
                     best = min((c[e], k) for k, c in grads.items() if e in c)
                     if e > 0 and acc < best[0] - tol:
-                        bad.append(f"{key} {acc:.1f}% < {best[1]} {best[0]:.1f}% at eps {e:g}")
+                        bad.append(f"{key} {acc:.1f}% < {best[1]} {best[0]:.1f}% at eps {fe(e, key)}")
                 add(f"gradient-free {key} not stronger than gradient attacks through the pipeline", not bad,
                     "ok" if not bad else "; ".join(bad) + ": the pipeline's gradient misleads PGD")
             else:
-                bad = [f"{key} {acc:.1f}% > end-to-end PGD {e2e[e]:.1f}% at eps {e:g}"
+                bad = [f"{key} {acc:.1f}% > end-to-end PGD {e2e[e]:.1f}% at eps {fe(e, key)}"
                        for e, acc in sorted(by_attack[key].items()) if e in e2e and acc > e2e[e] + tol]
                 add(f"{key} <= end-to-end PGD", not bad, "ok" if not bad else "; ".join(bad))
                 if s.kind.parameter_free:
-                    far = [f"end-to-end PGD {e2e[e]:.1f}% vs {key} {acc:.1f}% at eps {e:g}"
+                    far = [f"end-to-end PGD {e2e[e]:.1f}% vs {key} {acc:.1f}% at eps {fe(e, key)}"
                            for e, acc in sorted(by_attack[key].items()) if e in e2e and e2e[e] > acc + gap_tol]
                     add(f"end-to-end PGD not far weaker than {key}", not far,
                         "ok" if not far else "; ".join(far) + f" (more than {gap_tol:g} points): PGD's gradient "

@@ -315,7 +315,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
     large = a.large_eps if a.large_eps is not None else (1.0 if a.norm == "linf" else None)
     large = None if large is not None and large <= 0 else large          # --large-eps 0: no such point
     report = audit(target.model, x, y, a.eps, attacks=tuple(a.attacks), norm=a.norm, large_eps=large or 0,
-                   batch_size=a.batch_size, seed=a.seed, label=target.label)
+                   batch_size=a.batch_size, seed=a.seed, label=target.label, dataset=target.config["dataset"])
     print(report["text"])
     sanity = {"passed": report["passed"], "checks": report["checks"]}
     for r in report["rows"] + report["worst_case"]:
@@ -355,7 +355,7 @@ def _eval_preprocessing(a: argparse.Namespace, target: EvalTarget, classifier: t
     rows = preprocessing_defense(target.model, classifier, x, y, a.eps, steps=spec.steps, step_size=spec.step_size, batch_size=a.batch_size,
                                  pipeline_attacks=[s.text for s in specs if s.kind.name != "pgd"], seed=a.seed)
     wall = round(time.time() - t1, 1)
-    checks = checklist([r for r in rows if r["threat_model"] != "none"], n=len(x))
+    checks = checklist([r for r in rows if r["threat_model"] != "none"], n=len(x), dataset=config["dataset"])
     checks.append({"check": "scope", "passed": True,
                    "detail": "threat-model checks (monotone, end-to-end <= oblivious, BPDA, attacks on the whole "
                              "pipeline); no FGSM/step/gradient checks; no EOT: the preprocessing is deterministic"})

@@ -152,9 +152,10 @@ def large_eps_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
 def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: list[float],
           attacks: tuple[str, ...] = ("fgsm", "pgd10", "pgd40", "pgd40x3"), norm: str = "linf",
           large_eps: float | None = None, batch_size: int = 500, seed: int = 0, progress: bool = True,
-          label: str = "", warn: bool = True) -> dict[str, Any]:
+          label: str = "", warn: bool = True, dataset: str | None = None) -> dict[str, Any]:
     """A sweep plus the checklist, run together: ``{"rows", "checks", "passed", "gradient_stats", "text",
     "worst_case"}`` (``worst_case``: :func:`per_example_worst_case` of the rows, per eps).
+    ``dataset``: the checklist writes eps in that dataset's unit (8/255 on CIFAR).
 
     ``large_eps`` (default 1.0 in Linf, the whole pixel box; 0 for none) is added for the strongest PGD
     so the "reaches ~0" check has its point. Failed checks raise a
@@ -166,7 +167,7 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: list[flo
     rows = sweep(model, x, y, list(attacks), eps_list, norm=norm, batch_size=batch_size, seed=seed, progress=progress)
     rows += large_eps_rows(model, x, y, list(attacks), eps_list, large_eps, norm, batch_size, seed, progress)
     stats = input_gradient_stats(model, x, y, batch_size)
-    checks = checklist(rows, stats, large_eps=large_eps, n=len(x))
+    checks = checklist(rows, stats, large_eps=large_eps, n=len(x), dataset=dataset)
     text = report_checks(checks, label=label, warn=warn)
     return {"rows": rows, "checks": checks, "passed": all(c["passed"] for c in checks), "gradient_stats": stats,
             "text": text, "worst_case": per_example_worst_case(rows)}

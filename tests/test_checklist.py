@@ -303,3 +303,18 @@ def test_square_through_the_pipeline_is_compared_with_gradient_only_attacks():
     assert not checks["gradient-free end-to-end square100 not stronger than gradient attacks through the pipeline"]
     pipe[0]["robust_acc"] = 70.0
     assert all(c["passed"] for c in checklist(pipe))
+
+
+def test_details_write_eps_in_the_datasets_unit():
+    """On CIFAR-10 a failed check names 8/255, as the reader set it, not 0.0313725; L2 stays a number."""
+    e = 8 / 255
+    rows = _rows({e: 50.0}) + _rows({e: 30.0}, "square") + _rows({2 / 255: 40.0, e: 45.0}, "pgd10")
+    rows += [{"attack": "pgd40_l2", "eps": 0.5, "norm": "l2", "robust_acc": 60.0},
+             {"attack": "pgd40_l2", "eps": 1.0, "norm": "l2", "robust_acc": 65.0}]
+    details = " ".join(c["detail"] for c in checklist(rows, dataset="cifar10") if not c["passed"])
+    assert "at eps 8/255" in details and "at eps 2/255" in details and "0.0313" not in details
+    assert "at eps 0.5 -> 65.0% at eps 1" in details          # the L2 curve: its own unit
+    plain = " ".join(c["detail"] for c in checklist(rows) if not c["passed"])
+    assert "at eps 0.0313725" in plain and "/255" not in plain
+    with pytest.raises(ValueError, match="dataset"):
+        checklist(rows, dataset="imagenet")
