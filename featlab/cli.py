@@ -14,9 +14,11 @@ model, whose record names its weights and the command that trained them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -314,8 +316,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
     t0 = time.time()
     large = a.large_eps if a.large_eps is not None else (1.0 if a.norm == "linf" else None)
     large = None if large is not None and large <= 0 else large          # --large-eps 0: no such point
+    partial = _partial_dir(a, target, len(x))
     report = audit(target.model, x, y, a.eps, attacks=tuple(a.attacks), norm=a.norm, large_eps=large or 0,
-                   batch_size=a.batch_size, seed=a.seed, label=target.label, dataset=target.config["dataset"])
+                   batch_size=a.batch_size, seed=a.seed, label=target.label, dataset=target.config["dataset"],
+                   resume_dir=partial)
     print(report["text"])
     sanity = {"passed": report["passed"], "checks": report["checks"]}
     for r in report["rows"] + report["worst_case"]:
@@ -324,6 +328,9 @@ def cmd_eval(a: argparse.Namespace) -> None:
         else:
             extra = {"attack_repr": repr(from_spec(r["attack"], target.model, r["eps"], norm=a.norm, seed=a.seed))}
         # "white-box" is the threat model (the attacker may see everything), also for Square, which uses no gradient
+        if r.get("resumed_batches"):     # an interrupted call's batches, read back (wall_s counts them)
+            extra["resumed_batches"] = r["resumed_batches"]
+            print(f"{r['attack']} at eps {r['eps']:g}: {r['resumed_batches']} batch(es) read back from {partial}")
         rec = record(base, threat_model="white-box", norm=r["norm"], eps=r["eps"], attack=r["attack"], **extra,
                      clean_acc=r["clean_acc"], robust_acc=r["robust_acc"], wall_s=r["wall_s"], sanity=sanity)
         if large is not None and r["eps"] == large and large not in a.eps:
@@ -331,7 +338,24 @@ def cmd_eval(a: argparse.Namespace) -> None:
         name = result_name(target.label, r["attack"], r["norm"], r["eps"], len(x))
         path = write_result(name, rec, a.results_dir)
         print(f"{name}: clean {r['clean_acc']:.2f}%  robust {r['robust_acc']:.2f}%  -> {path}")
+    _drop_partial(partial)
     print(f"eval wall {time.time() - t0:.1f}s")
+
+
+def _partial_dir(a: argparse.Namespace, target: EvalTarget, n: int) -> Path:
+    """Where ``featlab eval`` keeps the finished batches of every attack until its records are written:
+    the same command, interrupted (a killed AutoAttack), resumes from there
+    (:class:`featlab.metrics.BatchStore`; a batch of other weights or images is refused, never reused)."""
+    return Path(a.results_dir) / ".partial" / f"{target.label}_n{n}_seed{a.seed}"
+
+
+def _drop_partial(partial: Path) -> None:
+    """The records are written: the finished batches are no longer needed."""
+    distributed.barrier()
+    if distributed.is_main():
+        shutil.rmtree(partial, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            partial.parent.rmdir()           # .partial/ itself, once empty
 
 
 def _eval_preprocessing(a: argparse.Namespace, target: EvalTarget, classifier: torch.nn.Module, x: torch.Tensor,
@@ -352,8 +376,10 @@ def _eval_preprocessing(a: argparse.Namespace, target: EvalTarget, classifier: t
     if config["method"] == "denoiser":
         extra["denoiser"] = config.get("arch", "unet")
     t1 = time.time()
+    partial = _partial_dir(a, target, len(x))
     rows = preprocessing_defense(target.model, classifier, x, y, a.eps, steps=spec.steps, step_size=spec.step_size, batch_size=a.batch_size,
-                                 pipeline_attacks=[s.text for s in specs if s.kind.name != "pgd"], seed=a.seed)
+                                 pipeline_attacks=[s.text for s in specs if s.kind.name != "pgd"], seed=a.seed,
+                                 resume_dir=partial)
     wall = round(time.time() - t1, 1)
     checks = checklist([r for r in rows if r["threat_model"] != "none"], n=len(x), dataset=config["dataset"])
     checks.append({"check": "scope", "passed": True,
@@ -372,6 +398,7 @@ def _eval_preprocessing(a: argparse.Namespace, target: EvalTarget, classifier: t
         print(f"{r['threat_model']:>10s} {r['attack'].split()[0]:>12s} eps {r['eps']}: clean {r['clean_acc']:.2f}%  "
               f"robust {r['robust_acc']:.2f}%")
     print(f"-> {write_result(f'{target.label}_threat_models', records, a.results_dir)}")
+    _drop_partial(partial)
 
 
 def cmd_separability(a: argparse.Namespace) -> None:

@@ -11,7 +11,10 @@ The numbers come from :mod:`featlab.metrics`; records are written by :mod:`featl
 """
 from __future__ import annotations
 
+import os
+import re
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -20,14 +23,27 @@ from torch import nn
 from ._utils import check_labels, check_model_input, check_number
 from .attacks import BPDA, PGD, canonical_norm, from_spec, parse, strongest_pgd
 from .checklist import checklist, report_checks
-from .metrics import accuracy, input_gradient_stats, predict, robust_accuracy, robust_correct
+from .metrics import (BatchStore, accuracy, data_fingerprint, input_gradient_stats, predict, robust_accuracy,
+                      robust_correct, state_fingerprint)
 from .models import Defended
+
+
+def _stores(resume_dir: str | os.PathLike | None, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            **common: Any) -> Callable[..., BatchStore | None]:
+    """``store(name, **what)``: the :class:`~featlab.metrics.BatchStore` of one computation in
+    ``resume_dir/name``, keyed by ``what``, ``common``, the weights and the images; None without a
+    ``resume_dir``."""
+    if resume_dir is None:
+        return lambda name, **what: None
+    base = {**common, "model": state_fingerprint(model), "data": data_fingerprint(x, y)}
+    return lambda name, **what: BatchStore(Path(resume_dir) / re.sub(r"[^A-Za-z0-9_.@=-]+", "_", name),
+                                           {**base, **what})
 
 
 def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor,
                           eps_list: list[float], steps: int = 40, step_size: float | None = None,
                           batch_size: int = 500, progress: bool = True, pipeline_attacks: Sequence[str] = (),
-                          seed: int = 0) -> list[dict[str, Any]]:
+                          seed: int = 0, resume_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Accuracy of ``classifier(preprocess(x))`` under the three threat models, per eps (Linf PGD with
     ``steps`` steps of ``step_size``, default ``2.5 * eps / steps``: the spec "pgd<steps>[@<step_size>]").
 
@@ -41,6 +57,9 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
     with threat model "end-to-end" and that attack. EOT is not needed: every preprocessing here is
     deterministic.
 
+    ``resume_dir``: every attack's finished batches are kept there (:class:`~featlab.metrics.BatchStore`),
+    so the same call, interrupted, resumes where it stopped.
+
     Returns rows {"threat_model", "attack", "eps", "robust_acc", "clean_acc"} (accuracies in percent).
     """
     for spec in pipeline_attacks:
@@ -49,6 +68,7 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
                              f"allowed: autoattack, apgd, square, squareQ")
         from_spec(spec, classifier, 0.1, seed=seed)       # an unknown spec fails here, before any attack runs
     defended = Defended(preprocess, classifier)
+    store = _stores(resume_dir, defended, x, y, seed=seed, batch_size=batch_size)
     clean_def = accuracy(defended, x, y, batch_size)
     clean_cls = accuracy(classifier, x, y, batch_size)
     pgd_name = f"pgd{steps}" + (f"@{step_size:g}" if step_size is not None else "")   # its spec
@@ -62,12 +82,14 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
                 "end-to-end": (defended, pgd(defended), clean_def),
                 "bpda": (defended, BPDA(preprocess, classifier, eps=eps, steps=steps, step_size=a), clean_def)}
         for tm, (model, attack, clean) in runs.items():
-            acc = robust_accuracy(model, x, y, attack, batch_size, progress)
+            acc = robust_accuracy(model, x, y, attack, batch_size, progress,
+                                  resume=store(f"{tm}_{pgd_name}_eps{eps:g}", threat_model=tm, attack=pgd_name, eps=eps))
             rows.append({"threat_model": tm, "attack": f"bpda-{pgd_name}" if tm == "bpda" else pgd_name,
                          "eps": eps, "robust_acc": acc, "clean_acc": clean})
         for spec in pipeline_attacks:
             acc = robust_accuracy(defended, x, y, from_spec(spec, defended, eps, seed=seed), batch_size, progress,
-                                  seed=seed)
+                                  seed=seed, resume=store(f"pipeline_{spec}_eps{eps:g}", threat_model="end-to-end",
+                                                          attack=spec, eps=eps))
             rows.append({"threat_model": "end-to-end", "attack": spec, "eps": eps, "robust_acc": acc,
                          "clean_acc": clean_def})
     return rows
@@ -75,7 +97,7 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
 
 def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str] | dict[str, Callable],
           eps_list: list[float], norm: str = "linf", batch_size: int = 500, seed: int = 0,
-          progress: bool = True) -> list[dict[str, Any]]:
+          progress: bool = True, resume_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Robust accuracy of ``model`` for every attack at every eps.
 
     Args:
@@ -83,6 +105,10 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str]
             "autoattack", ...) or a dict name -> ``factory(model, eps) -> attack``.
         eps_list: radii in pixel units; eps 0 gives the clean accuracy.
         norm: "linf" or "l2" (spec strings ending in "_l2" are L2 whatever this says).
+        resume_dir: keep every attack's finished batches there (:class:`~featlab.metrics.BatchStore`):
+            the same call, interrupted, resumes where it stopped (an attack of a ``factory`` dict is
+            known by its name). A row that read batches back has ``resumed_batches``, and its
+            ``wall_s`` includes what they cost.
     Returns rows ``{"attack", "eps", "norm", "clean_acc", "robust_acc", "wall_s", "correct"}`` (percent;
     ``correct`` is the per-example bool tensor, same images for every attack: see
     :func:`per_example_worst_case`).
@@ -100,15 +126,22 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str]
             from_spec(a, model, max(eps_list) if norm == "linf" else 1.0, norm=norm, seed=seed)
     clean_ok = predict(model, x, batch_size) == y.cpu()
     clean = 100.0 * clean_ok.float().mean().item()
+    store = _stores(resume_dir, model, x, y, seed=seed, batch_size=batch_size)
     rows = []
     for name, factory in factories.items():
         for eps in eps_list:
             t0 = time.time()
             atk = None if eps == 0 else factory(model, eps)
-            ok = clean_ok if atk is None else robust_correct(model, x, y, atk, batch_size, progress, seed=seed)
-            rows.append({"attack": name, "eps": float(eps), "norm": canonical_norm(getattr(atk, "norm", None)) or norm,
-                         "clean_acc": clean, "robust_acc": 100.0 * ok.float().mean().item(),
-                         "wall_s": round(time.time() - t0, 2), "correct": ok})
+            row_norm = canonical_norm(getattr(atk, "norm", None)) or norm
+            resume = None if atk is None else store(f"{name}_{row_norm}_eps{eps:g}", attack=name, eps=float(eps),
+                                                    norm=row_norm)
+            ok = clean_ok if atk is None else robust_correct(model, x, y, atk, batch_size, progress, seed=seed,
+                                                             resume=resume)
+            row = {"attack": name, "eps": float(eps), "norm": row_norm, "clean_acc": clean,
+                   "robust_acc": 100.0 * ok.float().mean().item(), "wall_s": round(time.time() - t0, 2), "correct": ok}
+            if resume is not None and resume.reused:
+                row.update(resumed_batches=resume.reused, wall_s=round(row["wall_s"] + resume.reused_wall_s, 2))
+            rows.append(row)
     return rows
 
 
@@ -137,7 +170,7 @@ def per_example_worst_case(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def large_eps_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str], eps_list: list[float],
                    large_eps: float | None, norm: str = "linf", batch_size: int = 500, seed: int = 0,
-                   progress: bool = True) -> list[dict[str, Any]]:
+                   progress: bool = True, resume_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """The checklist's "reaches ~0" point: the strongest PGD of ``attacks`` (most steps x restarts,
     else PGD-100; with the rule's step size, whatever step the spec fixed) at ``large_eps``; [] when ``large_eps`` is None or already in ``eps_list``."""
     if large_eps is None or large_eps in eps_list:
@@ -146,16 +179,19 @@ def large_eps_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     strongest = parse(strongest_pgd(attacks) or "pgd100")
     spec = (f"pgd{strongest.steps}" + (f"x{strongest.restarts}" if strongest.restarts > 1 else "")
             + (f"_{strongest.norm}" if strongest.norm else ""))     # the rule's step at large_eps, not a fixed one
-    return sweep(model, x, y, [spec], [large_eps], norm=norm, batch_size=batch_size, seed=seed, progress=progress)
+    return sweep(model, x, y, [spec], [large_eps], norm=norm, batch_size=batch_size, seed=seed, progress=progress,
+                 resume_dir=resume_dir)
 
 
 def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: list[float],
           attacks: tuple[str, ...] = ("fgsm", "pgd10", "pgd40", "pgd40x3"), norm: str = "linf",
           large_eps: float | None = None, batch_size: int = 500, seed: int = 0, progress: bool = True,
-          label: str = "", warn: bool = True, dataset: str | None = None) -> dict[str, Any]:
+          label: str = "", warn: bool = True, dataset: str | None = None,
+          resume_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """A sweep plus the checklist, run together: ``{"rows", "checks", "passed", "gradient_stats", "text",
     "worst_case"}`` (``worst_case``: :func:`per_example_worst_case` of the rows, per eps).
-    ``dataset``: the checklist writes eps in that dataset's unit (8/255 on CIFAR).
+    ``dataset``: the checklist writes eps in that dataset's unit (8/255 on CIFAR). ``resume_dir``: as
+    in :func:`sweep` (an interrupted audit resumes at its first unfinished batch).
 
     ``large_eps`` (default 1.0 in Linf, the whole pixel box; 0 for none) is added for the strongest PGD
     so the "reaches ~0" check has its point. Failed checks raise a
@@ -164,8 +200,10 @@ def audit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: list[flo
     if large_eps is None and norm == "linf":
         large_eps = 1.0
     large_eps = large_eps or None
-    rows = sweep(model, x, y, list(attacks), eps_list, norm=norm, batch_size=batch_size, seed=seed, progress=progress)
-    rows += large_eps_rows(model, x, y, list(attacks), eps_list, large_eps, norm, batch_size, seed, progress)
+    rows = sweep(model, x, y, list(attacks), eps_list, norm=norm, batch_size=batch_size, seed=seed, progress=progress,
+                 resume_dir=resume_dir)
+    rows += large_eps_rows(model, x, y, list(attacks), eps_list, large_eps, norm, batch_size, seed, progress,
+                           resume_dir=resume_dir)
     stats = input_gradient_stats(model, x, y, batch_size)
     checks = checklist(rows, stats, large_eps=large_eps, n=len(x), dataset=dataset)
     text = report_checks(checks, label=label, warn=warn)

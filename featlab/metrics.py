@@ -6,13 +6,18 @@ shared out and the results gathered, identically to one process.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import checkpoint, distributed
 from ._utils import check_labels, check_model_input, check_number, eval_mode, inputs_checked, model_device
 from .attacks import Attack, canonical_norm
 
@@ -92,16 +97,74 @@ def _same_forward(attack_model: nn.Module, model: nn.Module) -> bool:
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    batch_size: int = 500, progress: bool = True, early_exit: bool = True, seed: int = 0) -> float:
+                    batch_size: int = 500, progress: bool = True, early_exit: bool = True, seed: int = 0,
+                    resume: BatchStore | None = None) -> float:
     """Accuracy in percent on ``attack(x, y)``: the mean of :func:`robust_correct`."""
-    ok = robust_correct(model, x, y, attack, batch_size, progress, early_exit, seed)
+    ok = robust_correct(model, x, y, attack, batch_size, progress, early_exit, seed, resume=resume)
     return 100.0 * ok.float().mean().item()
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (names, dtypes, shapes, values): which weights ran."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    """sha256 of the images and labels: which images ran."""
+    h = hashlib.sha256()
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class BatchStore:
+    """The finished batches of one :func:`robust_correct` computation on disk, so that an interrupted
+    evaluation (a killed AutoAttack on 1,000 images) resumes at the first batch it had not finished.
+
+    Each batch is written atomically (:func:`featlab.checkpoint.save`; loaded with weights only) to
+    ``directory/batchNNNNN.pt`` with ``key``: what was computed (attack, eps, norm, seed, batch size,
+    the images' and the weights' fingerprints). A batch file whose key differs is refused with a
+    ``ValueError``: a result is never reused for another model, attack or image set. Batches are seeded
+    by their index (:func:`featlab.distributed.batch_seed`), so a resumed result is the result an
+    uninterrupted call gives.
+    """
+
+    def __init__(self, directory: str | os.PathLike, key: dict[str, Any]):
+        self.directory = Path(directory)
+        self.key = json.dumps(key, sort_keys=True, default=str)
+        self.reused = 0              # batches read back in this call
+        self.reused_wall_s = 0.0     # what they cost when they ran
+
+    def _path(self, b: int) -> Path:
+        return self.directory / f"batch{b:05d}.pt"
+
+    def get(self, b: int) -> torch.Tensor | None:
+        path = self._path(b)
+        if not path.exists():
+            return None
+        state = checkpoint.load(path)
+        if state.get("key") != self.key:
+            raise ValueError(f"resume: {path} holds another evaluation (its key differs: other weights, images, "
+                             f"attack or settings); delete {self.directory} or resume into another folder")
+        self.reused += 1
+        self.reused_wall_s += float(state["wall_s"])
+        return state["correct"]
+
+    def put(self, b: int, correct: torch.Tensor, wall_s: float) -> None:
+        checkpoint.save({"key": self.key, "correct": correct.cpu(), "wall_s": float(wall_s)}, self._path(b))
 
 
 def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                    batch_size: int = 500, progress: bool = True, early_exit: bool = True,
-                   seed: int = 0) -> torch.Tensor:
+                   seed: int = 0, resume: BatchStore | None = None) -> torch.Tensor:
     """Per example (N,) bool: correct both clean and on ``attack(x, y)``, attacking batch by batch in
     fp32 (any autocast around the call is switched off: see :func:`fp32`).
 
@@ -119,6 +182,9 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     is restored afterwards), so random starts do not depend on what ran before. Under torchrun the
     batches are dealt round-robin to the ranks and the result gathered: the same tensor, exactly,
     as one process computes (tests/test_distributed.py). Call it on every rank.
+
+    ``resume``: a :class:`BatchStore`; batches it holds are read back, every batch computed is written
+    to it as soon as it finishes (each rank writes its own).
     """
     check_model_input(model, x)
     check_labels(y, len(x), getattr(model, "num_classes", None))
@@ -131,6 +197,10 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     local: dict[int, torch.Tensor] = {}
     for b in tqdm(distributed.my_batches(n_batches), desc=f"robust acc ({name})", leave=False,
                   disable=not (progress and distributed.is_main())):
+        if resume is not None and (done := resume.get(b)) is not None:
+            local[b] = done
+            continue
+        t0 = time.perf_counter()
         xb = x[b * batch_size:(b + 1) * batch_size].to(device)
         yb = y[b * batch_size:(b + 1) * batch_size].to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), fp32(device), \
@@ -147,6 +217,8 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                getattr(attack, "norm", None), name)
             with eval_mode(model), torch.no_grad():
                 local[b] = (clean_ok & (model(x_adv).argmax(1) == yb)).cpu()
+        if resume is not None:
+            resume.put(b, local[b], time.perf_counter() - t0)
     parts = distributed.gather_batches(local, n_batches)
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
 

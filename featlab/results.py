@@ -180,7 +180,10 @@ def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
     checked = [r for r in recs if r.get("sanity")]
     if not checked:
         return "not run"
-    here = re.compile(rf"at eps {re.escape(f'{float(eps):g}')}(?![0-9])")      # 0.3 must not match 0.35
+    # a detail names eps as a number ("at eps 0.3") or in its dataset's unit ("at eps 8/255", see
+    # featlab.checklist.checklist(dataset=)); 0.3 must not match 0.35
+    forms = {f"{float(eps):g}"} | {_fmt_eps(eps, r.get("dataset", ""), r.get("norm", "linf")) for r in checked}
+    here = re.compile("at eps (?:" + "|".join(re.escape(f) for f in sorted(forms)) + r")(?![0-9.])")
     for r in checked:
         for c in r["sanity"].get("checks", []):
             detail = c.get("detail", "")
@@ -238,6 +241,37 @@ def worst_case_table(records: list[dict[str, Any]], dataset: str | None = None) 
     return "\n".join(lines)
 
 
+def _attack_order(name: str) -> tuple[int, str]:
+    order = ("fgsm", "pgd", "apgd", "square", "autoattack", "worst-case")
+    return next((i for i, p in reversed(list(enumerate(order))) if name.startswith(p)), len(order)), name
+
+
+def attack_table(records: list[dict[str, Any]], dataset: str, eps: float, n_eval: int, norm: str = "linf",
+                 min_attacks: int = 3) -> str:
+    """The classifiers evaluated on the same ``n_eval`` images at ``eps``, one row each, one column per
+    attack (white-box records; the checklist's large-eps point left out): the comparison of methods
+    with every attack side by side. Runs with fewer than ``min_attacks`` attacks there are left out;
+    "worst-case" is the per-image worst over the attacks of one ``featlab eval`` call. Returns "" when
+    no run qualifies."""
+    runs: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        if (r["dataset"] == dataset and r["threat_model"] == "white-box" and r["norm"] == norm
+                and r["n_eval"] == n_eval and _eps_key(r["eps"]) == _eps_key(eps) and not _is_sanity_point(r)):
+            runs[_model_key(r)][r["attack"]] = r
+    runs = {k: v for k, v in runs.items() if len(v) >= min_attacks}
+    if not runs:
+        return ""
+    attacks = sorted({a for v in runs.values() for a in v}, key=_attack_order)
+    lines = ["| run | method | epochs | clean | " + " | ".join(attacks) + " | sanity |",
+             "|---|---|---|---|" + "---|" * len(attacks) + "---|"]
+    for key, by in sorted(runs.items(), key=lambda kv: _run_name(next(iter(kv[1].values())))):
+        first = next(iter(by.values()))
+        cells = [f"{by[a]['robust_acc']:.1f}" if a in by else "" for a in attacks]
+        lines.append(f"| {_run_name(first)} | {first['method']} | {first.get('epochs', '')} | {first['clean_acc']:.1f} | "
+                     + " | ".join(cells) + f" | {_sanity_at(list(by.values()), eps)} |")
+    return "\n".join(lines)
+
+
 def render(records: list[dict[str, Any]], title: str = "featlab results") -> str:
     """The Markdown page: one table per (dataset, model, method) and a command list per table."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -254,6 +288,16 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
              "bound until a stronger attack settles it. Attacks run on n test images each; rows "
              "with different n use different (stratified) images.", "",
              worst_case_table(records), ""]
+    for dataset in sorted({r["dataset"] for r in records}):
+        if dataset not in data.DATASETS:
+            continue
+        eps, n = data.threat_defaults(dataset)["eps"], 1000
+        table = attack_table(records, dataset, eps, n)
+        if table:
+            lines += [f"## {dataset}: every attack on the same {n} test images at eps {_fmt_eps(eps, dataset, 'linf')}", "",
+                      "One row per trained classifier with at least three attacks on these images (white-box); the "
+                      "methods side by side. worst-case: per image, the worst over the attacks of one `featlab eval` "
+                      "call (as AutoAttack counts).", "", table, ""]
     for (dataset, model, method, _), recs in sorted(groups.items()):
         recs.sort(key=lambda r: (THREAT_ORDER.get(r["threat_model"], 9), r["norm"], r["attack"], r["eps"]))
         first = recs[0]

@@ -318,3 +318,38 @@ def test_details_write_eps_in_the_datasets_unit():
     assert "at eps 0.0313725" in plain and "/255" not in plain
     with pytest.raises(ValueError, match="dataset"):
         checklist(rows, dataset="imagenet")
+
+
+def test_a_failure_named_in_the_datasets_unit_counts_at_that_eps_only():
+    """CIFAR-10 records written with checklist(dataset="cifar10") name "8/255": the summary's sanity
+    column still finds the failure at 8/255, and not at 2/255."""
+    e8, e2 = 8 / 255, 2 / 255
+    failed = checklist(_rows({e2: 50.0, e8: 20.0}) + _rows({e2: 49.0, e8: 5.0}, "square"), dataset="cifar10")
+    sanity = {"passed": all(c["passed"] for c in failed), "checks": failed}
+    assert not sanity["passed"] and "at eps 8/255" in str(failed)
+    base = {"dataset": "cifar10", "model": "m", "method": "pgd_at", "norm": "linf", "n_eval": 1000, "clean_acc": 80.0,
+            "train_command": "featlab train --out runs/c", "sanity": sanity, "threat_model": "white-box",
+            "command": f"featlab eval --run runs/c --eps {e2} {e8}"}
+    recs = [{**base, "eps": e2, "attack": "pgd40", "robust_acc": 50.0},
+            {**base, "eps": e8, "attack": "pgd40", "robust_acc": 20.0}]
+    at = {round(w["eps"] * 255): w["sanity"] for w in featlab.results.worst_case(recs)}
+    assert at == {8: "FAIL", 2: "pass"}
+
+
+def test_attack_table_puts_methods_side_by_side_on_the_same_images():
+    base = {"dataset": "mnist", "model": "m", "norm": "linf", "n_eval": 1000, "threat_model": "white-box",
+            "clean_acc": 99.0, "epochs": 8, "command": "featlab eval --eps 0.3"}
+    recs = []
+    for run, method, accs in (("a", "afd", {"pgd40": 97.0, "apgd": 93.5, "autoattack": 92.8}),
+                              ("p", "pgd_at", {"pgd40": 97.3, "apgd": 94.8, "square": 93.9}),
+                              ("few", "trades", {"pgd40": 96.0, "apgd": 90.0})):       # two attacks: left out
+        recs += [{**base, "method": method, "train_command": f"featlab train --out runs/{run}", "eps": 0.3,
+                  "attack": k, "robust_acc": v} for k, v in accs.items()]
+    recs.append({**recs[0], "n_eval": 500, "robust_acc": 1.0})              # other images: not in this table
+    recs.append({**recs[0], "eps": 1.0, "attack": "pgd100", "robust_acc": 0.0, "role": "checklist large-eps point"})
+    table = featlab.results.attack_table(recs, "mnist", 0.3, 1000).splitlines()
+    assert table[0] == "| run | method | epochs | clean | pgd40 | apgd | square | autoattack | sanity |"
+    assert table[2] == "| a | afd | 8 | 99.0 | 97.0 | 93.5 |  | 92.8 | not run |"
+    assert table[3] == "| p | pgd_at | 8 | 99.0 | 97.3 | 94.8 | 93.9 |  | not run |"
+    assert len(table) == 4
+    assert featlab.results.attack_table(recs, "mnist", 0.1, 1000) == ""

@@ -95,3 +95,95 @@ def test_sweep_rows_carry_per_example_correctness(tiny):
     for r in rows:
         assert r["correct"].dtype == torch.bool and len(r["correct"]) == 12
         assert r["robust_acc"] == pytest.approx(100.0 * r["correct"].float().mean().item())
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
+    """A killed long evaluation (AutoAttack on 1,000 images) keeps its finished batches: the rerun
+    attacks only the rest and returns exactly the uninterrupted result; other weights are refused."""
+    from featlab.attacks import PGD
+    from featlab.evaluate import sweep
+    torch.manual_seed(0)
+    m = tiny_model()
+    x = torch.rand(50, 1, 8, 8)
+    y = m(x).argmax(1)
+    calls = []
+
+    def factory(stop_after=None):
+        def make(model, eps):
+            pgd = PGD(model, eps=eps, steps=5, step_size=eps / 2)
+
+            def attack(xb, yb):            # a plain callable: attacked batch by batch, each seeded by its index
+                if stop_after is not None and len(calls) == stop_after:
+                    raise _Interrupt
+                calls.append(len(xb))
+                return pgd(xb, yb)
+            return attack
+        return make
+
+    full = sweep(m, x, y, {"pgd": factory()}, [0.02], batch_size=10, progress=False)[0]
+    assert 0 < full["robust_acc"] < 100             # some fooled, some not: the comparison has content
+    calls.clear()
+    resume = tmp_path / "partial"
+    with pytest.raises(_Interrupt):
+        sweep(m, x, y, {"pgd": factory(stop_after=3)}, [0.02], batch_size=10, progress=False, resume_dir=resume)
+    assert len(list(resume.rglob("batch*.pt"))) == 3
+    calls.clear()
+    again = sweep(m, x, y, {"pgd": factory()}, [0.02], batch_size=10, progress=False, resume_dir=resume)[0]
+    assert len(calls) == 2 and again["resumed_batches"] == 3      # only the two unfinished batches ran
+    assert torch.equal(again["correct"], full["correct"]) and again["robust_acc"] == full["robust_acc"]
+    # the same folder, other weights: refused, naming the argument
+    with torch.no_grad():
+        m.head.weight.add_(0.01)
+    with pytest.raises(ValueError, match="resume: .* holds another evaluation"):
+        sweep(m, x, y, {"pgd": factory()}, [0.02], batch_size=10, progress=False, resume_dir=resume)
+
+
+def test_featlab_eval_reads_back_finished_batches_and_then_drops_them(tmp_path, capsys):
+    """featlab eval keeps each attack's finished batches under results/.partial until its records are
+    written, so the same command after a kill resumes; the record says how many batches it read back."""
+    from conftest import have_data
+    from featlab import cli
+    from featlab.evaluate import audit
+    if not have_data("mnist"):
+        pytest.skip("real MNIST not under FEATLAB_DATA")
+    args = ["eval", "--pretrained", "mnist_cnn_standard", "--attacks", "pgd5", "--eps", "0.1", "--n-eval", "60",
+            "--batch-size", "20", "--large-eps", "0"]
+    cli.main(args + ["--results-dir", str(tmp_path / "fresh")])
+    name = "pretrained_mnist_cnn_standard_pgd5_linf_eps0.1_n60.json"
+    fresh = json.loads((tmp_path / "fresh" / name).read_text())
+    assert not (tmp_path / "fresh" / ".partial").exists()
+    # an interrupted call: the same model, images and attack ran in the library, into the folder the CLI uses
+    model = featlab.pretrained.load("mnist_cnn_standard", "cpu")
+    x, y = featlab.data.load("mnist", "test", limit=60, seed=0)
+    partial = tmp_path / "resumed" / ".partial" / "pretrained_mnist_cnn_standard_n60_seed0"
+    audit(model, x, y, [0.1], attacks=("pgd5",), large_eps=0, batch_size=20, progress=False, warn=False,
+          resume_dir=partial)
+    assert len(list(partial.rglob("batch*.pt"))) == 3
+    cli.main(args + ["--results-dir", str(tmp_path / "resumed")])
+    rec = json.loads((tmp_path / "resumed" / name).read_text())
+    assert rec["resumed_batches"] == 3 and "batch(es) read back" in capsys.readouterr().out
+    assert (rec["clean_acc"], rec["robust_acc"]) == (fresh["clean_acc"], fresh["robust_acc"])
+    assert not (tmp_path / "resumed" / ".partial").exists()
+
+
+def test_preprocessing_defense_resumes_every_threat_model(tmp_path, monkeypatch):
+    from featlab import metrics
+    from featlab.defenses import create_control
+    from featlab.evaluate import preprocessing_defense
+    torch.manual_seed(0)
+    m = tiny_model()
+    x = torch.rand(30, 1, 8, 8)
+    y = m(x).argmax(1)
+    pre = create_control("median3")
+    first = preprocessing_defense(pre, m, x, y, [0.02], steps=3, batch_size=10, progress=False,
+                                  pipeline_attacks=["square20"], resume_dir=tmp_path)
+    # 4 threat models + Square on the pipeline, 3 batches each
+    assert len(list(tmp_path.rglob("batch*.pt"))) == 15
+    monkeypatch.setattr(metrics, "check_threat_model", lambda *a, **k: pytest.fail("an attack ran again"))
+    again = preprocessing_defense(pre, m, x, y, [0.02], steps=3, batch_size=10, progress=False,
+                                  pipeline_attacks=["square20"], resume_dir=tmp_path)
+    assert again == first
