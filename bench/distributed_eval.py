@@ -39,7 +39,7 @@ def worker(a: argparse.Namespace) -> None:
     if distributed.is_main():
         print(json.dumps({"robust_acc": 100.0 * ok.float().mean().item(), "eval_s": round(wall, 2),
                           "world_size": distributed.world_size(), "threads": torch.get_num_threads()}))
-    distributed.shutdown()
+    distributed.shutdown(clean=True)
 
 
 def launch(cmd: list[str], threads: int) -> dict:

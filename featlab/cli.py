@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -345,8 +346,12 @@ def cmd_eval(a: argparse.Namespace) -> None:
 def _partial_dir(a: argparse.Namespace, target: EvalTarget, n: int) -> Path:
     """Where ``featlab eval`` keeps the finished batches of every attack until its records are written:
     the same command, interrupted (a killed AutoAttack), resumes from there
-    (:class:`featlab.metrics.BatchStore`; a batch of other weights or images is refused, never reused)."""
-    return Path(a.results_dir) / ".partial" / f"{target.label}_n{n}_seed{a.seed}"
+    (:class:`featlab.metrics.BatchStore`; a batch of other weights or images is refused, never reused).
+    One folder per target, images and settings (attacks, eps, norm, batch size), so another command on
+    the same model neither reads nor deletes it."""
+    settings = json.dumps([a.attacks, a.eps, a.norm, a.batch_size, getattr(a, "large_eps", None)], default=str)
+    return (Path(a.results_dir) / ".partial"
+            / f"{target.label}_n{n}_seed{a.seed}_{hashlib.sha256(settings.encode()).hexdigest()[:10]}")
 
 
 def _drop_partial(partial: Path) -> None:

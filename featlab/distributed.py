@@ -87,7 +87,7 @@ def init(device: str | torch.device | None = "auto", timeout_s: float | None = N
     return dev
 
 
-def shutdown(clean: bool = True) -> None:
+def shutdown(*, clean: bool) -> None:
     """Leave the process group (a no-op outside torchrun).
 
     ``clean=True`` (the work finished on this rank): wait for the other ranks first, and free what
@@ -101,7 +101,7 @@ def shutdown(clean: bool = True) -> None:
         return
     if clean and dist.get_world_size() > 1:
         dist.barrier()
-    gc.collect()
+        gc.collect()
     dist.destroy_process_group()
 
 

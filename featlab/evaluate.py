@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._utils import check_labels, check_model_input, check_number
-from .attacks import BPDA, PGD, canonical_norm, from_spec, parse, strongest_pgd
+from .attacks import BPDA, PGD, Attack, canonical_norm, from_spec, parse, strongest_pgd
 from .checklist import checklist, report_checks
 from .metrics import (BatchStore, accuracy, data_fingerprint, input_gradient_stats, predict, robust_accuracy,
                       robust_correct, state_fingerprint)
@@ -35,9 +35,20 @@ def _stores(resume_dir: str | os.PathLike | None, model: nn.Module, x: torch.Ten
     ``resume_dir``."""
     if resume_dir is None:
         return lambda name, **what: None
-    base = {**common, "model": state_fingerprint(model), "data": data_fingerprint(x, y)}
+    import featlab
+    from .results import git_commit
+    base = {**common, "model": state_fingerprint(model), "data": data_fingerprint(x, y),
+            # the code that computed it: a batch from before a fix (or from another device) is not reused
+            "featlab": featlab.__version__, "commit": git_commit(), "torch": torch.__version__,
+            "device": next((t.device.type for t in model.state_dict().values()), "cpu")}
     return lambda name, **what: BatchStore(Path(resume_dir) / re.sub(r"[^A-Za-z0-9_.@=-]+", "_", name),
                                            {**base, **what})
+
+
+def _attack_key(attack: Any) -> str:
+    """An attack's settings, as its ``repr`` lists them (featlab's and the wrapped torchattacks' reprs are
+    deterministic); a plain callable is known by its name only."""
+    return repr(attack) if isinstance(attack, Attack) else getattr(attack, "__qualname__", type(attack).__name__)
 
 
 def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -82,14 +93,16 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
                 "end-to-end": (defended, pgd(defended), clean_def),
                 "bpda": (defended, BPDA(preprocess, classifier, eps=eps, steps=steps, step_size=a), clean_def)}
         for tm, (model, attack, clean) in runs.items():
-            acc = robust_accuracy(model, x, y, attack, batch_size, progress,
-                                  resume=store(f"{tm}_{pgd_name}_eps{eps:g}", threat_model=tm, attack=pgd_name, eps=eps))
+            acc = robust_accuracy(model, x, y, attack, batch_size, progress, seed=seed,
+                                  resume=store(f"{tm}_{pgd_name}_eps{eps:g}", threat_model=tm, eps=float(eps),
+                                               attack=_attack_key(attack)))
             rows.append({"threat_model": tm, "attack": f"bpda-{pgd_name}" if tm == "bpda" else pgd_name,
                          "eps": eps, "robust_acc": acc, "clean_acc": clean})
         for spec in pipeline_attacks:
-            acc = robust_accuracy(defended, x, y, from_spec(spec, defended, eps, seed=seed), batch_size, progress,
-                                  seed=seed, resume=store(f"pipeline_{spec}_eps{eps:g}", threat_model="end-to-end",
-                                                          attack=spec, eps=eps))
+            attack = from_spec(spec, defended, eps, seed=seed)
+            acc = robust_accuracy(defended, x, y, attack, batch_size, progress, seed=seed,
+                                  resume=store(f"pipeline_{spec}_eps{eps:g}", threat_model="end-to-end",
+                                               attack=_attack_key(attack), eps=float(eps)))
             rows.append({"threat_model": "end-to-end", "attack": spec, "eps": eps, "robust_acc": acc,
                          "clean_acc": clean_def})
     return rows
@@ -106,8 +119,10 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str]
         eps_list: radii in pixel units; eps 0 gives the clean accuracy.
         norm: "linf" or "l2" (spec strings ending in "_l2" are L2 whatever this says).
         resume_dir: keep every attack's finished batches there (:class:`~featlab.metrics.BatchStore`):
-            the same call, interrupted, resumes where it stopped (an attack of a ``factory`` dict is
-            known by its name). A row that read batches back has ``resumed_batches``, and its
+            the same call, interrupted, resumes where it stopped. The key holds the weights, the images,
+            the attack's settings (its ``repr``; a ``factory`` that returns a plain function is known by
+            its name and the function's name only), seed, batch size and the code (featlab version,
+            commit, torch, device). A row that read batches back has ``resumed_batches``, and its
             ``wall_s`` includes what they cost.
     Returns rows ``{"attack", "eps", "norm", "clean_acc", "robust_acc", "wall_s", "correct"}`` (percent;
     ``correct`` is the per-example bool tensor, same images for every attack: see
@@ -134,7 +149,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str]
             atk = None if eps == 0 else factory(model, eps)
             row_norm = canonical_norm(getattr(atk, "norm", None)) or norm
             resume = None if atk is None else store(f"{name}_{row_norm}_eps{eps:g}", attack=name, eps=float(eps),
-                                                    norm=row_norm)
+                                                    norm=row_norm, settings=_attack_key(atk))
             ok = clean_ok if atk is None else robust_correct(model, x, y, atk, batch_size, progress, seed=seed,
                                                              resume=resume)
             row = {"attack": name, "eps": float(eps), "norm": row_norm, "clean_acc": clean,

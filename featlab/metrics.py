@@ -105,8 +105,10 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def state_fingerprint(model: nn.Module) -> str:
-    """sha256 of a model's parameters and buffers (names, dtypes, shapes, values): which weights ran."""
-    h = hashlib.sha256()
+    """sha256 of what a model computes with: its class and ``repr`` (the settings kept outside the
+    weights: a control's ``bits``, a filter's size) and its parameters and buffers (names, dtypes,
+    shapes, values)."""
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}|{model!r}|".encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -139,20 +141,25 @@ class BatchStore:
     def __init__(self, directory: str | os.PathLike, key: dict[str, Any]):
         self.directory = Path(directory)
         self.key = json.dumps(key, sort_keys=True, default=str)
-        self.reused = 0              # batches read back in this call
+        self.reused = 0              # batches read back in this call (on this rank)
         self.reused_wall_s = 0.0     # what they cost when they ran
+        # every batch already there is checked now, on every rank, before any attack runs: a folder of
+        # another evaluation is refused at once and by all ranks together, not by one rank halfway through
+        self._done: dict[int, dict[str, Any]] = {}
+        for path in sorted(self.directory.glob("batch*.pt")) if self.directory.is_dir() else ():
+            state = checkpoint.load(path)
+            if state.get("key") != self.key:
+                raise ValueError(f"resume_dir: {path} holds another evaluation (other weights, images, attack, "
+                                 f"settings or code); delete {self.directory} (rm -r) or resume into another folder")
+            self._done[int(path.stem[len("batch"):])] = state
 
     def _path(self, b: int) -> Path:
         return self.directory / f"batch{b:05d}.pt"
 
     def get(self, b: int) -> torch.Tensor | None:
-        path = self._path(b)
-        if not path.exists():
+        state = self._done.get(b)
+        if state is None:
             return None
-        state = checkpoint.load(path)
-        if state.get("key") != self.key:
-            raise ValueError(f"resume: {path} holds another evaluation (its key differs: other weights, images, "
-                             f"attack or settings); delete {self.directory} or resume into another folder")
         self.reused += 1
         self.reused_wall_s += float(state["wall_s"])
         return state["correct"]
@@ -189,6 +196,9 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     check_model_input(model, x)
     check_labels(y, len(x), getattr(model, "num_classes", None))
     check_number("seed", seed, low=0, integer=True)
+    if resume is not None and not isinstance(resume, BatchStore):
+        raise TypeError(f"resume: a featlab.metrics.BatchStore or None, not {type(resume).__name__} "
+                        f"(sweep, audit and preprocessing_defense take a folder as resume_dir)")
     device = model_device(model)
     name = getattr(attack, "name", type(attack).__name__)
     tracked = (isinstance(attack, Attack) and attack.supports_early_exit
@@ -220,6 +230,10 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         if resume is not None:
             resume.put(b, local[b], time.perf_counter() - t0)
     parts = distributed.gather_batches(local, n_batches)
+    if resume is not None and distributed.is_distributed():     # every rank's read-back batches, not rank 0's
+        counts = distributed.all_reduce_sum(torch.tensor([float(resume.reused), resume.reused_wall_s],
+                                                         dtype=torch.float64, device=device))
+        resume.reused, resume.reused_wall_s = int(counts[0].item()), float(counts[1].item())
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
 
 

@@ -183,7 +183,7 @@ def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
     # a detail names eps as a number ("at eps 0.3") or in its dataset's unit ("at eps 8/255", see
     # featlab.checklist.checklist(dataset=)); 0.3 must not match 0.35
     forms = {f"{float(eps):g}"} | {_fmt_eps(eps, r.get("dataset", ""), r.get("norm", "linf")) for r in checked}
-    here = re.compile("at eps (?:" + "|".join(re.escape(f) for f in sorted(forms)) + r")(?![0-9.])")
+    here = re.compile("at eps (?:" + "|".join(re.escape(f) for f in sorted(forms)) + r")(?![0-9./])")
     for r in checked:
         for c in r["sanity"].get("checks", []):
             detail = c.get("detail", "")
@@ -251,23 +251,31 @@ def attack_table(records: list[dict[str, Any]], dataset: str, eps: float, n_eval
     """The classifiers evaluated on the same ``n_eval`` images at ``eps``, one row each, one column per
     attack (white-box records; the checklist's large-eps point left out): the comparison of methods
     with every attack side by side. Runs with fewer than ``min_attacks`` attacks there are left out;
-    "worst-case" is the per-image worst over the attacks of one ``featlab eval`` call. Returns "" when
-    no run qualifies."""
-    runs: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    "worst-case" is the per-image worst over the attacks of one ``featlab eval`` call. The images are
+    those of the records' ``seed`` (a run evaluated with two seeds gets a row per seed); an attack
+    evaluated twice there shows its lowest number. Returns "" when no run qualifies."""
+    runs: dict[tuple[str, Any], dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in records:
         if (r["dataset"] == dataset and r["threat_model"] == "white-box" and r["norm"] == norm
                 and r["n_eval"] == n_eval and _eps_key(r["eps"]) == _eps_key(eps) and not _is_sanity_point(r)):
-            runs[_model_key(r)][r["attack"]] = r
+            by = runs[(_model_key(r), r.get("seed", 0))]
+            if r["attack"] not in by or r["robust_acc"] < by[r["attack"]]["robust_acc"]:
+                by[r["attack"]] = r
     runs = {k: v for k, v in runs.items() if len(v) >= min_attacks}
     if not runs:
         return ""
     attacks = sorted({a for v in runs.values() for a in v}, key=_attack_order)
     lines = ["| run | method | epochs | clean | " + " | ".join(attacks) + " | sanity |",
              "|---|---|---|---|" + "---|" * len(attacks) + "---|"]
-    for key, by in sorted(runs.items(), key=lambda kv: _run_name(next(iter(kv[1].values())))):
+    seeds: dict[str, set] = defaultdict(set)
+    for model_key, seed in runs:
+        seeds[model_key].add(seed)
+    for (model_key, seed), by in sorted(runs.items(), key=lambda kv: (_run_name(next(iter(kv[1].values()))),
+                                                                      str(kv[0][1]))):
         first = next(iter(by.values()))
         cells = [f"{by[a]['robust_acc']:.1f}" if a in by else "" for a in attacks]
-        lines.append(f"| {_run_name(first)} | {first['method']} | {first.get('epochs', '')} | {first['clean_acc']:.1f} | "
+        name = _run_name(first) + (f" (seed {seed})" if len(seeds[model_key]) > 1 else "")
+        lines.append(f"| {name} | {first['method']} | {first.get('epochs', '')} | {first['clean_acc']:.1f} | "
                      + " | ".join(cells) + f" | {_sanity_at(list(by.values()), eps)} |")
     return "\n".join(lines)
 

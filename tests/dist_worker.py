@@ -2,6 +2,7 @@
 
     python tests/dist_worker.py eval OUT
     python tests/dist_worker.py train OUT --method standard|afd [--checkpoint P] [--stop-after K]
+    python tests/dist_worker.py resume OUT --resume-dir DIR
     python tests/dist_worker.py fail OUT
 
 Rank 0 (or the single process) saves what it computed to OUT with torch.save.
@@ -57,6 +58,18 @@ def run_train(out: str, method: str, checkpoint: str | None, stop_after: int | N
                     "discriminator": extra}, out)
 
 
+def run_resume(out: str, resume_dir: str) -> None:
+    """PGD-10 on 200 images in 4 batches, keeping (and reading back) finished batches in resume_dir."""
+    from featlab.evaluate import sweep
+    distributed.init("cpu")
+    model = featlab.pretrained.load("mnist_cnn_pgd_at", "cpu")
+    x, y = featlab.data.load("mnist", "test", limit=200)
+    [row] = sweep(model, x, y, ["pgd10"], [0.3], batch_size=50, progress=False, seed=3, resume_dir=resume_dir)
+    if distributed.is_main():
+        torch.save({"world_size": distributed.world_size(), "correct": row["correct"],
+                    "resumed": row.get("resumed_batches", 0)}, out)
+
+
 def run_fail(out: str) -> None:
     distributed.init("cpu", timeout_s=60)
     if distributed.rank() == 1:
@@ -67,11 +80,12 @@ def run_fail(out: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["eval", "train", "fail"])
+    p.add_argument("mode", choices=["eval", "train", "resume", "fail"])
     p.add_argument("out")
     p.add_argument("--method", default="standard", choices=["standard", "afd"])
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--stop-after", type=int, default=None)
+    p.add_argument("--resume-dir", default=None)
     a = p.parse_args()
     finished = False
     try:
@@ -79,6 +93,8 @@ def main() -> None:
             run_eval(a.out)
         elif a.mode == "train":
             run_train(a.out, a.method, a.checkpoint, a.stop_after)
+        elif a.mode == "resume":
+            run_resume(a.out, a.resume_dir)
         else:
             run_fail(a.out)
         finished = True

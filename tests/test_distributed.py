@@ -95,6 +95,21 @@ def test_resume_under_torchrun(tmp_path):
         assert torch.equal(resumed["model"][k], v), k
 
 
+def test_an_evaluation_interrupted_in_one_process_resumes_under_torchrun(tmp_path):
+    """Batches kept by one process, two of four lost (the kill): two ranks read back the rest, attack
+    the lost ones, and gather the single process's result exactly; the count covers both ranks."""
+    d = tmp_path / "partial"
+    ok(single(WORKER, "resume", str(tmp_path / "s.pt"), "--resume-dir", str(d)))
+    files = sorted(d.rglob("batch*.pt"))
+    assert len(files) == 4
+    for f in files[1:3]:
+        f.unlink()
+    ok(torchrun(WORKER, "resume", str(tmp_path / "d.pt"), "--resume-dir", str(d)))
+    s, r = torch.load(tmp_path / "s.pt"), torch.load(tmp_path / "d.pt")
+    assert (s["world_size"], r["world_size"], s["resumed"], r["resumed"]) == (1, 2, 0, 2)
+    assert torch.equal(r["correct"], s["correct"]) and 0 < int(s["correct"].sum()) < 200
+
+
 def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
     p = torchrun(WORKER, "fail", str(tmp_path / "never.pt"), timeout=240)
     assert p.returncode != 0

@@ -7,7 +7,7 @@ import torch
 import featlab
 from featlab.results import RESULT_KEYS, write_result
 from featlab.metrics import accuracy, robust_accuracy
-from conftest import tiny_model
+from conftest import needs_mnist, tiny_model
 
 
 def test_accuracy_counts_exactly():
@@ -138,31 +138,58 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     # the same folder, other weights: refused, naming the argument
     with torch.no_grad():
         m.head.weight.add_(0.01)
-    with pytest.raises(ValueError, match="resume: .* holds another evaluation"):
+    with pytest.raises(ValueError, match="resume_dir: .* holds another evaluation"):
         sweep(m, x, y, {"pgd": factory()}, [0.02], batch_size=10, progress=False, resume_dir=resume)
+    assert calls == [10, 10], "refused before any attack ran"
+    with pytest.raises(TypeError, match="resume: a featlab.metrics.BatchStore"):
+        featlab.metrics.robust_correct(m, x, y, lambda a, b: a, resume=str(resume))
 
 
-def test_featlab_eval_reads_back_finished_batches_and_then_drops_them(tmp_path, capsys):
+def test_a_resume_key_tells_settings_kept_outside_the_weights_apart(tmp_path):
+    """bits2 and bits4 have no weights: the key still tells them apart (their repr), and so do two PGD
+    attacks that differ in steps only."""
+    from featlab.defenses import create_control
+    from featlab.evaluate import preprocessing_defense, sweep
+    from featlab.metrics import state_fingerprint
+    torch.manual_seed(0)
+    m = tiny_model()
+    x = torch.rand(20, 1, 8, 8)
+    y = m(x).argmax(1)
+    two, four = (featlab.models.Defended(create_control(c), m) for c in ("bits2", "bits4"))
+    assert state_fingerprint(two) != state_fingerprint(four)
+    preprocessing_defense(create_control("bits2"), m, x, y, [0.02], steps=2, batch_size=10, progress=False,
+                          resume_dir=tmp_path / "p")
+    with pytest.raises(ValueError, match="holds another evaluation"):
+        preprocessing_defense(create_control("bits4"), m, x, y, [0.02], steps=2, batch_size=10, progress=False,
+                              resume_dir=tmp_path / "p")
+    pgd = lambda steps: {"pgd": lambda model, eps: featlab.attacks.PGD(model, eps=eps, steps=steps)}  # noqa: E731
+    sweep(m, x, y, pgd(2), [0.02], batch_size=10, progress=False, resume_dir=tmp_path / "s")
+    with pytest.raises(ValueError, match="holds another evaluation"):
+        sweep(m, x, y, pgd(3), [0.02], batch_size=10, progress=False, resume_dir=tmp_path / "s")
+
+
+@needs_mnist
+def test_featlab_eval_reads_back_finished_batches_and_then_drops_them(tmp_path, capsys, monkeypatch):
     """featlab eval keeps each attack's finished batches under results/.partial until its records are
-    written, so the same command after a kill resumes; the record says how many batches it read back."""
-    from conftest import have_data
+    written, so the same command after a kill resumes; the record says how many batches it read back.
+    Another command on the same model uses its own folder, and leaves this one alone."""
     from featlab import cli
-    from featlab.evaluate import audit
-    if not have_data("mnist"):
-        pytest.skip("real MNIST not under FEATLAB_DATA")
     args = ["eval", "--pretrained", "mnist_cnn_standard", "--attacks", "pgd5", "--eps", "0.1", "--n-eval", "60",
             "--batch-size", "20", "--large-eps", "0"]
     cli.main(args + ["--results-dir", str(tmp_path / "fresh")])
     name = "pretrained_mnist_cnn_standard_pgd5_linf_eps0.1_n60.json"
     fresh = json.loads((tmp_path / "fresh" / name).read_text())
     assert not (tmp_path / "fresh" / ".partial").exists()
-    # an interrupted call: the same model, images and attack ran in the library, into the folder the CLI uses
-    model = featlab.pretrained.load("mnist_cnn_standard", "cpu")
-    x, y = featlab.data.load("mnist", "test", limit=60, seed=0)
-    partial = tmp_path / "resumed" / ".partial" / "pretrained_mnist_cnn_standard_n60_seed0"
-    audit(model, x, y, [0.1], attacks=("pgd5",), large_eps=0, batch_size=20, progress=False, warn=False,
-          resume_dir=partial)
+    # killed after the attacks, before the records
+    with monkeypatch.context() as mp:
+        mp.setattr(cli, "write_result", lambda *a, **k: (_ for _ in ()).throw(_Interrupt()))
+        with pytest.raises(_Interrupt):
+            cli.main(args + ["--results-dir", str(tmp_path / "resumed")])
+    [partial] = (tmp_path / "resumed" / ".partial").iterdir()
     assert len(list(partial.rglob("batch*.pt"))) == 3
+    cli.main(args[:4] + ["pgd3"] + args[5:] + ["--results-dir", str(tmp_path / "resumed")])     # another command
+    assert partial.is_dir(), "another command on the same model leaves this folder alone"
+    assert not (tmp_path / "resumed" / name).exists()
     cli.main(args + ["--results-dir", str(tmp_path / "resumed")])
     rec = json.loads((tmp_path / "resumed" / name).read_text())
     assert rec["resumed_batches"] == 3 and "batch(es) read back" in capsys.readouterr().out
