@@ -6,8 +6,10 @@ import math
 import os
 import platform
 import random
+import subprocess
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -275,3 +277,18 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def git_commit(short: bool = False, cwd: str | Path | None = None) -> str:
+    """The commit of the featlab checkout (or of ``cwd``), "+dirty" if tracked files changed; "unknown" if none."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+    try:
+        args = ["git", "rev-parse"] + (["--short"] if short else []) + ["HEAD"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=5, cwd=cwd)
+        commit = out.stdout.strip() if out.returncode == 0 else ""   # no repository, or no commit yet
+        commit = commit or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=cwd).stdout.strip()
+        return commit + ("+dirty" if dirty and commit != "unknown" else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

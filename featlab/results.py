@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -24,26 +23,11 @@ from typing import Any
 import torch
 
 from . import data, distributed
-from ._utils import get_device
+from ._utils import get_device, git_commit
 
 #: what every record holds (accuracies in percent); :func:`write_result` refuses a record without them
 RESULT_KEYS = ("dataset", "model", "method", "threat_model", "norm", "eps", "attack", "n_eval", "clean_acc",
                "robust_acc", "epochs", "seed", "command", "commit", "device", "wall_s", "date")
-
-
-def git_commit(short: bool = False, cwd: str | Path | None = None) -> str:
-    """The commit of the featlab checkout (or of ``cwd``), "+dirty" if tracked files changed; "unknown" if none."""
-    cwd = cwd or Path(__file__).resolve().parent.parent
-    try:
-        args = ["git", "rev-parse"] + (["--short"] if short else []) + ["HEAD"]
-        out = subprocess.run(args, capture_output=True, text=True, timeout=5, cwd=cwd)
-        commit = out.stdout.strip() if out.returncode == 0 else ""   # no repository, or no commit yet
-        commit = commit or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=cwd).stdout.strip()
-        return commit + ("+dirty" if dirty and commit != "unknown" else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def device_description(device: torch.device | str | None = None) -> str:
