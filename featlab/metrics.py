@@ -104,15 +104,20 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return 100.0 * ok.float().mean().item()
 
 
+def _hash_tensor(h, t: torch.Tensor, prefix: str = "") -> None:
+    """Feed ``prefix``, the dtype, the shape and the raw bytes of ``t`` into the hash ``h``."""
+    t = t.detach().cpu().contiguous()
+    h.update(f"{prefix}{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
 def state_fingerprint(model: nn.Module) -> str:
     """sha256 of what a model computes with: its class and ``repr`` (the settings kept outside the
     weights: a control's ``bits``, a filter's size) and its parameters and buffers (names, dtypes,
     shapes, values)."""
     h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}|{model!r}|".encode())
     for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        _hash_tensor(h, t, f"{name}|")
     return h.hexdigest()
 
 
@@ -120,9 +125,7 @@ def data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     """sha256 of the images and labels: which images ran."""
     h = hashlib.sha256()
     for t in (x, y):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        _hash_tensor(h, t)
     return h.hexdigest()
 
 
