@@ -24,6 +24,7 @@ import torch
 
 from . import data, distributed
 from ._utils import get_device, git_commit
+from .checklist import checklist
 
 #: what every record holds (accuracies in percent); :func:`write_result` refuses a record without them
 RESULT_KEYS = ("dataset", "model", "method", "threat_model", "norm", "eps", "attack", "n_eval", "clean_acc",
@@ -158,11 +159,35 @@ def _is_sanity_point(rec: dict[str, Any]) -> bool:
     return bool(given) and _eps_key(rec["eps"]) not in given
 
 
+def _cross_checks(recs: list[dict[str, Any]], eps: float) -> list[str]:
+    """The checklist run again over the white-box records of one model at ``eps`` that come from separate
+    ``featlab eval`` calls on the same images (same ``n_eval`` and ``seed``): each call checks only its
+    own attacks, so a Square run on its own never meets the APGD run it contradicts. Returns the names
+    of the failed checks."""
+    same_images: dict[tuple[int, Any], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in recs:
+        if r["threat_model"] == "white-box" and _eps_key(r["eps"]) == _eps_key(eps) and not _is_sanity_point(r):
+            by = same_images[(r["n_eval"], r.get("seed", 0))]
+            if r["attack"] not in by or r["robust_acc"] < by[r["attack"]]["robust_acc"]:
+                by[r["attack"]] = r
+    failed: list[str] = []
+    for (n, _), by in sorted(same_images.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        if len(by) < 2:
+            continue
+        rows = [{"attack": a, "eps": float(r["eps"]), "robust_acc": float(r["robust_acc"]), "norm": r["norm"]}
+                for a, r in by.items()]
+        failed += [c["check"] for c in checklist(rows, n=n) if not c["passed"] and c["check"] not in failed]
+    return failed
+
+
 def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
     """The checklist verdict for one eps: a failed check counts if it names this eps ("at eps 0.35")
-    or names none (e.g. missing input gradients, which concerns every eps)."""
+    or names none (e.g. missing input gradients, which concerns every eps). Where every record's own
+    checklist passes, the attacks of separate ``featlab eval`` calls on the same images are checked
+    together (:func:`_cross_checks`): a failure there reads "FAIL (across calls: <checks>)"."""
     checked = [r for r in recs if r.get("sanity")]
-    if not checked:
+    cross = _cross_checks(recs, eps)
+    if not checked and not cross:
         return "not run"
     # a detail names eps as a number ("at eps 0.3") or in its dataset's unit ("at eps 8/255", see
     # featlab.checklist.checklist(dataset=)); 0.3 must not match 0.35
@@ -175,6 +200,8 @@ def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
                 return "FAIL"
         if not r["sanity"]["passed"] and not r["sanity"].get("checks"):
             return "FAIL"
+    if cross:
+        return f"FAIL (across calls: {'; '.join(cross)})"
     return "pass" if len(checked) == len(recs) else f"pass ({len(checked)} of {len(recs)} records checked)"
 
 
@@ -184,8 +211,9 @@ def worst_case(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     count; the bare classifier ("none") and the checklist's large-eps point are left out.
 
     Per attack, the lowest of its evaluations is kept (they may use different test images: their ``n``),
-    and ``worst`` is the lowest of those. ``sanity`` is the checklist's verdict at this eps; "FAIL" means
-    even the worst case may be an overestimate until a stronger attack settles it."""
+    and ``worst`` is the lowest of those. ``sanity`` is the checklist's verdict at this eps (the records' own,
+    then the attacks of separate calls on the same images checked together: :func:`_sanity_at`); a
+    "FAIL" means even the worst case may be an overestimate until a stronger attack settles it."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         if r["threat_model"] in SEEING + ("oblivious",) and not _is_sanity_point(r):
@@ -277,7 +305,9 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
              "The lowest robust accuracy that any attack seeing the whole defense reached (white-box, end-to-end, "
              "BPDA), with each attack's lowest number (and its n) beside it; an oblivious number is listed but never "
              "counts. A FAIL in the last column means the checklist flagged this eps: the worst case is then an upper "
-             "bound until a stronger attack settles it. Attacks run on n test images each; rows "
+             "bound until a stronger attack settles it. \"across calls\": no evaluation failed its own checklist, "
+             "but its attacks checked together with those of other calls on the same images (same n and seed) fail "
+             "(e.g. Square far below APGD). Attacks run on n test images each; rows "
              "with different n use different (stratified) images.", "",
              worst_case_table(records), ""]
     for dataset in sorted({r["dataset"] for r in records}):
@@ -344,7 +374,8 @@ PUBLISHED: list[dict[str, Any]] = [
 
 
 def recorded_sanity(records: list[dict[str, Any]], train_command: str, eps: float) -> str | None:
-    """The committed checklist verdict ("pass" / "FAIL", from :func:`worst_case`) at ``eps`` for the model
+    """The committed checklist verdict ("pass", "FAIL" or "FAIL (across calls: ...)", from :func:`worst_case`;
+    test with ``startswith("FAIL")``) at ``eps`` for the model
     trained by ``train_command`` (e.g. a shipped model's ``pretrained.info(name)["train_command"]``);
     None when the records hold no evaluation of it at that eps."""
     run = _run_name({"train_command": train_command, "model": "", "method": ""})

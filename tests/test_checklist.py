@@ -248,7 +248,8 @@ def test_worst_case_takes_the_strongest_attack_that_sees_the_defense(tmp_path):
     assert (w035["worst"], w035["worst_attack"], w035["worst_n"]) == (11.3, "fgsm", 1000), "oblivious/none never count"
     assert w035["attacks"]["pgd40"] == (30.0, 500), "per attack, its lowest evaluation"
     assert w035["attacks"]["oblivious pgd40"] == (5.0, 1000)
-    assert w035["sanity"] == "FAIL" and w03["sanity"] == "pass", "a failure at eps 0.35 says nothing about eps 0.3"
+    assert w035["sanity"] == "FAIL", "the records' own checklist failed at 0.35"
+    assert w03["sanity"] == "pass", "a failure at eps 0.35 says nothing about eps 0.3"
     assert (w03["worst"], w03["worst_attack"]) == (93.0, "autoattack"), "0.3 and 0.3000001 are one eps"
     assert featlab.results.worst_case([recs[3]]) == [], "an oblivious number alone gives no worst case"
     other = {**recs[0], "train_command": "featlab train --lr 0.5 --out runs/mine", "robust_acc": 1.0}
@@ -358,3 +359,32 @@ def test_attack_table_puts_methods_side_by_side_on_the_same_images():
     assert table[3] == "| p | pgd_at | 8 | 99.0 | 97.3 | 94.8 | 93.9 |  | not run |"
     assert len(table) == 4
     assert featlab.results.attack_table(recs, "mnist", 0.1, 1000) == ""
+
+
+def test_attacks_of_separate_calls_on_the_same_images_are_checked_together():
+    """Each featlab eval call checks its own attacks only; a Square run on its own passes. The summary
+    checks the calls on the same images together: Square far below APGD there is gradient masking."""
+    ok = {"passed": True, "checks": [{"check": "input gradients exist", "passed": True, "detail": "ok"}]}
+    base = {"dataset": "mnist", "model": "m", "method": "afd", "norm": "linf", "n_eval": 1000, "seed": 0,
+            "threat_model": "white-box", "clean_acc": 99.5, "eps": 0.35, "sanity": ok,
+            "train_command": "featlab train --out runs/a", "command": "featlab eval --run runs/a --eps 0.35"}
+    apgd = {**base, "attack": "apgd", "robust_acc": 42.4}
+    square = {**base, "attack": "square", "robust_acc": 4.5}
+    (w,) = featlab.results.worst_case([apgd, square])
+    assert w["worst"] == 4.5
+    assert w["sanity"] == "FAIL (across calls: gradient-free square not stronger than gradient attacks)"
+    assert featlab.results.worst_case([apgd, {**square, "robust_acc": 42.0}])[0]["sanity"] == "pass"
+    # other images (another n or seed) are not compared: each stays as its own call checked it
+    for other in ({"n_eval": 500}, {"seed": 1}):
+        assert featlab.results.worst_case([apgd, {**square, **other}])[0]["sanity"] == "pass"
+    table = featlab.results.attack_table([apgd, square, {**base, "attack": "pgd40", "robust_acc": 60.0}],
+                                         "mnist", 0.35, 1000)
+    assert table.splitlines()[2].endswith("| FAIL (across calls: PGD not far weaker than apgd; gradient-free square "
+                                          "not stronger than gradient attacks) |")
+    # a record whose own checklist failed says so first
+    failed = {"passed": False, "checks": [{"check": "c", "passed": False, "detail": "x at eps 0.35"}]}
+    assert featlab.results.worst_case([{**apgd, "sanity": failed}, square])[0]["sanity"] == "FAIL"
+    # records without a checklist of their own are still checked together
+    bare = [{k: v for k, v in r.items() if k != "sanity"} for r in (apgd, square)]
+    assert featlab.results.worst_case(bare)[0]["sanity"].startswith("FAIL (across calls")
+    assert featlab.results.worst_case(bare[:1])[0]["sanity"] == "not run"

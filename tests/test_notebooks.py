@@ -248,7 +248,7 @@ def test_05_honest_evaluation(executed):
     for name in ("mnist_resnet_standard", "mnist_resnet_afd"):
         assert m[f"{name}/square"] <= m[f"{name}/clean"]          # Square ran on the classifier
         # the verdict agrees with the committed evaluation (results/RESULTS.md): a FAIL there is SUSPECT here
-        if m[f"{name}/recorded_sanity"] == "FAIL":
+        if str(m[f"{name}/recorded_sanity"]).startswith("FAIL"):
             assert "SUSPECT" in m[f"verdict/{name}"], m[f"verdict/{name}"]
     assert m["mnist_resnet_afd/recorded_sanity"] is not None, "the shipped AFD has committed records at eps 0.3"
     for name in ("mnist_resnet_standard", "mnist_resnet_afd"):
