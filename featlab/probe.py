@@ -22,6 +22,7 @@ from torch import nn
 
 from ._utils import check_choice, check_images, check_labels, check_model_input, check_number, eval_mode
 from ._utils import model_device
+from .models.base import L2Normalize
 
 INPUT_TAP = "input"
 
@@ -217,3 +218,34 @@ def centroid_accuracy(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y:
         nearest = classes[torch.cdist(emb, centroids).argmin(1)]
         return 100.0 * (nearest == y).float().mean().item()
     return {"clean": share(h), "adversarial": share(ha)}
+
+
+@torch.no_grad()
+def embedding_activity(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
+    """How many coordinates of the embedding are active (> 0) before its unit-length normalisation.
+
+    A featlab encoder that ends in ``L2Normalize`` (the AFD code's choice) maps a ReLU embedding z to
+    z / ||z||. Where a single coordinate of z is positive, that is the same one-hot vector for every
+    nearby input: the logits stop depending on the pixels and the input gradient of any loss is exactly
+    zero, so gradient attacks stall while a gradient-free one (Square) does not. Notebook 03 measures
+    it for AFD, PGD-AT and TRADES with the same encoder.
+
+    Args:
+        model: a featlab model (``normalize`` and an ``encoder`` Sequential); x: images (N, C, H, W) in [0, 1].
+    Returns: {"dim": embedding width, "median_active": median active coordinates per image,
+        "one_active": percent of images with exactly one, "none_active": percent with none,
+        "normalised": 1.0 if the encoder ends in ``L2Normalize`` (the counts are then taken before it)}.
+    """
+    check_model_input(model, x, name="x")
+    if not (hasattr(model, "encoder") and hasattr(model, "normalize") and isinstance(model.encoder, nn.Sequential)):
+        raise TypeError("model must be a featlab model (normalize, and an encoder nn.Sequential)")
+    stages = list(model.encoder.children())
+    normalised = bool(stages) and isinstance(stages[-1], L2Normalize)
+    trunk = nn.Sequential(*(stages[:-1] if normalised else stages))
+    device = model_device(model)
+    with eval_mode(model):
+        z = [trunk(model.normalize(x[i:i + batch_size].to(device))).flatten(1) for i in range(0, len(x), batch_size)]
+    active, dim = torch.cat([(zb > 0).sum(1).cpu() for zb in z]), int(z[0].shape[1])
+    return {"dim": dim, "median_active": float(active.float().median()),
+            "one_active": 100.0 * (active == 1).float().mean().item(),
+            "none_active": 100.0 * (active == 0).float().mean().item(), "normalised": float(normalised)}

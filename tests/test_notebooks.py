@@ -138,9 +138,14 @@ def check_03(m, pretrained=True):
     others = ("PGD-AT (shipped)", "TRADES (shipped)") if pretrained else ("PGD-AT", "TRADES")
     for name in ("AFD", "AFD without the game") + others:
         assert m[f"{name}/pgd_acc"] <= m[f"{name}/fgsm_acc"] + 5, f"{name}: PGD is at least as strong as FGSM"
+    for name in ("standard", "AFD", "AFD without the game") + others:
+        # an all-zero input gradient comes from a single active embedding coordinate (probe.embedding_activity)
+        assert m[f"{name}/dead_grad"] <= m[f"{name}/one_active"] + 1, name
     if pretrained:
         for name in others:
             assert m[f"{name}/pgd_acc"] > 50, f"{name} is robust"
+        # the shipped AFD's embedding collapses to one coordinate on some test images; PGD-AT's never does
+        assert m["AFD (shipped)/one_active"] > m["PGD-AT (shipped)/one_active"] == 0
 
 
 def check_03_cifar(m, pretrained):

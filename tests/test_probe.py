@@ -106,3 +106,34 @@ def test_centroid_accuracy_sees_embeddings_leave_their_class(tiny):
     assert moved["clean"] > 60 and moved["adversarial"] < 40
     with pytest.raises(ValueError, match="x_adv must have the shape"):
         probe.centroid_accuracy(tiny, x, x[:10], y)
+
+
+def one_hot_embedding_model(active: int):
+    """An encoder whose ReLU embedding has ``active`` positive coordinates on images near mid-grey, then unit length
+    (as mnist_resnet's): with one active coordinate the embedding is the same one-hot vector for every nearby image."""
+    from featlab.models.base import L2Normalize
+    lin = nn.Linear(16, 6)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(6, 16) * 0.01)
+        lin.bias.copy_(torch.tensor([1.0] * active + [-1.0] * (6 - active)))
+    enc = nn.Sequential(OrderedDict([("flat", nn.Flatten()), ("lin", lin), ("relu", nn.ReLU()),
+                                     ("unit", L2Normalize())]))
+    return FeatureModel(Normalize([0.5], [0.5]), enc, nn.Linear(6, 3), (1, 4, 4), 3, name=f"active{active}")
+
+
+def test_embedding_activity_counts_active_coordinates_and_one_active_kills_the_input_gradient():
+    torch.manual_seed(0)
+    x, y = 0.5 + 0.1 * torch.rand(20, 1, 4, 4), torch.randint(0, 3, (20,))
+    one, four = one_hot_embedding_model(1), one_hot_embedding_model(4)
+    a1, a4 = probe.embedding_activity(one, x), probe.embedding_activity(four, x)
+    assert (a1["dim"], a1["median_active"], a1["one_active"], a1["normalised"]) == (6, 1.0, 100.0, 1.0)
+    assert (a4["median_active"], a4["one_active"], a4["none_active"]) == (4.0, 0.0, 0.0)
+    # why it matters: one active coordinate + unit length = a constant embedding, so no gradient reaches the pixels
+    # (exactly zero for most images; float rounding in the unit-length step leaves a few ~1e-9 residues)
+    g1, g4 = featlab.metrics.input_gradient_stats(one, x, y), featlab.metrics.input_gradient_stats(four, x, y)
+    assert g1["dead_fraction"] >= 50.0 and g1["median_grad_norm"] < 1e-6
+    assert g4["dead_fraction"] == 0.0 and g4["median_grad_norm"] > 1e-3
+    # without the unit-length step the counts are of the encoder's own output
+    assert probe.embedding_activity(linear_model(), torch.rand(3, 1, 4, 4))["normalised"] == 0.0
+    with pytest.raises(TypeError, match="featlab model"):
+        probe.embedding_activity(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), x)
