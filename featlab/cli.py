@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import data, distributed, models, pretrained, runs
-from ._utils import get_device, seed_everything
+from ._utils import get_device, git_commit, seed_everything
 from .attacks import PGD, from_spec, parse, strongest_pgd
 from .checklist import checklist, report_checks
 from .evaluate import audit, preprocessing_defense
@@ -132,6 +132,19 @@ def _check_out_folder(out: Path, config: dict) -> None:
                          f"the folder to start over")
 
 
+def _commits(config_path: Path) -> dict[str, Any]:
+    """The featlab commit a run started at and, when it was resumed under other code, the commits it resumed at."""
+    now = git_commit()
+    if not config_path.is_file():
+        return {"commit": now}
+    old = json.loads(config_path.read_text())
+    start = old.get("commit", "unknown")        # "unknown": a run started before featlab recorded commits
+    resumed = list(old.get("resumed_at_commits", []))
+    if now != start and now not in resumed:
+        resumed.append(now)
+    return {"commit": start, **({"resumed_at_commits": resumed} if resumed else {})}
+
+
 def _denoiser_parts(a: argparse.Namespace, device: torch.device):
     from .defenses import FeatureLoss, create_denoiser
     classifier, ccfg = pretrained.load_classifier(a.classifier_run, device)
@@ -221,6 +234,7 @@ def cmd_train(a: argparse.Namespace) -> None:
                       eval_attack=eval_attack, precision=a.precision, memory_format=a.memory_format,
                       sync_batchnorm=a.sync_bn)
     config.update(trainer.fast.describe())        # the precision and memory format this run trains in
+    config.update(_commits(out / "config.json"))
     if distributed.is_main():
         (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     history = trainer.fit(x, y, eval_data=(xt, yt))
@@ -308,6 +322,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
     base = {"dataset": config["dataset"], "model": config["model"], "method": config["method"], "n_eval": len(x),
             "seed": a.seed, "command": a.command, "train_command": config.get("command"),
             "train_device": config.get("device"), "device": device_description(device),
+            **({"train_commit": config["commit"]} if config.get("commit") else {}),
             "train_precision": config.get("precision", "fp32"),
             "train_memory_format": config.get("memory_format", "contiguous"),
             "precision": "fp32", "world_size": distributed.world_size(), **target.trained}

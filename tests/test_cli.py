@@ -30,6 +30,8 @@ def test_train_eval_probe_roundtrip(tmp_path):
     assert recs["tiny_std_pgd5_linf_eps1_n200.json"]["robust_acc"] <= 5
     assert r["clean_acc"] > 80 and r["robust_acc"] < r["clean_acc"] and r["n_eval"] == 200
     assert r["command"].startswith("featlab eval") and r["train_command"].startswith("featlab train")
+    from featlab._utils import git_commit
+    assert r["train_commit"] == json.loads((run / "config.json").read_text())["commit"] == git_commit()
     cli.main(["probe", "--run", str(run), "--eps", "0.1", "--steps", "5", "--n-eval", "100",
               "--results-dir", str(res), "--name", "probe_tiny", "--device", "cpu"])
     probe = json.loads((res / "probe_tiny.json").read_text())
@@ -162,3 +164,16 @@ def test_eval_controls_and_denoiser_transfer(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             cli.main(["eval", *argv, "--n-eval", "10", "--results-dir", str(res), "--device", "cpu"])
         assert exit_.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_a_run_keeps_the_commit_it_started_at_and_lists_those_it_resumed_at(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "git_commit", lambda: "bbb")
+    path = tmp_path / "config.json"
+    assert cli._commits(path) == {"commit": "bbb"}, "a new run"
+    for old, expected in (({"commit": "bbb"}, {"commit": "bbb"}),
+                          ({"commit": "aaa"}, {"commit": "aaa", "resumed_at_commits": ["bbb"]}),
+                          ({"commit": "aaa", "resumed_at_commits": ["bbb"]}, {"commit": "aaa", "resumed_at_commits": ["bbb"]}),
+                          ({"method": "afd"}, {"commit": "unknown", "resumed_at_commits": ["bbb"]})):  # from before
+        path.write_text(json.dumps(old))
+        assert cli._commits(path) == expected, old
+
