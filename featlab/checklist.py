@@ -131,11 +131,13 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
     for l2 in (False, True):
         group = sorted((k for k in steps_of if (plain[k].norm == "l2") == l2), key=steps_of.get)
         bad = []
-        for weak, strong in zip(group, group[1:]):
+        # every pair where one has strictly more steps x restarts (pgd40 and pgd40@0.01: the same effort, not compared)
+        pairs = [(w, st) for i, w in enumerate(group) for st in group[i + 1:] if steps_of[st] > steps_of[w]]
+        for weak, strong in pairs:
             for e, acc in by_attack[strong].items():
                 if e in by_attack[weak] and acc > by_attack[weak][e] + tol:
                     bad.append(f"{strong} {acc:.1f}% > {weak} {by_attack[weak][e]:.1f}% at eps {fe(e, strong)}")
-        if len(group) >= 2:
+        if pairs:
             add(f"more PGD steps/restarts do not raise accuracy{' (l2)' if l2 else ''}", not bad,
                 "ok" if not bad else "; ".join(bad))
     for aa in (k for k, s in plain.items() if s.kind.parameter_free):

@@ -323,6 +323,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
             "seed": a.seed, "command": a.command, "train_command": config.get("command"),
             "train_device": config.get("device"), "device": device_description(device),
             **({"train_commit": config["commit"]} if config.get("commit") else {}),
+            **({"train_resumed_at_commits": config["resumed_at_commits"]} if config.get("resumed_at_commits") else {}),
             "train_precision": config.get("precision", "fp32"),
             "train_memory_format": config.get("memory_format", "contiguous"),
             "precision": "fp32", "world_size": distributed.world_size(), **target.trained}

@@ -226,8 +226,9 @@ def embedding_activity(model: nn.Module, x: torch.Tensor, batch_size: int = 500)
 
     A featlab encoder that ends in ``L2Normalize`` (the AFD code's choice) maps a ReLU embedding z to
     z / ||z||. Where a single coordinate of z is positive, that is the same one-hot vector for every
-    nearby input: the logits stop depending on the pixels and the input gradient of any loss is exactly
-    zero, so gradient attacks stall while a gradient-free one (Square) does not. Notebook 03 measures
+    nearby input: the logits stop depending on the pixels and the input gradient of any loss is zero (up
+    to float rounding in the normalisation), so gradient attacks stall while a gradient-free one (Square)
+    does not. With no active coordinate the embedding is zero, and as constant. Notebook 03 measures
     it for AFD, PGD-AT and TRADES with the same encoder.
 
     Args:
@@ -237,6 +238,7 @@ def embedding_activity(model: nn.Module, x: torch.Tensor, batch_size: int = 500)
         "normalised": 1.0 if the encoder ends in ``L2Normalize`` (the counts are then taken before it)}.
     """
     check_model_input(model, x, name="x")
+    check_number("batch_size", batch_size, low=1, integer=True)
     if not (hasattr(model, "encoder") and hasattr(model, "normalize") and isinstance(model.encoder, nn.Sequential)):
         raise TypeError("model must be a featlab model (normalize, and an encoder nn.Sequential)")
     stages = list(model.encoder.children())

@@ -160,21 +160,22 @@ def _is_sanity_point(rec: dict[str, Any]) -> bool:
 
 
 def _cross_checks(recs: list[dict[str, Any]], eps: float) -> list[str]:
-    """The checklist run again over the white-box records of one model at ``eps`` that come from separate
-    ``featlab eval`` calls on the same images (same ``n_eval`` and ``seed``): each call checks only its
-    own attacks, so a Square run on its own never meets the APGD run it contradicts. Returns the names
-    of the failed checks."""
-    same_images: dict[tuple[int, Any], dict[str, dict[str, Any]]] = defaultdict(dict)
+    """The checklist (today's) run again over the white-box records of one model at ``eps`` on the same
+    images and weights (same ``n_eval``, ``seed``, ``weights`` and ``precision``), whichever ``featlab
+    eval`` calls wrote them: each call checks only its own attacks, so a Square run on its own never meets
+    the APGD run it contradicts. Returns the names of the failed checks."""
+    same_images: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in recs:
         if r["threat_model"] == "white-box" and _eps_key(r["eps"]) == _eps_key(eps) and not _is_sanity_point(r):
-            by = same_images[(r["n_eval"], r.get("seed", 0))]
+            key = (r["n_eval"], str(r.get("seed", 0)), str(r.get("weights", "")), str(r.get("precision", "fp32")))
+            by = same_images[key]
             if r["attack"] not in by or r["robust_acc"] < by[r["attack"]]["robust_acc"]:
                 by[r["attack"]] = r
     failed: list[str] = []
-    for (n, _), by in sorted(same_images.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+    for (n, *_), by in sorted(same_images.items()):
         if len(by) < 2:
             continue
-        rows = [{"attack": a, "eps": float(r["eps"]), "robust_acc": float(r["robust_acc"]), "norm": r["norm"]}
+        rows = [{"attack": a, "eps": float(eps), "robust_acc": float(r["robust_acc"]), "norm": r["norm"]}
                 for a, r in by.items()]
         failed += [c["check"] for c in checklist(rows, n=n) if not c["passed"] and c["check"] not in failed]
     return failed
@@ -182,9 +183,9 @@ def _cross_checks(recs: list[dict[str, Any]], eps: float) -> list[str]:
 
 def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
     """The checklist verdict for one eps: a failed check counts if it names this eps ("at eps 0.35")
-    or names none (e.g. missing input gradients, which concerns every eps). Where every record's own
-    checklist passes, the attacks of separate ``featlab eval`` calls on the same images are checked
-    together (:func:`_cross_checks`): a failure there reads "FAIL (across calls: <checks>)"."""
+    or names none (e.g. missing input gradients, which concerns every eps). Where no record's own
+    checklist fails here, all the attacks on the same images are checked together with today's checklist
+    (:func:`_cross_checks`), whichever calls ran them: a failure there reads "FAIL (checked together: <checks>)"."""
     checked = [r for r in recs if r.get("sanity")]
     cross = _cross_checks(recs, eps)
     if not checked and not cross:
@@ -201,7 +202,7 @@ def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
         if not r["sanity"]["passed"] and not r["sanity"].get("checks"):
             return "FAIL"
     if cross:
-        return f"FAIL (across calls: {'; '.join(cross)})"
+        return f"FAIL (checked together: {'; '.join(cross)})"
     return "pass" if len(checked) == len(recs) else f"pass ({len(checked)} of {len(recs)} records checked)"
 
 
@@ -305,9 +306,10 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
              "The lowest robust accuracy that any attack seeing the whole defense reached (white-box, end-to-end, "
              "BPDA), with each attack's lowest number (and its n) beside it; an oblivious number is listed but never "
              "counts. A FAIL in the last column means the checklist flagged this eps: the worst case is then an upper "
-             "bound until a stronger attack settles it. \"across calls\": no evaluation failed its own checklist, "
-             "but its attacks checked together with those of other calls on the same images (same n and seed) fail "
-             "(e.g. Square far below APGD). Attacks run on n test images each; rows "
+             "bound until a stronger attack settles it. \"checked together\": no record failed its own checklist at "
+             "this eps, but all the attacks on the same images and weights (same n, seed, weights), whichever "
+             "`featlab eval` calls ran them, checked together with today's checklist fail (e.g. Square far below "
+             "APGD in two calls). Attacks run on n test images each; rows "
              "with different n use different (stratified) images.", "",
              worst_case_table(records), ""]
     for dataset in sorted({r["dataset"] for r in records}):
@@ -319,7 +321,8 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
             lines += [f"## {dataset}: every attack on the same {n} test images at eps {_fmt_eps(eps, dataset, 'linf')}", "",
                       "One row per trained classifier with at least three attacks on these images (white-box); the "
                       "methods side by side. worst-case: per image, the worst over the attacks of one `featlab eval` "
-                      "call (as AutoAttack counts).", "", table, ""]
+                      "call (as AutoAttack counts). sanity: as in the summary (\"checked together\": the attacks of the row "
+                      "checked with each other).", "", table, ""]
     for (dataset, model, method, _), recs in sorted(groups.items()):
         recs.sort(key=lambda r: (THREAT_ORDER.get(r["threat_model"], 9), r["norm"], r["attack"], r["eps"]))
         first = recs[0]
@@ -374,7 +377,7 @@ PUBLISHED: list[dict[str, Any]] = [
 
 
 def recorded_sanity(records: list[dict[str, Any]], train_command: str, eps: float) -> str | None:
-    """The committed checklist verdict ("pass", "FAIL" or "FAIL (across calls: ...)", from :func:`worst_case`;
+    """The committed checklist verdict ("pass", "FAIL" or "FAIL (checked together: ...)", from :func:`worst_case`;
     test with ``startswith("FAIL")``) at ``eps`` for the model
     trained by ``train_command`` (e.g. a shipped model's ``pretrained.info(name)["train_command"]``);
     None when the records hold no evaluation of it at that eps."""

@@ -361,6 +361,26 @@ def test_attack_table_puts_methods_side_by_side_on_the_same_images():
     assert featlab.results.attack_table(recs, "mnist", 0.1, 1000) == ""
 
 
+def test_one_eps_written_two_ways_is_checked_as_one():
+    base = {"dataset": "cifar10", "model": "m", "method": "pgd_at", "norm": "linf", "n_eval": 1000, "seed": 0,
+            "threat_model": "white-box", "clean_acc": 80.0, "train_command": "featlab train --out runs/c",
+            "command": "featlab eval --run runs/c --eps 0.0313725"}
+    recs = [{**base, "eps": 0.0313725, "attack": "apgd", "robust_acc": 45.0},
+            {**base, "eps": 8 / 255, "attack": "square", "robust_acc": 20.0}]
+    assert featlab.results.worst_case(recs)[0]["sanity"].startswith("FAIL (checked together: gradient-free square")
+
+
+def test_pgd_with_the_same_effort_and_another_step_is_not_a_more_steps_pair():
+    """pgd40 and pgd40@0.01 both take 40 steps: which is lower says nothing about effort, in either order."""
+    for order in (("pgd40", "pgd40@0.01"), ("pgd40@0.01", "pgd40")):
+        rows = [{"attack": a, "eps": 0.3, "robust_acc": acc} for a, acc in zip(order, (90.0, 93.0))]
+        assert not any("more PGD steps" in c["check"] for c in checklist(rows)), order
+    rows = [{"attack": "pgd10", "eps": 0.3, "robust_acc": 90.0}, {"attack": "pgd40@0.01", "eps": 0.3, "robust_acc": 93.0},
+            {"attack": "pgd40", "eps": 0.3, "robust_acc": 89.0}]
+    (c,) = [c for c in checklist(rows) if "more PGD steps" in c["check"]]
+    assert not c["passed"] and "pgd40@0.01 93.0% > pgd10 90.0%" in c["detail"] and "pgd40 89" not in c["detail"]
+
+
 def test_attacks_of_separate_calls_on_the_same_images_are_checked_together():
     """Each featlab eval call checks its own attacks only; a Square run on its own passes. The summary
     checks the calls on the same images together: Square far below APGD there is gradient masking."""
@@ -372,19 +392,19 @@ def test_attacks_of_separate_calls_on_the_same_images_are_checked_together():
     square = {**base, "attack": "square", "robust_acc": 4.5}
     (w,) = featlab.results.worst_case([apgd, square])
     assert w["worst"] == 4.5
-    assert w["sanity"] == "FAIL (across calls: gradient-free square not stronger than gradient attacks)"
+    assert w["sanity"] == "FAIL (checked together: gradient-free square not stronger than gradient attacks)"
     assert featlab.results.worst_case([apgd, {**square, "robust_acc": 42.0}])[0]["sanity"] == "pass"
-    # other images (another n or seed) are not compared: each stays as its own call checked it
-    for other in ({"n_eval": 500}, {"seed": 1}):
+    # other images (another n or seed) or other weights (the fp16 shipped copy) are not compared
+    for other in ({"n_eval": 500}, {"seed": 1}, {"weights": "featlab.pretrained:m (float16)"}, {"precision": "bf16"}):
         assert featlab.results.worst_case([apgd, {**square, **other}])[0]["sanity"] == "pass"
     table = featlab.results.attack_table([apgd, square, {**base, "attack": "pgd40", "robust_acc": 60.0}],
                                          "mnist", 0.35, 1000)
-    assert table.splitlines()[2].endswith("| FAIL (across calls: PGD not far weaker than apgd; gradient-free square "
+    assert table.splitlines()[2].endswith("| FAIL (checked together: PGD not far weaker than apgd; gradient-free square "
                                           "not stronger than gradient attacks) |")
     # a record whose own checklist failed says so first
     failed = {"passed": False, "checks": [{"check": "c", "passed": False, "detail": "x at eps 0.35"}]}
     assert featlab.results.worst_case([{**apgd, "sanity": failed}, square])[0]["sanity"] == "FAIL"
     # records without a checklist of their own are still checked together
     bare = [{k: v for k, v in r.items() if k != "sanity"} for r in (apgd, square)]
-    assert featlab.results.worst_case(bare)[0]["sanity"].startswith("FAIL (across calls")
+    assert featlab.results.worst_case(bare)[0]["sanity"].startswith("FAIL (checked together")
     assert featlab.results.worst_case(bare[:1])[0]["sanity"] == "not run"

@@ -176,4 +176,3 @@ def test_a_run_keeps_the_commit_it_started_at_and_lists_those_it_resumed_at(tmp_
                           ({"method": "afd"}, {"commit": "unknown", "resumed_at_commits": ["bbb"]})):  # from before
         path.write_text(json.dumps(old))
         assert cli._commits(path) == expected, old
-

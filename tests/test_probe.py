@@ -135,5 +135,7 @@ def test_embedding_activity_counts_active_coordinates_and_one_active_kills_the_i
     assert g4["dead_fraction"] == 0.0 and g4["median_grad_norm"] > 1e-3
     # without the unit-length step the counts are of the encoder's own output
     assert probe.embedding_activity(linear_model(), torch.rand(3, 1, 4, 4))["normalised"] == 0.0
+    with pytest.raises(ValueError, match="batch_size"):
+        probe.embedding_activity(one, x, batch_size=0)
     with pytest.raises(TypeError, match="featlab model"):
         probe.embedding_activity(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), x)
