@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._utils import choose_fast_path, cpu_has_native_bf16, get_device, seed_everything
+from ._utils import VERSION, choose_fast_path, cpu_has_native_bf16, get_device, seed_everything
 from . import (attacks, checklist, checkpoint, data, defenses, evaluate, metrics, models, nbtools, pretrained, probe,
                recipes, results, runs, train)
 
@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'featlab' has no attribute {name!r}")
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = ["attacks", "checklist", "checkpoint", "data", "defenses", "evaluate", "metrics", "models", "nbtools",
            "pretrained", "probe", "recipes", "results", "runs", "train", "viz", "widgets",

@@ -15,6 +15,9 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+#: featlab's version (also ``featlab.__version__``; pyproject.toml carries the same string)
+VERSION = "0.1.0"
+
 
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and PyTorch (CPU and CUDA) so that a CPU run repeats exactly.

@@ -11,7 +11,6 @@ The numbers come from :mod:`featlab.metrics`; records are written by :mod:`featl
 """
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import time
@@ -21,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ._utils import check_labels, check_model_input, check_number, git_commit
+from ._utils import VERSION, check_labels, check_model_input, check_number, git_commit
 from .attacks import BPDA, PGD, Attack, canonical_norm, from_spec, parse, strongest_pgd
 from .checklist import checklist, report_checks
 from .metrics import (BatchStore, accuracy, data_fingerprint, input_gradient_stats, predict, robust_accuracy,
@@ -38,17 +37,10 @@ def _stores(resume_dir: str | os.PathLike | None, model: nn.Module, x: torch.Ten
         return lambda name, **what: None
     base = {**common, "model": state_fingerprint(model), "data": data_fingerprint(x, y),
             # the code that computed it: a batch from before a fix (or from another device) is not reused
-            "featlab": _featlab_version(), "commit": git_commit(), "torch": torch.__version__,
+            "featlab": VERSION, "commit": git_commit(), "torch": torch.__version__,
             "device": next((t.device.type for t in model.state_dict().values()), "cpu")}
     return lambda name, **what: BatchStore(Path(resume_dir) / re.sub(r"[^A-Za-z0-9_.@=-]+", "_", name),
                                            {**base, **what})
-
-
-def _featlab_version() -> str:
-    try:
-        return importlib.metadata.version("featlab")
-    except importlib.metadata.PackageNotFoundError:        # run from a checkout without installing
-        return "not installed"
 
 
 def _attack_key(attack: Any) -> str:

@@ -159,6 +159,12 @@ def _is_sanity_point(rec: dict[str, Any]) -> bool:
     return bool(given) and _eps_key(rec["eps"]) not in given
 
 
+def _keep_lowest(by_attack: dict[str, dict[str, Any]], rec: dict[str, Any]) -> None:
+    """Keep ``rec`` under its attack unless a record with a lower robust accuracy is there already."""
+    if rec["attack"] not in by_attack or rec["robust_acc"] < by_attack[rec["attack"]]["robust_acc"]:
+        by_attack[rec["attack"]] = rec
+
+
 def _cross_checks(recs: list[dict[str, Any]], eps: float) -> list[str]:
     """The checklist (today's) run again over the white-box records of one model at ``eps`` on the same
     images and weights (same ``n_eval``, ``seed``, ``weights`` and ``precision``), whichever ``featlab
@@ -168,9 +174,7 @@ def _cross_checks(recs: list[dict[str, Any]], eps: float) -> list[str]:
     for r in recs:
         if r["threat_model"] == "white-box" and _eps_key(r["eps"]) == _eps_key(eps) and not _is_sanity_point(r):
             key = (r["n_eval"], str(r.get("seed", 0)), str(r.get("weights", "")), str(r.get("precision", "fp32")))
-            by = same_images[key]
-            if r["attack"] not in by or r["robust_acc"] < by[r["attack"]]["robust_acc"]:
-                by[r["attack"]] = r
+            _keep_lowest(same_images[key], r)
     failed: list[str] = []
     for (n, *_), by in sorted(same_images.items()):
         if len(by) < 2:
@@ -271,9 +275,7 @@ def attack_table(records: list[dict[str, Any]], dataset: str, eps: float, n_eval
     for r in records:
         if (r["dataset"] == dataset and r["threat_model"] == "white-box" and r["norm"] == norm
                 and r["n_eval"] == n_eval and _eps_key(r["eps"]) == _eps_key(eps) and not _is_sanity_point(r)):
-            by = runs[(_model_key(r), r.get("seed", 0))]
-            if r["attack"] not in by or r["robust_acc"] < by[r["attack"]]["robust_acc"]:
-                by[r["attack"]] = r
+            _keep_lowest(runs[(_model_key(r), r.get("seed", 0))], r)
     runs = {k: v for k, v in runs.items() if len(v) >= min_attacks}
     if not runs:
         return ""

@@ -191,3 +191,9 @@ def test_notebook_conventions(path):
         if c["cell_type"] == "code":
             assert not c.get("outputs") and c.get("execution_count") is None, "commit notebooks without outputs"
             assert len("".join(c["source"]).splitlines()) <= 40, "a cell longer than a screen belongs in featlab/"
+
+
+def test_one_version_string():
+    """featlab.__version__ (which evaluation resume keys record) is the version pyproject.toml installs."""
+    import featlab
+    assert featlab.__version__ == _pyproject()["version"]
