@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import data, distributed
+from . import data, distributed, pretrained
 from ._utils import get_device, git_commit
 from .checklist import checklist
 
@@ -295,6 +295,65 @@ def attack_table(records: list[dict[str, Any]], dataset: str, eps: float, n_eval
     return "\n".join(lines)
 
 
+# Published robust accuracies to compare with (percent). MNIST rows: AutoAttack's MNIST Linf 0.3
+# table (Croce & Hein 2020, arXiv 2003.01690, and its leaderboard in the fra31/auto-attack
+# repository, which adds later entries such as Gowal et al. 2020): clean / as reported by the
+# authors / under AutoAttack. CIFAR-10 rows: RobustBench (AutoAttack).
+PUBLISHED: list[dict[str, Any]] = [
+    {"dataset": "mnist", "eps": 0.3, "defense": "PGD-AT (Madry et al. 2018)", "clean": 98.53, "reported": 89.62,
+     "autoattack": 88.50, "source": "AutoAttack MNIST table / leaderboard (Croce & Hein 2020)"},
+    {"dataset": "mnist", "eps": 0.3, "defense": "TRADES (Zhang et al. 2019)", "clean": 99.48, "reported": 95.60,
+     "autoattack": 92.81, "source": "AutoAttack MNIST table / leaderboard (Croce & Hein 2020)"},
+    {"dataset": "mnist", "eps": 0.3, "defense": "Fast-AT (Wong et al. 2020)", "clean": 98.50, "reported": 88.77,
+     "autoattack": 82.93, "source": "AutoAttack MNIST table / leaderboard (Croce & Hein 2020)"},
+    {"dataset": "mnist", "eps": 0.3, "defense": "Gowal et al. 2020 (best listed)", "clean": 99.26, "reported": 96.38,
+     "autoattack": 96.34, "source": "AutoAttack MNIST table / leaderboard (Croce & Hein 2020)"},
+    {"dataset": "cifar10", "eps": 8 / 255, "defense": "Fast-AT PreActResNet-18", "clean": 83.34, "reported": None,
+     "autoattack": 43.21, "source": "RobustBench"},
+    {"dataset": "cifar10", "eps": 8 / 255, "defense": "TRADES WRN-34-10", "clean": 84.92, "reported": None,
+     "autoattack": 53.08, "source": "RobustBench"},
+]
+
+
+def published_table(records: list[dict[str, Any]], dataset: str, eps: float | None = None) -> str:
+    """Our classifiers next to the published numbers of :data:`PUBLISHED` at ``dataset``'s Linf eps (default
+    :func:`featlab.data.threat_defaults`: 0.3, 8/255): the published rows (clean, as reported, AutoAttack; on the
+    full test set), then every run of ours with a white-box record there: its clean accuracy, its AutoAttack
+    number with its n ("not run" when it has none), and its worst case over every attack with the checklist's
+    verdict (:func:`worst_case`); a run shipped in :mod:`featlab.pretrained` says under which name. Returns ""
+    when no run of ours was evaluated at that eps."""
+    eps = float(data.threat_defaults(dataset)["eps"] if eps is None else eps)
+    clean: dict[str, tuple[int, float]] = {}     # per run: the clean accuracy of its largest evaluation here
+    for r in records:
+        if (r["dataset"] == dataset and r["threat_model"] == "white-box" and r["norm"] == "linf"
+                and _eps_key(r["eps"]) == _eps_key(eps) and not _is_sanity_point(r)):
+            name = _run_name(r)
+            if name not in clean or r["n_eval"] > clean[name][0]:
+                clean[name] = (r["n_eval"], r["clean_acc"])
+    ours = [w for w in worst_case(records) if w["dataset"] == dataset and w["norm"] == "linf"
+            and _eps_key(w["eps"]) == _eps_key(eps) and w["run"] in clean]    # classifiers (white-box records)
+    if not ours:
+        return ""
+    shipped = {_run_name({"train_command": pretrained.info(k).get("train_command", ""), "model": "", "method": ""}): k
+               for k in pretrained.available()}
+    lines = ["| who | defense | clean | reported | AutoAttack (n) | worst of every attack (by, n) | sanity |",
+             "|---|---|---|---|---|---|---|"]
+    for p in PUBLISHED:
+        if p["dataset"] == dataset and _eps_key(p["eps"]) == _eps_key(eps):
+            reported = f"{p['reported']:.2f}" if p["reported"] is not None else "-"
+            lines.append(f"| {p['source']} | {p['defense']} | {p['clean']:.2f} | {reported} | "
+                         f"{p['autoattack']:.2f} (full test set) | - | - |")
+    for w in ours:
+        aa = w["attacks"].get("autoattack")
+        aa_cell = f"**{aa[0]:.2f}** ({aa[1]})" if aa else "not run"
+        n_clean, c = clean[w["run"]]
+        clean_cell = f"{c:.2f} ({n_clean})"
+        name = w["run"] + (f" (shipped: `{shipped[w['run']]}`)" if w["run"] in shipped else "")
+        lines.append(f"| featlab | {name} | {clean_cell} | - | {aa_cell} | {w['worst']:.2f} "
+                     f"({w['worst_attack']}, {w['worst_n']}) | {w['sanity']} |")
+    return "\n".join(lines)
+
+
 def render(records: list[dict[str, Any]], title: str = "featlab results") -> str:
     """The Markdown page: one table per (dataset, model, method) and a command list per table."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -318,6 +377,13 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
         if dataset not in data.DATASETS:
             continue
         eps, n = data.threat_defaults(dataset)["eps"], 1000
+        table = published_table(records, dataset)
+        if table:
+            lines += [f"## {dataset}: next to the published numbers at eps {_fmt_eps(eps, dataset, 'linf')}", "",
+                      "The published rows are on the full test set and with their own architectures and "
+                      "schedules (source in each row); ours are on n stratified test images, trained on this "
+                      "project's machines (each run's table below has its command and wall time). \"not run\": "
+                      "no AutoAttack record yet, so compare the worst case only as an upper bound.", "", table, ""]
         table = attack_table(records, dataset, eps, n)
         if table:
             lines += [f"## {dataset}: every attack on the same {n} test images at eps {_fmt_eps(eps, dataset, 'linf')}", "",
@@ -358,24 +424,6 @@ def write_markdown(results_dir: str | os.PathLike = "results", out: str | os.Pat
     return path
 
 
-# Published robust accuracies to compare with (percent). MNIST rows: AutoAttack's MNIST Linf 0.3
-# table (Croce & Hein 2020, arXiv 2003.01690, and its leaderboard in the fra31/auto-attack
-# repository, which adds later entries such as Gowal et al. 2020): clean / as reported by the
-# authors / under AutoAttack. CIFAR-10 rows: RobustBench (AutoAttack).
-PUBLISHED: list[dict[str, Any]] = [
-    {"dataset": "mnist", "eps": 0.3, "defense": "PGD-AT (Madry et al. 2018)", "clean": 98.53, "reported": 89.62,
-     "autoattack": 88.50, "source": "AutoAttack MNIST table / leaderboard (Croce & Hein 2020)"},
-    {"dataset": "mnist", "eps": 0.3, "defense": "TRADES (Zhang et al. 2019)", "clean": 99.48, "reported": 95.60,
-     "autoattack": 92.81, "source": "AutoAttack MNIST table / leaderboard (Croce & Hein 2020)"},
-    {"dataset": "mnist", "eps": 0.3, "defense": "Fast-AT (Wong et al. 2020)", "clean": 98.50, "reported": 88.77,
-     "autoattack": 82.93, "source": "AutoAttack MNIST table / leaderboard (Croce & Hein 2020)"},
-    {"dataset": "mnist", "eps": 0.3, "defense": "Gowal et al. 2020 (best listed)", "clean": 99.26, "reported": 96.38,
-     "autoattack": 96.34, "source": "AutoAttack MNIST table / leaderboard (Croce & Hein 2020)"},
-    {"dataset": "cifar10", "eps": 8 / 255, "defense": "Fast-AT PreActResNet-18", "clean": 83.34, "reported": None,
-     "autoattack": 43.21, "source": "RobustBench"},
-    {"dataset": "cifar10", "eps": 8 / 255, "defense": "TRADES WRN-34-10", "clean": 84.92, "reported": None,
-     "autoattack": 53.08, "source": "RobustBench"},
-]
 
 
 def recorded_sanity(records: list[dict[str, Any]], train_command: str, eps: float) -> str | None:

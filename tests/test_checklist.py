@@ -408,3 +408,27 @@ def test_attacks_of_separate_calls_on_the_same_images_are_checked_together():
     bare = [{k: v for k, v in r.items() if k != "sanity"} for r in (apgd, square)]
     assert featlab.results.worst_case(bare)[0]["sanity"].startswith("FAIL (checked together")
     assert featlab.results.worst_case(bare[:1])[0]["sanity"] == "not run"
+
+
+def test_published_table_puts_our_runs_under_the_published_numbers():
+    base = {"dataset": "cifar10", "model": "m", "method": "pgd_at", "norm": "linf", "seed": 0, "threat_model": "white-box",
+            "train_command": "featlab train --out runs/fast", "command": "featlab eval --run runs/fast",
+            "wall_s": 1.0, "device": "cpu", "commit": "c"}
+    recs = [{**base, "eps": 0.0313725, "attack": "pgd20", "n_eval": 1000, "clean_acc": 78.1, "robust_acc": 43.4},
+            {**base, "eps": 8 / 255, "attack": "autoattack", "n_eval": 200, "clean_acc": 79.0, "robust_acc": 40.5},
+            {**base, "eps": 1.0, "attack": "pgd20", "n_eval": 5000, "clean_acc": 1.0, "robust_acc": 0.0,
+             "role": "checklist large-eps point"},
+            {**base, "train_command": "featlab train --method denoiser --out runs/den", "threat_model": "end-to-end",
+             "eps": 8 / 255, "attack": "pgd20", "n_eval": 1000, "clean_acc": 90.0, "robust_acc": 5.0}]
+    lines = featlab.results.published_table(recs, "cifar10").splitlines()
+    assert any("| RobustBench | Fast-AT PreActResNet-18 | 83.34 | - | 43.21 (full test set) |" in line for line in lines)
+    (ours,) = [line for line in lines if line.startswith("| featlab |")]
+    assert ours == "| featlab | fast | 78.10 (1000) | - | **40.50** (200) | 40.50 (autoattack, 200) | not run |", \
+        "clean of the largest evaluation at 8/255 (not the large-eps point); a denoiser has no white-box row"
+    assert featlab.results.published_table(recs, "cifar10", eps=4 / 255) == ""
+    assert featlab.results.published_table([{**recs[0], "attack": "fgsm"}], "cifar10").splitlines()[-1].split(" | ")[4] \
+        == "not run"
+    shipped = featlab.pretrained.info("cifar_airnet_fast_at")["train_command"]
+    md = featlab.results.render([{**r, "train_command": shipped} for r in recs[:2]])
+    assert "## cifar10: next to the published numbers at eps 8/255" in md
+    assert "cifar_airnet_fast_at (shipped: `cifar_airnet_fast_at`)" in md
