@@ -36,7 +36,7 @@ CIFAR_CI_PARAMETERS = {
 # the shipped CIFAR-10 models each notebook's default (PRETRAINED = True) path loads
 CIFAR_SHIPPED = {"01_feature_noise.ipynb": ("cifar_airnet_standard", "cifar_airnet_fast_at"),
                  "02_feature_loss_denoiser.ipynb": ("cifar_airnet_standard", "cifar_airnet_denoiser_feature"),
-                 "03_afd.ipynb": ("cifar_airnet_standard", "cifar_airnet_fast_at"),
+                 "03_afd.ipynb": ("cifar_airnet_standard", "cifar_airnet_fast_at", "cifar_airnet_afd"),
                  "04_attack_explorer.ipynb": ("cifar_airnet_standard", "cifar_airnet_fast_at",
                                               "cifar_airnet_denoiser_feature"),
                  "05_honest_evaluation.ipynb": ("cifar_airnet_standard", "cifar_airnet_fast_at",
@@ -176,6 +176,8 @@ def check_03_cifar(m, pretrained):
     assert m[f"{at}/pgd_acc"] > m["standard/pgd_acc"] + 5, f"{at} is more robust than the standard model"
     if pretrained:
         assert m["Fast-AT (shipped)/pgd_acc"] > 25, "the shipped Fast-AT model is robust at 8/255"
+        # the shipped AFD, on Fast-AT's budget, classifies clean images (how robust it is, section 7 computes and says)
+        assert m["AFD (shipped)/clean_acc"] > 50 and "AFD (shipped)/separability" in m
 
 
 def check_04(m, pretrained=True):
