@@ -39,7 +39,7 @@ CIFAR_SHIPPED = {"01_feature_noise.ipynb": ("cifar_airnet_standard", "cifar_airn
                  "03_afd.ipynb": ("cifar_airnet_standard", "cifar_airnet_fast_at", "cifar_airnet_afd"),
                  "04_attack_explorer.ipynb": ("cifar_airnet_standard", "cifar_airnet_fast_at",
                                               "cifar_airnet_denoiser_feature"),
-                 "05_honest_evaluation.ipynb": ("cifar_airnet_standard", "cifar_airnet_fast_at",
+                 "05_honest_evaluation.ipynb": ("cifar_airnet_standard", "cifar_airnet_fast_at", "cifar_airnet_afd",
                                                 "cifar_airnet_denoiser_feature")}
 EPS_KEYS = {"mnist": ("0.1", "0.2", "0.3"), "cifar10": ("2/255", "4/255", "8/255")}   # featlab.data.format_eps
 
@@ -251,6 +251,8 @@ def test_05_honest_evaluation_cifar(tmp_path):
     assert m["dataset"] == "cifar10"
     assert m[f"{std}/clean"] > 80 and m[f"{std}/pgd10"] < 20
     assert m[f"{fast}/clean"] > 60 and m[f"{fast}/pgd10"] > 20, "Fast-AT holds part of its accuracy at 8/255"
+    # AFD on Fast-AT's budget: as accurate, far less robust (RESULTS.md: PGD-20 1.9 vs 43.4 on 1,000 images)
+    assert m["cifar_airnet_afd/clean"] > 60 and m["cifar_airnet_afd/pgd10"] < m[f"{fast}/pgd10"] - 10
     for name in (std, fast):
         assert m[f"{name}/square"] <= m[f"{name}/clean"]
         assert m[f"{name}/apgd"] <= m[f"{name}/pgd10_on_aa_images"] + 100 / 30
