@@ -321,7 +321,7 @@ def published_table(records: list[dict[str, Any]], dataset: str, eps: float | No
     full test set), then every run of ours with a white-box record there: its clean accuracy, its AutoAttack
     number with its n ("not run" when it has none), and its worst case over every attack with the checklist's
     verdict (:func:`worst_case`); a run shipped in :mod:`featlab.pretrained` says under which name. Returns ""
-    when no run of ours was evaluated at that eps."""
+    when no run of ours was evaluated at that eps, or nothing is published there."""
     eps = float(data.threat_defaults(dataset)["eps"] if eps is None else eps)
     clean: dict[str, tuple[int, float]] = {}     # per run: the clean accuracy of its largest evaluation here
     for r in records:
@@ -334,15 +334,17 @@ def published_table(records: list[dict[str, Any]], dataset: str, eps: float | No
             and _eps_key(w["eps"]) == _eps_key(eps) and w["run"] in clean]    # classifiers (white-box records)
     if not ours:
         return ""
+    published = [p for p in PUBLISHED if p["dataset"] == dataset and _eps_key(p["eps"]) == _eps_key(eps)]
+    if not published:
+        return ""
     shipped = {_run_name({"train_command": pretrained.info(k).get("train_command", ""), "model": "", "method": ""}): k
                for k in pretrained.available()}
     lines = ["| who | defense | clean | reported | AutoAttack (n) | worst of every attack (by, n) | sanity |",
              "|---|---|---|---|---|---|---|"]
-    for p in PUBLISHED:
-        if p["dataset"] == dataset and _eps_key(p["eps"]) == _eps_key(eps):
-            reported = f"{p['reported']:.2f}" if p["reported"] is not None else "-"
-            lines.append(f"| {p['source']} | {p['defense']} | {p['clean']:.2f} | {reported} | "
-                         f"{p['autoattack']:.2f} (full test set) | - | - |")
+    for p in published:
+        reported = f"{p['reported']:.2f}" if p["reported"] is not None else "-"
+        lines.append(f"| {p['source']} | {p['defense']} | {p['clean']:.2f} | {reported} | "
+                     f"{p['autoattack']:.2f} (full test set) | - | - |")
     for w in ours:
         aa = w["attacks"].get("autoattack")
         aa_cell = f"**{aa[0]:.2f}** ({aa[1]})" if aa else "not run"
@@ -422,8 +424,6 @@ def write_markdown(results_dir: str | os.PathLike = "results", out: str | os.Pat
     tmp.write_text(render(records))
     os.replace(tmp, path)
     return path
-
-
 
 
 def recorded_sanity(records: list[dict[str, Any]], train_command: str, eps: float) -> str | None:

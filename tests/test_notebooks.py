@@ -129,12 +129,12 @@ def check_02_cifar(m, pretrained):
     assert "transfer/feature loss + airnet (seed 1)/oblivious" in m
     if pretrained:
         # the shipped denoiser (all 50,000 images) removes part of an oblivious perturbation, which bit-depth reduction
-        # does not; the median filter comes close at these CI sizes (PGD-5, 60 images: 50.0 vs 51.7 when measured), but
-        # costs clean accuracy (on 1,000 images, PGD-20: oblivious 48.4 vs 38.2, clean 90.9 vs 80.8: RESULTS.md);
+        # does not; the median filter comes close at these CI sizes (PGD-5, 60 images: denoiser 50.0, median3 51.7
+        # when measured), but costs clean accuracy (1,000 images, PGD-20: oblivious 48.4 vs 38.2, clean 90.9 vs 80.8);
         # an attacker who sees it wins
         obl = m["feature loss (shipped)/oblivious/eps8/255"]
         assert obl > m["bits4/oblivious/eps8/255"] + 15
-        assert m["feature loss (shipped)/clean"] > max(clean - 10, m["median3/clean"] + 3)
+        assert m["feature loss (shipped)/clean"] > max(clean - 10, m["median3/clean"] + 5)
         assert m["feature loss (shipped)/end-to-end/eps8/255"] < obl - 15
     else:
         assert "feature loss (shipped)/clean" not in m, "nothing shipped is loaded when PRETRAINED is False"
@@ -169,7 +169,7 @@ def check_03_cifar(m, pretrained):
     assert m["standard/clean_acc"] > (80 if pretrained else 25)
     assert m["standard/pgd_acc"] < m["standard/clean_acc"] - 10
     assert m["standard/separability"] > 55, "a fresh discriminator separates a standard model's embeddings"
-    others = ("Fast-AT (shipped)",) if pretrained else ("PGD-AT", "TRADES")
+    others = ("Fast-AT (shipped)", "AFD (shipped)") if pretrained else ("PGD-AT", "TRADES")
     for name in ("AFD", "AFD without the game") + others:
         assert m[f"{name}/pgd_acc"] <= m[f"{name}/fgsm_acc"] + 5, f"{name}: PGD is at least as strong as FGSM"
     at = others[0]          # PGD-AT trained here, or the shipped Fast-AT

@@ -69,9 +69,35 @@ def test_shipped_cifar_fast_at_model_is_robust_at_8_255():
 def test_shipped_denoisers_sit_in_front_of_their_classifier():
     x, y = featlab.data.load("mnist", "test", limit=300)
     for name, e in pretrained.manifest().items():
-        if e["kind"] == "denoiser":
+        if e["kind"] == "denoiser" and e["dataset"] == "mnist":
             d = pretrained.defended(name)
             assert featlab.metrics.accuracy(d, x, y) > 90, name
+
+
+@needs_cifar10
+def test_shipped_cifar_denoiser_undoes_part_of_an_oblivious_attack_and_none_through_it():
+    x, y = featlab.data.load("cifar10", "test", limit=200)
+    d = pretrained.defended("cifar_airnet_denoiser_feature")
+    assert pretrained.info("cifar_airnet_denoiser_feature")["classifier"] == "cifar_airnet_standard"
+    pgd = lambda m: featlab.attacks.PGD(m, eps=8 / 255, steps=10, step_size=2.5 * (8 / 255) / 10)
+    x_obl = pgd(d.classifier)(x, y)                   # the attacker sees the bare classifier only
+    clean, oblivious = featlab.metrics.accuracy(d, x, y), featlab.metrics.accuracy(d, x_obl, y)
+    through = featlab.metrics.robust_accuracy(d, x, y, pgd(d), seed=0, progress=False)
+    # RESULTS.md, 1,000 images, PGD-20: clean 90.9, oblivious 48.4, end-to-end 0.1
+    assert clean > 85 and oblivious > 30 and through < 10, (clean, oblivious, through)
+    assert featlab.metrics.accuracy(d.classifier, x_obl, y) < 5, "the oblivious attack fools the bare classifier"
+
+
+@needs_cifar10
+def test_shipped_cifar_afd_is_accurate_and_not_robust_at_8_255():
+    """AFD on Fast-AT's training budget (its manifest command): accurate, but PGD-20 takes almost everything."""
+    x, y = featlab.data.load("cifar10", "test", limit=200)
+    model = pretrained.load("cifar_airnet_afd")
+    assert pretrained.info("cifar_airnet_afd")["method"] == "afd"
+    pgd = featlab.attacks.PGD(model, eps=8 / 255, steps=20, step_size=2.5 * (8 / 255) / 20)
+    clean = featlab.metrics.accuracy(model, x, y)
+    robust = featlab.metrics.robust_accuracy(model, x, y, pgd, seed=0, progress=False)
+    assert clean >= 70 and robust < 10, (clean, robust)
 
 
 def test_unknown_name_and_wrong_kind_are_named():
