@@ -12,7 +12,7 @@ SHARED_DATA ?= ../shared/data/prepare.py
 # (offline lab machines), else downloaded by torchvision on first use.
 export FEATLAB_DATA ?= $(CURDIR)/.cache/data
 
-.PHONY: setup data notebooks test test-fast lab bench gpu-check clean
+.PHONY: setup data notebooks test test-fast lab bench gpu-check gpu-cifar clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench: data
 ## the CUDA path, on a GPU machine (<= 8 min on one H100); says so and exits 0 without CUDA
 gpu-check: data
 	$(PY) bench/gpu_check.py
+
+## CIFAR-10 on a GPU machine: PreAct ResNet-18 PGD-AT inside a wall budget, then PGD-20 and AutoAttack on 1,000 images
+gpu-cifar: data
+	$(PY) bench/gpu_cifar.py
 
 clean:
 	rm -rf build .pytest_cache
