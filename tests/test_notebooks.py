@@ -187,6 +187,10 @@ def check_04(m, pretrained=True):
     assert std[0] == 0 and std[-1] >= std[1] and std[-1] > 50, "success grows with eps on the standard model"
     assert m["latency_s/cached"] < m["latency_s/pgd10_one_image"] / 10     # a ratio in one run, not a clock limit
     assert set(m) >= {f"success/{robust}", "success/denoiser + standard", "ig_grey_similarity/standard"}
+    if pretrained:       # which denoiser stood in front of the standard model, recorded
+        assert m["denoiser"] == ("cifar_airnet_denoiser_feature" if cifar else "mnist_denoiser_feature")
+    else:
+        assert m["denoiser"].startswith("residual, trained here")
     if cifar:
         assert m[f"success/{robust}"][-1] < std[-1] - 20, "Fast-AT resists the attack that fools the standard model"
         assert m["shipped/standard"] is pretrained

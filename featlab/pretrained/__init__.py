@@ -1,11 +1,12 @@
-"""Pretrained MNIST models shipped with featlab, so notebooks run on a laptop without training.
+"""Pretrained MNIST and CIFAR-10 models shipped with featlab, so notebooks run on a laptop without training.
 
 The weights live next to this file (``<name>.safetensors``, float16 state dicts, 0.25 MB for the
-small ResNets and denoisers, 6.5 MB for each Madry CNN: its 3136x1024 layer is most of it) and are
-listed in ``manifest.json`` with their SHA-256, the run that trained them (command, epochs, device,
-wall time) and its headline numbers. Loading checks the hash first and then reads the file with
-``safetensors`` (raw tensors and a JSON header, no pickle: loading cannot execute code): a tampered,
-truncated or replaced file is refused, and so is one that is not safetensors (an old ``.pt`` pickle).
+small ResNets and denoisers, 2.3 MB for each CIFAR-10 airnet, 6.5 MB for each Madry CNN: its
+3136x1024 layer is most of it) and are listed in ``manifest.json`` with their SHA-256, the run that
+trained them (command, epochs, device, wall time) and its headline numbers. Loading checks the hash
+first and then reads the file with ``safetensors`` (raw tensors and a JSON header, no pickle:
+loading cannot execute code): a tampered, truncated or replaced file is refused, and so is one that
+is not safetensors (an old ``.pt`` pickle).
 Training checkpoints (``featlab.checkpoint``) keep their own format: they hold optimizer state too.
 
     >>> model = featlab.pretrained.load("mnist_afd")           # an alias of mnist_resnet_afd
