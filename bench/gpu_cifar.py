@@ -12,10 +12,11 @@
 Everything goes under ``--out`` (default ``$OUT``): ``gpu_cifar.jsonl`` (one JSON line per stage), a tarball
 of the run's config and history and of the eval records, and the trained weights in fp16 split into two
 safetensors files (each under the device tool's 16 MiB per file). It is written again after every stage,
-so a run stopped at its time limit still returns what it finished.
+so a run stopped at its time limit still returns the stages it finished (training is one stage).
 
     python bench/gpu_cifar.py [--out DIR] [--train-budget-s 240] [--steps 3] [--no-autoattack]
-    python bench/gpu_cifar.py --smoke       # a CPU check of this script: 1,000 images, 1 epoch, 20 eval images
+    python bench/gpu_cifar.py --smoke       # a CPU check of this script: 1,000 images, 1 epoch, batch 64,
+                                            # 20 eval images, no AutoAttack, its run under --out
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import featlab  # noqa: E402
 from featlab import checkpoint as ckpt, cli  # noqa: E402
+from featlab._utils import inputs_checked  # noqa: E402
 from featlab.train import PGDAT, Trainer  # noqa: E402
 
 EPS = 8 / 255
@@ -58,6 +60,15 @@ def probe_step_s(steps: int, batch: int, lr: float, device: str, n: int = 10) ->
     x = torch.rand(batch, 3, 32, 32, device=t.device)
     y = torch.randint(0, 10, (batch,), device=t.device)
     times = []
+    with inputs_checked():            # as in the training loop: no value check (a device sync) per forward
+        _probe_steps(t, x, y, n, times)
+    del t, model, opt
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return sorted(times)[len(times) // 2]
+
+
+def _probe_steps(t: Trainer, x: torch.Tensor, y: torch.Tensor, n: int, times: list[float]) -> None:
     for i in range(3 + n):
         if t.device.type == "cuda":
             torch.cuda.synchronize()
@@ -67,10 +78,6 @@ def probe_step_s(steps: int, batch: int, lr: float, device: str, n: int = 10) ->
             torch.cuda.synchronize()
         if i >= 3:
             times.append(time.perf_counter() - t0)
-    del t, model, opt
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return sorted(times)[len(times) // 2]
 
 
 def epochs_for_budget(step_s: float, n_train: int, batch: int, pgd_steps: int, n_eval: int, budget_s: float,
@@ -127,14 +134,19 @@ def main() -> int:
     p.add_argument("--skip-train", action="store_true", help="evaluate the finished run in --run (a stopped check)")
     p.add_argument("--smoke", action="store_true", help="CPU check of this script: 1,000 train images, 1 epoch")
     a = p.parse_args()
-    out, run = Path(a.out), Path(a.run)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results_tmp" if a.smoke else run / "results"
     cuda = torch.cuda.is_available()
     if not cuda and not a.smoke:
         print(f"gpu-cifar: no CUDA device on this machine (torch {torch.__version__}); nothing to run. "
               "Run it on a GPU machine, or `--smoke` to check the script on a CPU.")
         return 0
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.smoke:      # small everything, and its own run folder (a real run never resumes a smoke checkpoint)
+        a.n_eval, a.batch_size, a.no_autoattack = 20, 64, True
+        run = out / "smoke_run"
+    else:
+        run = Path(a.run)
+    results = run / "results"
     device = "cuda" if cuda else "cpu"
     # cudnn.benchmark stays off: the evaluation's early exit shrinks the batch to a new size at every step, and a
     # benchmark per new shape cost 5-20 s per PGD-10 batch of 500 on an H200 (the first run of this script)
