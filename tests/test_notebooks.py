@@ -253,6 +253,7 @@ def test_05_honest_evaluation_cifar(tmp_path):
     m = runner.run(runner.NOTEBOOK_DIR / name, tmp_path, CIFAR_CI_PARAMETERS[name], cell_timeout=600)["metrics"]
     std, fast = "cifar_airnet_standard", "cifar_airnet_fast_at"
     assert m["dataset"] == "cifar10"
+    assert m["runs_next_to_published"] >= 3, "the three shipped CIFAR-10 classifiers next to Fast-AT's 43.21"
     assert m[f"{std}/clean"] > 80 and m[f"{std}/pgd10"] < 20
     assert m[f"{fast}/clean"] > 60 and m[f"{fast}/pgd10"] > 20, "Fast-AT holds part of its accuracy at 8/255"
     # AFD on Fast-AT's budget: as accurate, far less robust (RESULTS.md: PGD-20 1.9 vs 43.4 on 1,000 images)
@@ -282,6 +283,7 @@ def test_05_honest_evaluation(executed):
         if str(m[f"{name}/recorded_sanity"]).startswith("FAIL"):
             assert "SUSPECT" in m[f"verdict/{name}"], m[f"verdict/{name}"]
     assert m["mnist_resnet_afd/recorded_sanity"] is not None, "the shipped AFD has committed records at eps 0.3"
+    assert m["runs_next_to_published"] >= 5, "the shipped MNIST classifiers sit next to the published numbers"
     for name in ("mnist_resnet_standard", "mnist_resnet_afd"):
         assert m[f"{name}/apgd"] <= m[f"{name}/pgd10_on_aa_images"] + 100 / 30
     # the planted masking: PGD is fooled, the checklist is not, BPDA breaks it
