@@ -59,25 +59,20 @@ def probe_step_s(steps: int, batch: int, lr: float, device: str, n: int = 10) ->
     t = Trainer(model, PGDAT(eps=EPS, steps=steps), optimizer=opt, device=device, progress=False)
     x = torch.rand(batch, 3, 32, 32, device=t.device)
     y = torch.randint(0, 10, (batch,), device=t.device)
+    sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
     times = []
     with inputs_checked():            # as in the training loop: no value check (a device sync) per forward
-        _probe_steps(t, x, y, n, times)
+        for i in range(3 + n):
+            sync()
+            t0 = time.perf_counter()
+            t.objective.train_step(t.prepare_batch(x), y)
+            sync()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
     del t, model, opt
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return sorted(times)[len(times) // 2]
-
-
-def _probe_steps(t: Trainer, x: torch.Tensor, y: torch.Tensor, n: int, times: list[float]) -> None:
-    for i in range(3 + n):
-        if t.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        t.objective.train_step(t.prepare_batch(x), y)
-        if t.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
 
 
 def epochs_for_budget(step_s: float, n_train: int, batch: int, pgd_steps: int, n_eval: int, budget_s: float,

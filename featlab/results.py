@@ -315,6 +315,26 @@ PUBLISHED: list[dict[str, Any]] = [
 ]
 
 
+def _published_lines(dataset: str, eps: float) -> list[str]:
+    """The header and the :data:`PUBLISHED` rows of ``dataset`` at ``eps``; [] when nothing is published there."""
+    published = [p for p in PUBLISHED if p["dataset"] == dataset and _eps_key(p["eps"]) == _eps_key(eps)]
+    if not published:
+        return []
+    lines = ["| who | defense | clean | reported | AutoAttack (n) | worst of every attack (by, n) | sanity |",
+             "|---|---|---|---|---|---|---|"]
+    for p in published:
+        reported = f"{p['reported']:.2f}" if p["reported"] is not None else "-"
+        lines.append(f"| {p['source']} | {p['defense']} | {p['clean']:.2f} | {reported} | "
+                     f"{p['autoattack']:.2f} (full test set) | - | - |")
+    return lines
+
+
+def published_only_table(dataset: str, eps: float | None = None) -> str:
+    """The published rows of :func:`published_table` alone (where no run of ours has records: Colab, a fresh
+    install); "" when nothing is published at ``dataset``'s Linf eps (default: the dataset's)."""
+    return "\n".join(_published_lines(dataset, float(data.threat_defaults(dataset)["eps"] if eps is None else eps)))
+
+
 def published_table(records: list[dict[str, Any]], dataset: str, eps: float | None = None) -> str:
     """Our classifiers next to the published numbers of :data:`PUBLISHED` at ``dataset``'s Linf eps (default
     :func:`featlab.data.threat_defaults`: 0.3, 8/255): the published rows (clean, as reported, AutoAttack; on the
@@ -334,17 +354,11 @@ def published_table(records: list[dict[str, Any]], dataset: str, eps: float | No
             and _eps_key(w["eps"]) == _eps_key(eps) and w["run"] in clean]    # classifiers (white-box records)
     if not ours:
         return ""
-    published = [p for p in PUBLISHED if p["dataset"] == dataset and _eps_key(p["eps"]) == _eps_key(eps)]
-    if not published:
+    lines = _published_lines(dataset, eps)
+    if not lines:
         return ""
     shipped = {_run_name({"train_command": pretrained.info(k).get("train_command", ""), "model": "", "method": ""}): k
                for k in pretrained.available()}
-    lines = ["| who | defense | clean | reported | AutoAttack (n) | worst of every attack (by, n) | sanity |",
-             "|---|---|---|---|---|---|---|"]
-    for p in published:
-        reported = f"{p['reported']:.2f}" if p["reported"] is not None else "-"
-        lines.append(f"| {p['source']} | {p['defense']} | {p['clean']:.2f} | {reported} | "
-                     f"{p['autoattack']:.2f} (full test set) | - | - |")
     for w in ours:
         aa = w["attacks"].get("autoattack")
         aa_cell = f"**{aa[0]:.2f}** ({aa[1]})" if aa else "not run"

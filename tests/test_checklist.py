@@ -427,6 +427,9 @@ def test_published_table_puts_our_runs_under_the_published_numbers():
         "clean of the largest evaluation at 8/255 (not the large-eps point); a denoiser has no white-box row"
     assert featlab.results.published_table(recs, "cifar10", eps=4 / 255) == "", "nothing published at 4/255"
     assert featlab.results.published_table([{**r, "dataset": "cifar100"} for r in recs], "cifar100") == ""
+    alone = featlab.results.published_only_table("cifar10").splitlines()      # no run of ours: the published rows
+    assert alone == lines[:len(alone)] and len(alone) == len(lines) - 1
+    assert featlab.results.published_only_table("cifar100") == ""
     assert featlab.results.published_table([{**recs[0], "attack": "fgsm"}], "cifar10").splitlines()[-1].split(" | ")[4] \
         == "not run"
     shipped = featlab.pretrained.info("cifar_airnet_fast_at")["train_command"]
