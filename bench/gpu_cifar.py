@@ -144,7 +144,7 @@ def main() -> int:
     results = run / "results"
     device = "cuda" if cuda else "cpu"
     # cudnn.benchmark stays off: the evaluation's early exit shrinks the batch to a new size at every step, and a
-    # benchmark per new shape cost 5-20 s per PGD-10 batch of 500 on an H200 (the first run of this script)
+    # benchmark per new shape cost 2-21 s per PGD-10 batch of 500 on an H200 (the first run of this script)
     info = {"check": "device", "name": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
             "cuda": torch.version.cuda}
     try:
