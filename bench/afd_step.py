@@ -12,6 +12,7 @@ import json
 import torch
 
 import featlab
+from featlab.attacks import step_size_for
 from featlab.train import AFD
 from featlab.train import PGDAT, Trainer
 
@@ -33,7 +34,7 @@ def main() -> None:
     else:
         x, y = torch.rand(a.batch, 1, 28, 28), torch.randint(0, 10, (a.batch,))
     x, y = x.to(device), y.to(device)
-    step = 2.5 * 0.3 / a.steps
+    step = step_size_for(0.3, a.steps)
     m_afd = featlab.models.create(a.model).to(device)
     afd = AFD(m_afd, eps=0.3, steps=a.steps, step_size=step)
     Trainer(m_afd, afd, optimizer=afd.optimizer_ec, device=device, progress=False)

@@ -27,6 +27,7 @@ import torch
 import torchattacks
 
 import featlab
+from featlab.attacks import step_size_for
 
 from _timing import interleaved_medians
 
@@ -49,7 +50,7 @@ def main() -> None:
     dataset = "mnist" if model.input_shape[0] == 1 else "cifar10"
     xs, ys = featlab.data.load(dataset, "test", limit=a.n_eval)
     x, y = xs[:a.batch].to(device), ys[:a.batch].to(device)
-    alpha = 2.5 * a.eps / a.steps
+    alpha = step_size_for(a.eps, a.steps)
     ours = featlab.attacks.PGD(model, eps=a.eps, steps=a.steps, step_size=alpha)
     theirs = torchattacks.PGD(model, eps=a.eps, alpha=alpha, steps=a.steps, random_start=True)
     with torch.no_grad():

@@ -25,6 +25,7 @@ import time
 import torch
 
 import featlab
+from featlab.attacks import step_size_for
 from featlab.train import PGDAT, Standard, Trainer
 
 from _timing import interleaved_medians
@@ -43,7 +44,7 @@ def _objective(name: str, model: torch.nn.Module, eps: float, steps: int):
         return featlab.train.TRADES(eps=eps, steps=steps)
     if name == "afd":
         from featlab.train import AFD
-        return AFD(model, eps=eps, steps=steps, step_size=2.5 * eps / steps)
+        return AFD(model, eps=eps, steps=steps, step_size=step_size_for(eps, steps))
     raise ValueError(f"--objectives: unknown {name!r}; allowed: standard, pgd_at, trades, afd")
 
 

@@ -30,7 +30,7 @@ import torch
 
 from . import data, distributed, models, pretrained, runs
 from ._utils import get_device, git_commit, seed_everything
-from .attacks import PGD, from_spec, parse, strongest_pgd
+from .attacks import PGD, from_spec, parse, step_size_for, strongest_pgd
 from .checklist import checklist, report_checks
 from .evaluate import audit, preprocessing_defense
 from .metrics import accuracy, robust_accuracy
@@ -164,7 +164,7 @@ def _classifier_parts(a: argparse.Namespace):
     dataset = a.dataset or models.default_dataset(a.model)
     model = models.create(a.model, num_classes=data.info(dataset).num_classes)
     if a.method == "afd":
-        objective = AFD(model, eps=a.eps, steps=a.attack_steps, step_size=a.step_size or 2.5 * a.eps / a.attack_steps,
+        objective = AFD(model, eps=a.eps, steps=a.attack_steps, step_size=a.step_size or step_size_for(a.eps, a.attack_steps),
                         attack=a.train_attack, loss=a.afd_loss, lr_ec=a.lr, lr_e=a.lr_e, lr_d=a.lr_d,
                         game=not a.afd_no_game)
         return model, objective, dataset
@@ -225,7 +225,7 @@ def cmd_train(a: argparse.Namespace) -> None:
               "world_size": distributed.world_size(), "sync_batchnorm": a.sync_bn, **extra}
     eval_attack = None
     if a.method != "standard":
-        eval_attack = lambda m: PGD(m, eps=a.eps, steps=10, step_size=2.5 * a.eps / 10)  # noqa: E731
+        eval_attack = lambda m: PGD(m, eps=a.eps, steps=10)  # noqa: E731
     augment = data.cifar_augment if dataset.startswith("cifar") else None
     t0 = time.time()
     trainer = Trainer(model, objective, epochs=a.epochs, batch_size=a.batch_size, optimizer=opt, scheduler=sched,
@@ -432,7 +432,7 @@ def cmd_separability(a: argparse.Namespace) -> None:
     if config["method"] == "denoiser":
         raise UsageError("--run/--pretrained: separability probes a classifier's encoder, not a denoiser")
     x, y = data.load(config["dataset"], "train", limit=a.n, seed=a.seed)
-    step = 2.5 * a.eps / a.attack_steps
+    step = step_size_for(a.eps, a.attack_steps)
     t0 = time.time()
     rows = {}
     for loss in ("bce", "wgan"):
@@ -472,7 +472,7 @@ def cmd_probe(a: argparse.Namespace) -> None:
                 "device": device_description(device), "n_eval": len(x)}
         for eps in a.eps:
             r = res[name][eps]
-            x_adv_acc = robust_accuracy(model, x, y, PGD(model, eps=eps, steps=a.steps, step_size=2.5 * eps / a.steps),
+            x_adv_acc = robust_accuracy(model, x, y, PGD(model, eps=eps, steps=a.steps),
                                         progress=False)
             rec = record(base, threat_model="white-box", norm="linf", eps=eps, attack=f"pgd{a.steps}",
                          clean_acc=clean, robust_acc=x_adv_acc, wall_s=round(time.time() - t0, 1),

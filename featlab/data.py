@@ -344,6 +344,7 @@ def load(name: str, split: str = "test", limit: int | None = None, seed: int = 0
     check_choice("split", split, SPLITS)
     if limit is not None:
         check_number("limit", limit, low=1, integer=True)
+    check_number("seed", seed, low=0, integer=True)
     ds, root = DATASETS[name], data_root(root)
     missing = _missing(ds, root, split)
     if missing:

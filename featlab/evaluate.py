@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._utils import VERSION, check_labels, check_model_input, check_number, git_commit
-from .attacks import BPDA, PGD, Attack, canonical_norm, from_spec, parse, strongest_pgd
+from .attacks import BPDA, PGD, Attack, canonical_norm, from_spec, parse, step_size_for, strongest_pgd
 from .checklist import checklist, report_checks
 from .metrics import (BatchStore, accuracy, data_fingerprint, input_gradient_stats, predict, robust_accuracy,
                       robust_correct, state_fingerprint)
@@ -84,7 +84,7 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
     rows = []
     for eps in eps_list:
         check_number("eps", eps, low=0.0, high=1.0)
-        a = step_size if step_size is not None else 2.5 * eps / steps
+        a = step_size if step_size is not None else step_size_for(eps, steps)
         pgd = lambda m: PGD(m, eps=eps, steps=steps, step_size=a)  # noqa: E731
         runs = {"none": (classifier, pgd(classifier), clean_cls),
                 "oblivious": (defended, pgd(classifier), clean_def),

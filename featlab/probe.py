@@ -165,9 +165,12 @@ def sweep(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps
     """
     from .attacks import PGD
     from tqdm.auto import tqdm
-    eps_list = [float(e) for e in eps_list]
+    check_number("attack_steps", attack_steps, low=1, integer=True)
+    check_number("seed", seed, low=0, integer=True)
+    eps_list = list(eps_list)
     for e in eps_list:
         check_number("eps_list[...]", e, low=0.0, high=1.0)
+    eps_list = [float(e) for e in eps_list]
     out: dict[str, dict[float, dict[str, Distortion]]] = {}
     jobs = [(m, e) for m in models for e in eps_list]
     for name, eps in tqdm(jobs, desc="probe sweep", leave=False):
@@ -176,8 +179,7 @@ def sweep(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps
         dev = next(model.parameters()).device
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed)      # PGD's random start: the same call repeats exactly
-            sets = {"adversarial": PGD(model, eps=eps, steps=attack_steps,
-                                       step_size=2.5 * eps / attack_steps)(x, y).cpu()}
+            sets = {"adversarial": PGD(model, eps=eps, steps=attack_steps)(x, y).cpu()}
         for kind in kinds:
             sets[f"random-{kind}"] = random_noise(x, eps, kind=kind, generator=g)
         out.setdefault(name, {})[eps] = compare(model, x, sets, layers)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import data, models, pretrained
+from .attacks import step_size_for
 from ._utils import check_choice, check_number, seed_everything
 from .train import PGDAT, Objective, Standard, Trainer, train_classifier, triangle_schedule_for
 
@@ -98,7 +99,7 @@ def train_live(dataset: str, x: torch.Tensor, y: torch.Tensor, method: str = "st
     steps = steps or 1
     objective = None
     if adversarial:
-        objective = PGDAT(eps=eps, steps=steps, step_size=1.25 * eps if steps == 1 else 2.5 * eps / steps)
+        objective = PGDAT(eps=eps, steps=steps, step_size=1.25 * eps if steps == 1 else step_size_for(eps, steps))
     seed_everything(seed)                  # the initial weights come from the seed too
     model = models.create(LIVE_MODELS[dataset], num_classes=data.info(dataset).num_classes)
     history = fit_fast_cifar(model, x, y, objective, epochs=epochs, device=device, seed=seed,

@@ -77,7 +77,7 @@ class FeatureNoiseExplorer:
             noise = random_noise(self.x, eps, kind="sign", generator=g)
             res = {}
             for name, m in self.models.items():
-                x_adv = PGD(m, eps=eps, steps=self.attack_steps, step_size=2.5 * max(eps, 1e-8) / self.attack_steps)(
+                x_adv = PGD(m, eps=eps, steps=self.attack_steps)(
                     self.x, self.y).cpu()
                 res[name] = {"distortion": compare(m, self.x, {"adversarial": x_adv, "random": noise}),
                              "x_adv": x_adv}
@@ -213,7 +213,7 @@ class AttackExplorer:
         if name == "FGSM":
             return FGSM(model, eps=eps)
         norm = "linf" if name == "PGD Linf" else "l2"
-        return PGD(model, eps=eps, steps=steps, step_size=2.5 * max(eps, 1e-12) / steps, norm=norm)
+        return PGD(model, eps=eps, steps=steps, norm=norm)
 
     def compute(self, model_name: str, attack: str, eps: float, steps: int, index: int) -> dict:
         """Everything the view shows for one setting (cached)."""

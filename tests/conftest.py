@@ -17,6 +17,10 @@ from featlab.models.base import FeatureModel, Normalize
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("FEATLAB_TEST", "1")
+# `pytest` run by hand, outside the Makefile: use the data `make data` wrote, if it is there (the
+# tests that need data skip with a reason otherwise); subprocesses inherit it
+if not os.environ.get("FEATLAB_DATA") and (ROOT / ".cache" / "data").is_dir():
+    os.environ["FEATLAB_DATA"] = str(ROOT / ".cache" / "data")
 
 
 @pytest.fixture(autouse=True)

@@ -42,8 +42,11 @@ def run_train(out: str, method: str, checkpoint: str | None, stop_after: int | N
     model = featlab.models.create("mnist_cnn")     # no BatchNorm: per-rank statistics cannot differ
     x, y = featlab.data.load("mnist", "train", limit=640)
     if method == "afd":
-        # eps 0: x_adv = x, so the steps are deterministic and only the gradient averaging is compared
-        objective = AFD(model, eps=0.0, steps=1, step_size=0.01, lr_ec=0.02, lr_e=0.01, lr_d=0.05)
+        # eps 0: x_adv = x, so the steps are deterministic and only the gradient averaging is compared.
+        # micro_batch 64: one process runs the per-rank parts of 64 and adds their gradients, so its
+        # kernels see the shapes each rank sees (fp32 kernels for 64 and 128 images differ in the last
+        # bits on some CPUs, and the game amplifies that); under torchrun each rank's 64 are one part
+        objective = AFD(model, eps=0.0, steps=1, step_size=0.01, lr_ec=0.02, lr_e=0.01, lr_d=0.05, micro_batch=64)
         opt = objective.optimizer_ec
     else:
         objective = Standard()

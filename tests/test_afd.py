@@ -221,3 +221,26 @@ def test_the_ablation_switches_off_only_the_encoders_update_against_d():
     assert afd.config()["game"] is False
     with pytest.raises(TypeError, match="game must be"):
         AFD(model, game="off")
+
+
+def test_micro_batches_give_the_whole_batch_update():
+    """AFD with micro_batch (gradient accumulation) makes the update of the whole batch: parts of 8, 8
+    and 4 images weighted by their share give the same weights as one batch of 20, to float rounding."""
+    from conftest import tiny_model
+    x, y = torch.rand(20, 1, 8, 8), torch.randint(0, 3, (20,))
+    states = []
+    for micro in (None, 8):
+        featlab.seed_everything(0)
+        model = tiny_model()
+        afd = AFD(model, eps=0.0, steps=1, step_size=0.01, lr_ec=0.1, lr_e=0.1, lr_d=0.1, micro_batch=micro)
+        featlab.seed_everything(1)
+        logs = afd.step(x, y)
+        states.append(({k: v.clone() for k, v in model.state_dict().items()}, logs))
+    (whole, lw), (parts, lp) = states
+    moved = max((whole[k] - tiny_model().state_dict()[k]).abs().max().item() for k in whole)
+    assert moved > 1e-3
+    for k in whole:
+        torch.testing.assert_close(parts[k], whole[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert float(lp["ce_clean"]) == pytest.approx(float(lw["ce_clean"]), rel=1e-5)
+    with pytest.raises(ValueError, match="micro_batch"):
+        AFD(tiny_model(), micro_batch=0)

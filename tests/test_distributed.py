@@ -15,11 +15,13 @@ import pytest
 import torch
 
 import featlab
+from conftest import needs_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = str(Path(__file__).with_name("dist_worker.py"))
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in"),
+              needs_mnist]      # every worker reads real MNIST
 
 
 def _env() -> dict:
@@ -61,15 +63,23 @@ def test_sharded_eval_equals_single_process_exactly(tmp_path):
 
 @pytest.mark.parametrize("method", ["standard", "afd"])
 def test_distributed_training_equals_single_process(tmp_path, method):
-    """2 epochs of 5 global batches of 128 (64 per rank): the weights and the epoch logs match one
-    process training on the whole batches. Standard goes through DDP; AFD all-reduces its three
-    optimisers' gradients itself."""
+    """2 epochs of 5 global batches of 128 (64 per rank) against one process on the same batches.
+
+    Standard goes through DDP; the one process computes the gradient of the whole batch of 128, so
+    the weights agree to a tolerance (other kernels, another summation order). AFD all-reduces its
+    three optimisers' gradients itself, and its game amplifies last-bit differences (on a CPU with
+    AMX, kernels for 64 and 128 images gave 1.3e-3 apart after 10 steps), so it compares like with
+    like: the one process runs the per-rank parts of 64 (``micro_batch``) and adds their weighted
+    gradients, which makes every weight and D's spectral-norm vectors equal bit for bit."""
     ok(torchrun(WORKER, "train", str(tmp_path / "d.pt"), "--method", method))
     ok(single(WORKER, "train", str(tmp_path / "s.pt"), "--method", method))
     d, s = torch.load(tmp_path / "d.pt"), torch.load(tmp_path / "s.pt")
     assert (d["world_size"], s["world_size"]) == (2, 1)
     for k, v in s["model"].items():
-        torch.testing.assert_close(d["model"][k], v, rtol=1e-4, atol=1e-5, msg=f"parameter {k}")
+        if method == "afd":
+            assert torch.equal(d["model"][k], v), (k, (d["model"][k] - v).abs().max())
+        else:
+            torch.testing.assert_close(d["model"][k], v, rtol=1e-4, atol=1e-5, msg=f"parameter {k}")
     featlab.seed_everything(0)
     init = featlab.models.create("mnist_cnn").state_dict()
     moved = max((s["model"][k] - init[k]).abs().max().item() for k in init)
@@ -78,7 +88,7 @@ def test_distributed_training_equals_single_process(tmp_path, method):
         assert abs(hd["loss"] - hs["loss"]) < 1e-4 and hd["lr"] == hs["lr"]
     if method == "afd":
         for k, v in s["discriminator"].items():
-            torch.testing.assert_close(d["discriminator"][k], v, rtol=1e-4, atol=1e-5, msg=f"discriminator {k}")
+            assert torch.equal(d["discriminator"][k], v), (k, (d["discriminator"][k] - v).abs().max())
 
 
 def test_resume_under_torchrun(tmp_path):

@@ -76,6 +76,7 @@ def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = 
     check_choice("norm", norm, ("linf", "l2"))
     check_choice("version", version, VERSIONS)
     check_number("steps", steps, low=1, integer=True)
+    check_number("n_queries", n_queries, low=1, integer=True)
     if version == "torchattacks" and (steps != 100 or n_queries != 5000):
         raise ValueError("steps/n_queries: torchattacks.AutoAttack sets its own (10 iterations); "
                          "use version 'standard' or 'fast' to choose them")

@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .._utils import check_choice
+from .._utils import check_choice, check_number
 from .autoattack import autoattack, square
 from .fgsm import FGSM
-from .pgd import PGD
+from .pgd import PGD, step_size_for
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Spec:
 
     def step(self, eps: float) -> float:
         """The PGD step size at ``eps``: the spec's own, else ``2.5 * eps / steps``."""
-        return self.step_size if self.step_size is not None else 2.5 * eps / (self.steps or 1)
+        return self.step_size if self.step_size is not None else step_size_for(eps, self.steps or 1)
 
     def norm_or(self, norm: str) -> str:
         return self.norm or norm
@@ -149,6 +149,7 @@ def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed:
     attribute says which norm it runs in; its ``name`` is the spec."""
     s = parse(spec)
     check_choice("norm", norm, ("linf", "l2"))
+    check_number("eps", eps, low=0.0)
     n = s.norm_or(norm)
     if n not in s.kind.norms:
         pretty = {"linf": "Linf", "l2": "L2"}

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .._utils import check_number
 from .base import FeatureModel, L2Normalize, Normalize
-from .cifar import cifar_airnet, resnet20
+from .cifar import cifar_airnet, cifar_airnet_l2, resnet20
 from .compose import Defended
 from .mnist import mnist_cnn, mnist_resnet, mnist_resnet18
 from .resnet import preact_resnet18, resnet18
@@ -23,6 +24,7 @@ MODELS: dict[str, tuple[Callable[..., FeatureModel], str]] = {
     "resnet18": (resnet18, "cifar10"),
     "preact_resnet18": (preact_resnet18, "cifar10"),
     "cifar_airnet": (cifar_airnet, "cifar10"),
+    "cifar_airnet_l2": (cifar_airnet_l2, "cifar10"),
     "resnet20": (resnet20, "cifar10"),
 }
 
@@ -33,6 +35,7 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> FeatureM
         raise ValueError(f"name: unknown model {name!r}; allowed: {sorted(MODELS)}")
     factory, _ = MODELS[name]
     if num_classes is not None:
+        check_number("num_classes", num_classes, low=2, integer=True)
         kwargs["num_classes"] = num_classes
     return factory(**kwargs)
 
@@ -45,4 +48,4 @@ def default_dataset(name: str) -> str:
 
 __all__ = ["Defended", "FeatureModel", "Normalize", "L2Normalize", "MODELS", "create", "default_dataset",
            "mnist_cnn", "mnist_resnet", "mnist_resnet18", "resnet18", "preact_resnet18",
-           "cifar_airnet", "resnet20"]
+           "cifar_airnet", "cifar_airnet_l2", "resnet20"]

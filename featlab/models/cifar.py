@@ -51,7 +51,10 @@ def cifar_airnet(num_classes: int = 10, widths: tuple[int, int, int, int] = (32,
     weights stay under 5 MB; none of airbench's other tricks (whitening init, lookahead, TTA) is used.
 
     Taps: stem (32x32), block1 (16x16), block2 (8x8), block3 (4x4), pool, embedding, logits.
-    ``normalize_embedding`` L2-normalises the embedding (the AFD code's choice for its encoders).
+    ``normalize_embedding`` L2-normalises the embedding (the AFD code's choice for its encoders); the head
+    is then a plain linear layer, as the reference's: a unit-length embedding already bounds the logits by
+    the head's row norms, so airbench's 1/8 scale (there for the max-pooled features' large values) would
+    only slow the head down. ``cifar_airnet_l2`` in the registry is this variant.
     """
     w = widths
     if len(w) != 4 or any(int(c) < 1 for c in w):
@@ -65,7 +68,9 @@ def cifar_airnet(num_classes: int = 10, widths: tuple[int, int, int, int] = (32,
     ]
     if normalize_embedding:
         stages.append(("l2norm", L2Normalize()))
-    head = nn.Sequential(nn.Linear(w[3], num_classes, bias=False), Scale(1 / 8))
+        head: nn.Module = nn.Linear(w[3], num_classes)
+    else:
+        head = nn.Sequential(nn.Linear(w[3], num_classes, bias=False), Scale(1 / 8))
     return FeatureModel(Normalize(mean, std), nn.Sequential(OrderedDict(stages)), head,
                         (in_channels, 32, 32), num_classes, name=name)
 
@@ -86,6 +91,13 @@ class _ResNetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def cifar_airnet_l2(num_classes: int = 10, in_channels: int = 3, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> FeatureModel:
+    """``cifar_airnet`` with a unit-length (L2-normalised) 192-d embedding and a plain linear head: the
+    encoder the AFD reference code trains its game on (its ResNet-18's 512-d feature is normalised)."""
+    return cifar_airnet(num_classes, normalize_embedding=True, in_channels=in_channels, mean=mean, std=std,
+                        name="cifar_airnet_l2")
 
 
 def resnet20(num_classes: int = 10, width: int = 16, in_channels: int = 3,

@@ -56,6 +56,10 @@ class AFD(Objective):
         game: True (default): the full game. False: the mechanism ablation: step (4), the encoder's
             update against D, is switched off; D still trains and reports how separable the two
             embeddings are, but nothing pushes E to close the gap (so E+C learn from clean data only).
+        micro_batch: None (default): every forward and backward sees the whole batch. An int: they run on
+            parts of that many images and the parts' gradients are summed, weighted by their share (gradient
+            accumulation): the same update in less memory, and, with the per-rank batch size, exactly the
+            kernels and sums two ranks under torchrun compute (tests/test_distributed.py compares them).
 
     ``optimizer_ec`` is meant to be the Trainer's optimiser; the objective also owns ``optimizer_e``
     and ``optimizer_d`` and declares them in :meth:`optimizers`, so the Trainer applies its LR
@@ -69,7 +73,7 @@ class AFD(Objective):
 
     def __init__(self, model: nn.Module, eps: float = 0.3, steps: int = 40, step_size: float = 0.01,
                  attack: str = "pgd", loss: str = "wgan", lr_ec: float = 0.1, lr_e: float = 0.5, lr_d: float = 0.5,
-                 momentum: float = 0.9, weight_decay: float = 1e-4, game: bool = True):
+                 momentum: float = 0.9, weight_decay: float = 1e-4, game: bool = True, micro_batch: int | None = None):
         for name in ("encoder", "head", "embed"):
             if not hasattr(model, name):
                 raise TypeError(f"model must be a featlab model with encoder, head and embed; it has no {name!r}")
@@ -89,6 +93,9 @@ class AFD(Objective):
         if not isinstance(game, bool):
             raise TypeError(f"game must be True (the full AFD game) or False (the ablation), got {game!r}")
         self.game = game
+        if micro_batch is not None:
+            check_number("micro_batch", micro_batch, low=1, integer=True)
+        self.micro_batch = None if micro_batch is None else int(micro_batch)
         self.hparams = dict(eps=eps, steps=steps, step_size=step_size, attack=attack, loss=loss, lr_ec=lr_ec,
                             lr_e=lr_e, lr_d=lr_d, momentum=momentum, weight_decay=weight_decay, game=game)
         self.device: torch.device | None = None
@@ -106,13 +113,6 @@ class AFD(Objective):
         self.discriminator.to(trainer.device)
         distributed.broadcast_module(self.discriminator)     # under torchrun: rank 0's D everywhere
 
-    def _sync(self, params) -> None:
-        """Under torchrun: average this update's gradients over the ranks (weighted by each rank's
-        share of the global batch). AFD steps three optimisers on pieces of the model (embed, head,
-        D), which DDP's forward hook cannot see, so it all-reduces them itself."""
-        trainer = getattr(self, "trainer", None)
-        distributed.average_gradients(params, weight=trainer.shard_weight if trainer is not None else 1.0)
-
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"optimizer_e": self.optimizer_e, "optimizer_d": self.optimizer_d}
 
@@ -124,6 +124,23 @@ class AFD(Objective):
         """D's scores, computed in fp32 even inside autocast (D is tiny; its spectral norms stay exact)."""
         with torch.autocast(h.device.type, enabled=False):
             return self.discriminator(h.float(), y)
+
+    def _score_parts(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """D's scores of each (embedding, label) part. D's spectral norms advance their power iteration
+        once per call in train mode, so only the first part advances it and the other parts reuse its
+        vectors: the same normalised weights every rank of a torchrun job uses for its one part."""
+        scores = [self._score(*parts[0])]
+        if len(parts) > 1:
+            spectral = [m for m in self.discriminator.modules() if type(m).__name__ == "_SpectralNorm"]
+            modes = [m.training for m in spectral]
+            try:
+                for m in spectral:
+                    m.training = False           # eval mode of a spectral norm: no power iteration
+                scores += [self._score(h, y) for h, y in parts[1:]]
+            finally:
+                for m, mode in zip(spectral, modes):
+                    m.training = mode
+        return scores
 
     # -- the pieces ---------------------------------------------------------------------------
     def make_adversarial(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -137,76 +154,127 @@ class AFD(Objective):
         (:func:`featlab.defenses.afd_losses` with this objective's ``loss``)."""
         return afd_losses(s_clean, s_adv, self.loss_name)
 
-    def classifier_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    # -- micro-batches and gradients ---------------------------------------------------------------
+    def _chunks(self, *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """The batch as ``micro_batch``-sized parts (one part when ``micro_batch`` is None)."""
+        size = self.micro_batch or len(tensors[0])
+        return list(zip(*(t.split(size) for t in tensors)))
+
+    @staticmethod
+    def _fractions(chunks) -> list[float]:
+        """Each part's share of this process's batch (the weights of its loss)."""
+        n = sum(len(c[0]) for c in chunks)
+        return [len(c[0]) / n for c in chunks]
+
+    def _descend(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], losses: list[torch.Tensor],
+                 fractions: list[float], extra: list[torch.Tensor] = ()) -> tuple[torch.Tensor, list]:
+        """One update: each part's gradient times its share of the global batch, summed over the parts and
+        (under torchrun) over the ranks, then ``optimizer.step()``. Returns the gradient norm and the
+        gradients of ``extra[i]`` (an input) from part i. Two ranks of 64 images and one process in parts
+        of 64 add the same per-part gradients in the same order, so their updates agree to the last bits."""
+        trainer = getattr(self, "trainer", None)
+        share = trainer.shard_weight if trainer is not None else 1.0
+        total: list[torch.Tensor | None] = [None] * len(params)
+        extra_grads = []
+        for i, (loss, f) in enumerate(zip(losses, fractions)):
+            inputs = list(params) + ([extra[i]] if extra else [])
+            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+            if extra:
+                extra_grads.append(grads[-1])
+                grads = grads[:-1]
+            for j, g in enumerate(grads):
+                if g is not None:
+                    g = g.float() * (f * share)
+                    total[j] = g if total[j] is None else total[j] + g
+        optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(params, total):
+            if g is not None:
+                p.grad = g.to(p.dtype)
+        distributed.average_gradients(params, weight=1.0)        # each rank's gradient is already weighted
+        gn = _grad_norm(params)
+        optimizer.step()
+        return gn, extra_grads
+
+    # -- the three updates --------------------------------------------------------------------------
+    def classifier_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """(2) Update E and C with cross-entropy on clean inputs."""
-        return self._classifier_update(x, y)[0]
+        return self._classifier_update(self._chunks(x, y))
 
-    def _classifier_update(self, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    def _classifier_update(self, chunks) -> dict[str, torch.Tensor]:
         self.model.train()
-        x = x.detach().requires_grad_(True)      # the input gradient comes with the same backward pass
-        with self._autocast():
-            h = self.model.embed(x)
-            logits = self.model.head(h)
-            ce = nn.functional.cross_entropy(logits, y)
-        self.optimizer_ec.zero_grad(set_to_none=True)
-        ce.backward()
-        self._sync(self.model.parameters())
-        gn = _grad_norm(self.model.parameters())
-        self.optimizer_ec.step()
-        # per-example input-gradient norm of the clean loss (x len(x): the mean loss divides by it)
-        input_gn = (x.grad.detach().float().flatten(1).norm(dim=1) * len(x)).mean()
-        logs = {"ce_clean": ce.detach(), "grad_norm_ec": gn, "input_grad_norm": input_gn,
-                "train_acc": 100.0 * (logits.detach().argmax(1) == y).float().mean()}
-        return logs, h.detach()
+        fr = self._fractions(chunks)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        xs, ces, logits = [], [], []
+        for xc, yc in chunks:
+            xc = xc.detach().requires_grad_(True)  # the input gradient comes with the same backward pass
+            with self._autocast():
+                out = self.model.head(self.model.embed(xc))
+                ces.append(nn.functional.cross_entropy(out, yc))
+            xs.append(xc)
+            logits.append(out.detach())
+        gn, x_grads = self._descend(self.optimizer_ec, params, ces, fr, extra=xs)
+        y = torch.cat([c[1] for c in chunks])
+        # per-example input-gradient norm of the clean loss (x part size: the mean loss divides by it)
+        input_gn = torch.cat([g.detach().float().flatten(1).norm(dim=1) * len(g) for g in x_grads]).mean()
+        return {"ce_clean": sum(f * c.detach() for f, c in zip(fr, ces)), "grad_norm_ec": gn, "input_grad_norm": input_gn,
+                "train_acc": 100.0 * (torch.cat(logits).argmax(1) == y).float().mean()}
 
-    def discriminator_step(self, h_clean: torch.Tensor, h_adv: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def discriminator_step(self, h_clean: torch.Tensor, h_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """(3) Update D to score clean embeddings high and adversarial ones low (embeddings fixed).
 
         D's accuracy uses the midpoint of the two mean scores as threshold (WGAN scores have no
         fixed zero), measured before the update.
         """
+        return self._discriminator_update(self._chunks(h_clean, h_adv, y))
+
+    def _discriminator_update(self, chunks) -> dict[str, torch.Tensor]:
         self.discriminator.train()
-        s_clean, s_adv = self._score(h_clean.detach(), y), self._score(h_adv.detach(), y)
-        d_loss, _ = self.discriminator_losses(s_clean, s_adv)
-        self.optimizer_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self._sync(self.discriminator.parameters())
-        gn = _grad_norm(self.discriminator.parameters())
-        self.optimizer_d.step()
+        s_c = self._score_parts([(hc.detach(), yc) for hc, _, yc in chunks])
+        s_a = self._score_parts([(ha.detach(), yc) for _, ha, yc in chunks])
+        scores = list(zip(s_c, s_a))
+        d_losses = [self.discriminator_losses(sc, sa)[0] for sc, sa in scores]
+        fr = self._fractions(chunks)
+        gn, _ = self._descend(self.optimizer_d, list(self.discriminator.parameters()), d_losses, fr)
         with torch.no_grad():
+            s_clean, s_adv = torch.cat([s[0] for s in scores]), torch.cat([s[1] for s in scores])
             thr = (s_clean.mean() + s_adv.mean()) / 2
             acc_c, acc_a = (s_clean > thr).float().mean(), (s_adv < thr).float().mean()
-        return {"d_loss": d_loss.detach(), "d_acc_clean": 100.0 * acc_c, "d_acc_adv": 100.0 * acc_a,
-                "d_score_gap": (s_clean.mean() - s_adv.mean()).detach(), "grad_norm_d": gn}
+        return {"d_loss": sum(f * d.detach() for f, d in zip(fr, d_losses)), "d_acc_clean": 100.0 * acc_c,
+                "d_acc_adv": 100.0 * acc_a, "d_score_gap": (s_clean.mean() - s_adv.mean()).detach(), "grad_norm_d": gn}
 
-    def encoder_step(self, x_adv: torch.Tensor, y: torch.Tensor, h_adv: torch.Tensor | None = None) -> dict[str, float]:
+    def encoder_step(self, x_adv: torch.Tensor, y: torch.Tensor, h_adv: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """(4) Update E alone so that D scores E(x_adv) as clean (D and C are not changed).
 
-        ``h_adv``: E(x_adv) already computed with gradients (``step`` reuses it), else computed here.
+        ``h_adv``: E(x_adv) already computed with gradients, else computed here.
         """
         self.model.train()
-        if h_adv is None:
-            with self._autocast():
-                h_adv = self.model.embed(x_adv)
+        if h_adv is not None:
+            return self._encoder_update([(h_adv, y)])
+        return self._encoder_update([(self._embed(xc), yc) for xc, yc in self._chunks(x_adv, y)])
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model.embed(x)
+
+    def _encoder_update(self, chunks) -> dict[str, torch.Tensor]:
         for p in self.discriminator.parameters():
             p.requires_grad_(False)
         try:
-            _, e_loss = self.discriminator_losses(torch.zeros(1, device=x_adv.device), self._score(h_adv, y))
-            self.optimizer_e.zero_grad(set_to_none=True)
-            e_loss.backward()
-            self._sync(self.model.encoder.parameters())
-            gn = _grad_norm(self.model.encoder.parameters())
-            self.optimizer_e.step()
+            zero = torch.zeros(1, device=chunks[0][0].device)
+            e_losses = [self.discriminator_losses(zero, s)[1] for s in self._score_parts(chunks)]
+            fr = self._fractions(chunks)
+            gn, _ = self._descend(self.optimizer_e, list(self.model.encoder.parameters()), e_losses, fr)
         finally:
             for p in self.discriminator.parameters():
                 p.requires_grad_(True)
-        return {"e_adv_loss": e_loss.detach(), "grad_norm_e": gn}
+        return {"e_adv_loss": sum(f * e.detach() for f, e in zip(fr, e_losses)), "grad_norm_e": gn}
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """One full AFD step on a batch; returns every loss term, D's accuracy and gradient norms.
 
         Cost: the attack, two forward/backward passes (clean for E+C, adversarial for E) and one
         clean forward; E(x_adv) is computed once and serves both D's update (detached) and E's.
+        With ``micro_batch``, every forward and backward runs on parts of that size.
         """
         if not inside_checked_scope():            # by hand (the Trainer checked its data once already)
             check_model_input(self.model, x)
@@ -214,17 +282,20 @@ class AFD(Objective):
         device = next(self.model.parameters()).device
         self.discriminator.to(device)
         x, y = x.to(device), y.to(device)
-        x_adv = self.make_adversarial(x, y)                                    # (1)
-        logs, _ = self._classifier_update(x, y)                                # (2)
-        with torch.no_grad(), self._autocast():   # both embeddings from the same (updated) encoder
-            h_clean = self.model.embed(x)
-        with self._autocast():
-            h_adv = self.model.embed(x_adv)
-        logs.update(self.discriminator_step(h_clean, h_adv, y))               # (3)
+        chunks = self._chunks(x, y)
+        x_adv = [self.make_adversarial(xc, yc) for xc, yc in chunks]                # (1)
+        logs = self._classifier_update(chunks)                                      # (2)
+        self.model.train()
+        with torch.no_grad():          # both embeddings from the same (updated) encoder
+            h_clean = [self._embed(xc) for xc, _ in chunks]
+        h_adv = [self._embed(xa) for xa in x_adv]
+        ys = [yc for _, yc in chunks]
+        logs.update(self._discriminator_update(list(zip(h_clean, h_adv, ys))))     # (3)
         if self.game:
-            logs.update(self.encoder_step(x_adv, y, h_adv))                   # (4)
+            logs.update(self._encoder_update(list(zip(h_adv, ys))))                # (4)
         with torch.no_grad(), self._autocast():
-            logs["train_adv_acc"] = 100.0 * (self.model.head(h_adv.detach()).argmax(1) == y).float().mean()
+            pred = torch.cat([self.model.head(h.detach()) for h in h_adv]).argmax(1)
+        logs["train_adv_acc"] = 100.0 * (pred == y).float().mean()
         logs["loss"] = logs["ce_clean"]
         return logs
 

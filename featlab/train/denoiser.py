@@ -56,7 +56,7 @@ class DenoiserObjective(Objective):
     def make_pairs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, str]:
         eps = self.rng.uniform(*self.eps_range)
         if self.rng.random() < self.pgd_fraction:
-            atk, kind = PGD(self.classifier, eps=eps, steps=self.pgd_steps, step_size=2.5 * eps / self.pgd_steps), "pgd"
+            atk, kind = PGD(self.classifier, eps=eps, steps=self.pgd_steps), "pgd"
         else:
             atk, kind = FGSM(self.classifier, eps=eps), "fgsm"
         return atk(x, y), eps, kind

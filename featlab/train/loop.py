@@ -343,7 +343,7 @@ def train_classifier(model_name: str, x: torch.Tensor, y: torch.Tensor, method: 
     eval_attack = None
     if method == "pgd_at":
         eps = objective.eps
-        eval_attack = lambda m: PGD(m, eps=eps, steps=10, step_size=2.5 * eps / 10)  # noqa: E731
+        eval_attack = lambda m: PGD(m, eps=eps, steps=10)  # noqa: E731
     trainer = Trainer(model, objective, epochs=epochs, batch_size=batch_size,
                       optimizer=torch.optim.Adam(model.parameters(), lr=lr), device=device, seed=seed,
                       checkpoint=checkpoint, eval_attack=eval_attack, progress=progress)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._utils import check_choice, check_number, eval_mode
-from ..attacks import PGD
+from ..attacks import PGD, step_size_for
 from ..attacks.apgd import apgd_ce_examples
 
 
@@ -129,7 +129,7 @@ class PGDAT(Objective):
             self.current_eps = self.eps_start + frac * (self.eps - self.eps_start)
 
     def attack(self, model: nn.Module) -> PGD:
-        step = self.step_size if self.step_size is not None else 2.5 * self.current_eps / self.steps
+        step = self.step_size if self.step_size is not None else step_size_for(self.current_eps, self.steps)
         return PGD(model, eps=self.current_eps, steps=self.steps, step_size=step, norm=self.norm)
 
     def loss(self, model, x, y):
@@ -164,7 +164,7 @@ class TRADES(Objective):
         check_number("steps", steps, low=1, integer=True)
         check_number("beta", beta, low=0.0)
         self.eps, self.steps, self.beta = float(eps), int(steps), float(beta)
-        self.step_size = step_size if step_size is not None else 2.5 * eps / steps
+        self.step_size = step_size if step_size is not None else step_size_for(eps, steps)
 
     def loss(self, model, x, y):
         with torch.no_grad(), eval_mode(model):
