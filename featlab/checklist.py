@@ -15,6 +15,38 @@ from ._utils import check_choice
 from .data import DATASETS, format_eps
 
 
+#: every check's stable id -> (the symptom it looks for, why that means gradient masking, what to run next);
+#: a check dict's "id" is one of these (select checks by id, never by their text)
+CHECK_IDS: dict[str, tuple[str, str, str]] = {
+    "monotone": ("accuracy rises as eps grows", "a larger ball holds every smaller one: a working attack can only do "
+                 "better", "more steps or restarts at the larger eps"),
+    "reaches-zero": ("accuracy stays above ~0 at a huge eps (Linf 1: any image)", "there the attacker may draw any "
+                     "image; an attack that cannot is blocked, not beaten", "BPDA or Square"),
+    "iterative-vs-fgsm": ("one FGSM step beats PGD or AutoAttack", "iterating should only help; a local gradient that "
+                          "misleads the iterations is masking", "Square, more restarts"),
+    "more-effort": ("more PGD steps or restarts raise accuracy", "more search can only find more adversarial examples",
+                    "APGD / AutoAttack"),
+    "ensemble-vs-pgd": ("AutoAttack or APGD leaves more than PGD", "the ensemble holds PGD's kind of step; beating it "
+                        "means its step size schedule was misled", "the per-image worst case of both"),
+    "pgd-vs-ensemble-gap": ("PGD far above AutoAttack / APGD", "PGD's fixed steps follow a masked or shattered "
+                            "gradient that the adaptive ensemble escapes", "report the ensemble's number"),
+    "gradient-free": ("Square (no gradients) beats the gradient attacks", "the gradients point the wrong way",
+                      "report Square; try BPDA or EOT on the defense"),
+    "end-to-end-vs-oblivious": ("attacking through the defense does worse than ignoring it", "the defense's "
+                                "gradient misleads the attack", "BPDA"),
+    "end-to-end-vs-bpda": ("BPDA (identity on the way back) beats exact gradients through the preprocessing", "the "
+                           "preprocessing's gradient is useless (rounding, binarisation, median)", "report BPDA"),
+    "pipeline-gradient-free": ("Square through the pipeline beats the gradient attacks through it", "the pipeline's "
+                               "gradient misleads PGD", "report Square through the pipeline"),
+    "pipeline-ensemble-vs-pgd": ("AutoAttack / APGD through the pipeline leaves more than end-to-end PGD", "as "
+                                 "ensemble-vs-pgd, through the defense", "the per-image worst case"),
+    "pipeline-pgd-vs-ensemble-gap": ("end-to-end PGD far above the ensemble through the pipeline", "as "
+                                     "pgd-vs-ensemble-gap, through the defense", "report the ensemble"),
+    "gradients-exist": ("many images have an all-zero or non-finite input gradient", "no gradient, nothing for a "
+                        "gradient attack to follow", "Square, BPDA"),
+}
+
+
 def _spec(name: str) -> Spec | None:
     """The spec of a row key ("pgd40", "end-to-end apgd" -> "apgd"); None for a threat model name."""
     try:
@@ -84,8 +116,9 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         tol = max(tol, 100.0 / n)
     checks: list[dict[str, Any]] = []
 
-    def add(name: str, passed: bool, detail: str) -> None:
-        checks.append({"check": name, "passed": bool(passed), "detail": detail})
+    def add(check_id: str, name: str, passed: bool, detail: str) -> None:
+        assert check_id in CHECK_IDS, check_id
+        checks.append({"id": check_id, "check": name, "passed": bool(passed), "detail": detail})
 
     by_attack: dict[str, dict[float, float]] = {}
     spec_of: dict[str, Spec | None] = {}
@@ -108,14 +141,14 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         eps_sorted = sorted(curve)
         if len(eps_sorted) >= 2:
             rises = [(a, b) for a, b in zip(eps_sorted, eps_sorted[1:]) if curve[b] > curve[a] + tol]
-            add(f"monotone in eps ({name})", not rises,
+            add("monotone", f"monotone in eps ({name})", not rises,
                 "ok" if not rises else "; ".join(f"{curve[a]:.1f}% at eps {fe(a, name)} -> {curve[b]:.1f}% at eps {fe(b, name)}"
                                                  for a, b in rises))
     if large_eps is not None:
         at = {n: c[large_eps] for n, c in by_attack.items() if large_eps in c and n not in ("none", "oblivious")}
         if at:
             best = min(at, key=at.get)
-            add(f"reaches ~0 at eps {large_eps:g}", at[best] <= zero_tol,
+            add("reaches-zero", f"reaches ~0 at eps {large_eps:g}", at[best] <= zero_tol,
                 f"strongest attack {best}: {at[best]:.1f}% (must be <= {zero_tol:g}%)")
     steps_of = {k: s.effort for k, s in plain.items() if s.kind.name == "pgd"}
     # FGSM is Linf: compare it with the iterative gradient attacks in Linf (not a pgdN_l2 spec)
@@ -125,7 +158,7 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         bad = [(n, e) for n in iterative for e, acc in by_attack[n].items()
                if e in by_attack[f] and e > 0 and acc > by_attack[f][e] + tol]
         if iterative:
-            add("iterative attacks at least as strong as FGSM", not bad,
+            add("iterative-vs-fgsm", "iterative attacks at least as strong as FGSM", not bad,
                 "ok" if not bad else "; ".join(f"{n} {by_attack[n][e]:.1f}% > {f} {by_attack[f][e]:.1f}% "
                                                f"at eps {fe(e, f)}" for n, e in bad))
     for l2 in (False, True):
@@ -138,16 +171,16 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
                 if e in by_attack[weak] and acc > by_attack[weak][e] + tol:
                     bad.append(f"{strong} {acc:.1f}% > {weak} {by_attack[weak][e]:.1f}% at eps {fe(e, strong)}")
         if pairs:
-            add(f"more PGD steps/restarts do not raise accuracy{' (l2)' if l2 else ''}", not bad,
+            add("more-effort", f"more PGD steps/restarts do not raise accuracy{' (l2)' if l2 else ''}", not bad,
                 "ok" if not bad else "; ".join(bad))
     for aa in (k for k, s in plain.items() if s.kind.parameter_free):
         bad = [f"{aa} {acc:.1f}% > {p} {by_attack[p][e]:.1f}% at eps {fe(e, aa)}" for e, acc in by_attack[aa].items()
                for p in steps_of if plain[p].norm != "l2" and e in by_attack[p] and acc > by_attack[p][e] + tol]
-        add(f"{aa} <= PGD", not bad, "ok" if not bad else "; ".join(bad))
+        add("ensemble-vs-pgd", f"{aa} <= PGD", not bad, "ok" if not bad else "; ".join(bad))
         far = [f"{p} {by_attack[p][e]:.1f}% vs {aa} {acc:.1f}% at eps {fe(e, aa)}" for e, acc in sorted(by_attack[aa].items())
                for p in steps_of if plain[p].norm != "l2" and e in by_attack[p] and by_attack[p][e] > acc + gap_tol]
         if any(e in by_attack[p] for p in steps_of for e in by_attack[aa]):
-            add(f"PGD not far weaker than {aa}", not far,
+            add("pgd-vs-ensemble-gap", f"PGD not far weaker than {aa}", not far,
                 "ok" if not far else "; ".join(far) + f" (more than {gap_tol:g} points): PGD's gradient is unreliable "
                                                       f"here, report {aa}")
     # gradient-free attacks against the gradient attacks in the same norm
@@ -162,17 +195,17 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
                 if acc < grad[best] - tol:
                     bad.append(f"{sq} {acc:.1f}% < {best} {grad[best]:.1f}% at eps {fe(e, sq)}")
         if compared:
-            add(f"gradient-free {sq} not stronger than gradient attacks", not bad, "ok" if not bad else "; ".join(bad))
+            add("gradient-free", f"gradient-free {sq} not stronger than gradient attacks", not bad, "ok" if not bad else "; ".join(bad))
     if "end-to-end" in by_attack and "oblivious" in by_attack:
         e2e, obl = by_attack["end-to-end"], by_attack["oblivious"]
         bad = [f"end-to-end {e2e[e]:.1f}% > oblivious {obl[e]:.1f}% at eps {fe(e, 'end-to-end')}" for e in e2e
                if e in obl and e2e[e] > obl[e] + tol]
-        add("end-to-end <= oblivious", not bad, "ok" if not bad else "; ".join(bad))
+        add("end-to-end-vs-oblivious", "end-to-end <= oblivious", not bad, "ok" if not bad else "; ".join(bad))
     if "end-to-end" in by_attack and "bpda" in by_attack:
         e2e, bpda = by_attack["end-to-end"], by_attack["bpda"]
         bad = [f"bpda {bpda[e]:.1f}% < end-to-end {e2e[e]:.1f}% at eps {fe(e, 'end-to-end')}" for e in e2e
                if e in bpda and bpda[e] < e2e[e] - tol]
-        add("end-to-end at least as strong as BPDA", not bad, "ok" if not bad else "; ".join(bad))
+        add("end-to-end-vs-bpda", "end-to-end at least as strong as BPDA", not bad, "ok" if not bad else "; ".join(bad))
     # 10. attacks on the whole pipeline: an ensemble is at least as strong as end-to-end PGD, and a
     # gradient-free attack is not stronger than the gradient attacks through the pipeline
     if "end-to-end" in by_attack:
@@ -187,24 +220,37 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
                     best = min((c[e], k) for k, c in grads.items() if e in c)
                     if e > 0 and acc < best[0] - tol:
                         bad.append(f"{key} {acc:.1f}% < {best[1]} {best[0]:.1f}% at eps {fe(e, key)}")
-                add(f"gradient-free {key} not stronger than gradient attacks through the pipeline", not bad,
+                add("pipeline-gradient-free", f"gradient-free {key} not stronger than gradient attacks through the pipeline", not bad,
                     "ok" if not bad else "; ".join(bad) + ": the pipeline's gradient misleads PGD")
             else:
                 bad = [f"{key} {acc:.1f}% > end-to-end PGD {e2e[e]:.1f}% at eps {fe(e, key)}"
                        for e, acc in sorted(by_attack[key].items()) if e in e2e and acc > e2e[e] + tol]
-                add(f"{key} <= end-to-end PGD", not bad, "ok" if not bad else "; ".join(bad))
+                add("pipeline-ensemble-vs-pgd", f"{key} <= end-to-end PGD", not bad, "ok" if not bad else "; ".join(bad))
                 if s.kind.parameter_free:
                     far = [f"end-to-end PGD {e2e[e]:.1f}% vs {key} {acc:.1f}% at eps {fe(e, key)}"
                            for e, acc in sorted(by_attack[key].items()) if e in e2e and e2e[e] > acc + gap_tol]
-                    add(f"end-to-end PGD not far weaker than {key}", not far,
+                    add("pipeline-pgd-vs-ensemble-gap", f"end-to-end PGD not far weaker than {key}", not far,
                         "ok" if not far else "; ".join(far) + f" (more than {gap_tol:g} points): PGD's gradient "
                                                               f"through the pipeline is unreliable, report {key.split()[1]}")
     if gradient_stats is not None:
         d = gradient_stats["dead_fraction"]
-        add("input gradients exist", d <= dead_tol,
+        add("gradients-exist", "input gradients exist", d <= dead_tol,
             f"{d:.1f}% of examples have an all-zero or non-finite input gradient (must be <= {dead_tol:g}%); "
             f"median norm {gradient_stats['median_grad_norm']:.3g}")
     return checks
+
+
+def summary(checks: list[dict[str, Any]], label: str = "", warn: bool = True) -> str:
+    """Only what failed, one "FAIL <check>: <detail>" line each, or one line saying that all the checks
+    passed (and how many): what a notebook prints instead of every PASS line."""
+    failed = [c for c in checks if not c["passed"]]
+    if not checks:
+        return f"{label + ': ' if label else ''}no check could be decided from these attacks"
+    if not failed:
+        return f"{label + ': ' if label else ''}all {len(checks)} checks pass"
+    report_checks(failed, label=label, warn=warn)
+    return "\n".join([f"{label + ': ' if label else ''}{len(failed)} of {len(checks)} checks FAIL"]
+                     + [f"  FAIL  {c['check']}: {c['detail']}" for c in failed])
 
 
 def report_checks(checks: list[dict[str, Any]], label: str = "", warn: bool = True) -> str:

@@ -115,3 +115,28 @@ def check_parameters(values: dict[str, Any], **rules: Rule) -> None:
 def running_unattended() -> bool:
     """True under papermill/CI (the runner sets FEATLAB_NOTEBOOK_RUN=1)."""
     return os.environ.get("FEATLAB_NOTEBOOK_RUN") == "1"
+
+
+#: the cell tag of a "taught" cell: the step a notebook teaches, written in plain PyTorch
+TAUGHT_TAG = "taught"
+
+
+def taught(notebook: str | os.PathLike) -> dict[str, Any]:
+    """The names the ``taught`` cells of ``notebook`` define, each cell run alone, in order, in one
+    fresh namespace (d2l's ``#@save`` the other way round: the cell is the reader's code, and a test
+    gives its functions and the library's the same batch and asserts the same numbers, so the two
+    cannot drift). A taught cell must therefore be self-contained: its own imports, only definitions.
+
+        >>> ns = taught("notebooks/03_afd.ipynb"); ns["afd_step"](...)
+    """
+    path = Path(notebook)
+    cells = json.loads(path.read_text())["cells"]
+    namespace: dict[str, Any] = {"__name__": f"taught:{path.name}"}
+    found = 0
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] == "code" and TAUGHT_TAG in cell.get("metadata", {}).get("tags", []):
+            exec(compile("".join(cell["source"]), f"{path.name}[cell {i}]", "exec"), namespace)
+            found += 1
+    if not found:
+        raise ValueError(f"notebook: {path} has no code cell tagged {TAUGHT_TAG!r}")
+    return namespace

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("train", "runs"),
     ("pretrained", "recipes"),
     ("evaluate", "checklist", "probe"),
-    ("results",),
+    ("results", "verdicts"),
     ("viz", "widgets"),
     ("cli", "runner", "__init__"),
 ]

@@ -1,0 +1,184 @@
+"""Verdicts that agree with their numbers: typed measurements in, one typed verdict per defense out.
+
+The rules (``../shared/STYLE.md``, "A verdict is a claim about numbers"):
+
+1. every number carries the n it ran on (:class:`Measurement`);
+2. a gap within the binomial noise of its two n is a tie (:func:`compare`, :func:`tie`);
+3. a defense is judged, and defenses are ranked, by the worst case over the attacks that see it,
+   never by an oblivious number (:func:`judge`, :func:`rank`);
+4. a failed checklist makes a number SUSPECT (gradient masking can hide a stronger attack) unless an
+   attack that goes around masked gradients was already run: a gradient-free one (Square, or
+   AutoAttack, which holds Square) or BPDA. Then the worst case already includes it, and the verdict
+   says so instead of asking for it.
+
+    >>> v = judge("PGD-AT", Measurement("clean", 98.9, 1000),
+    ...           [Measurement("pgd40", 93.1, 1000), Measurement("autoattack", 91.8, 500)], checks=[])
+    >>> v.status, v.worst.attack
+    (<Status.ROBUST: 'robust'>, 'autoattack')
+    >>> print(v)
+
+Introduced in notebooks/02 and 05, where every verdict is printed from these objects.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from ._utils import check_number
+
+#: threat models that do not see the defense (a number of this kind never decides a verdict)
+OBLIVIOUS = ("oblivious",)
+#: attacks that go around masked gradients: if one ran, a failed gradient check is settled by it
+SETTLERS = ("square", "autoattack", "bpda")
+#: z of the tie rule: a gap within z standard errors of the difference is a tie (about 95%)
+Z = 1.96
+
+
+class Status(enum.Enum):
+    """What a verdict concludes about one defense at one eps."""
+    ROBUST = "robust"
+    PARTLY = "partly robust"
+    NOT_ROBUST = "not robust"
+    OBLIVIOUS_ONLY = "robust only against an oblivious attacker"
+    SUSPECT = "suspect"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One accuracy: ``acc`` percent of ``n`` images under ``attack`` (a spec such as "pgd40", a
+    threat model such as "end-to-end" or "bpda", or "clean")."""
+    attack: str
+    acc: float
+    n: int
+
+    def __post_init__(self):
+        check_number("acc", self.acc, low=0.0, high=100.0)
+        check_number("n", self.n, low=1, integer=True)
+        if not isinstance(self.attack, str) or not self.attack:
+            raise ValueError(f"attack: a non-empty name (an attack spec or threat model), got {self.attack!r}")
+
+    @property
+    def stderr(self) -> float:
+        """The binomial standard error of ``acc`` in points (at least one image's worth / 2, so a
+        measured 0% or 100% still carries its resolution)."""
+        p = self.acc / 100.0
+        return max(100.0 * math.sqrt(p * (1 - p) / self.n), 50.0 / self.n)
+
+    @property
+    def sees_defense(self) -> bool:
+        """False for a threat model that ignores the defense ("oblivious", "oblivious pgd40")."""
+        return self.attack.split()[0] not in OBLIVIOUS
+
+    @property
+    def settles_masking(self) -> bool:
+        """True for an attack that does not follow the defense's gradient (see :data:`SETTLERS`)."""
+        return any(word.startswith(s) for word in self.attack.split() for s in SETTLERS)
+
+    def __str__(self) -> str:
+        return f"{self.acc:.1f}% (n={self.n})"
+
+
+def tie(a: Measurement, b: Measurement, z: float = Z) -> bool:
+    """True when ``a`` and ``b`` differ by no more than ``z`` standard errors of their difference
+    (independent binomials), or by at most one image of the smaller n."""
+    noise = z * math.hypot(a.stderr, b.stderr)
+    return abs(a.acc - b.acc) <= max(noise, 100.0 / min(a.n, b.n))
+
+
+def compare(name_a: str, a: Measurement, name_b: str, b: Measurement, z: float = Z) -> str:
+    """One sentence: which is higher, or a tie, with both n and the noise band."""
+    band = z * math.hypot(a.stderr, b.stderr)
+    if tie(a, b, z):
+        return (f"{name_a} {a} and {name_b} {b}: a tie (the gap, {abs(a.acc - b.acc):.1f} points, is within "
+                f"the binomial noise of +-{band:.1f})")
+    hi, lo = ((name_a, a), (name_b, b)) if a.acc > b.acc else ((name_b, b), (name_a, a))
+    return f"{hi[0]} {hi[1]} is above {lo[0]} {lo[1]} (gap {hi[1].acc - lo[1].acc:.1f} points, noise +-{band:.1f})"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The typed verdict on one defense: its status and the numbers that decided it."""
+    name: str
+    status: Status
+    clean: Measurement
+    worst: Measurement                       # the lowest accuracy over the attacks that see the defense
+    eps_text: str
+    oblivious: Measurement | None = None
+    failed_checks: tuple[str, ...] = ()
+    settled_by: Measurement | None = None    # the masking-proof attack already run, if a check failed
+    measurements: tuple[Measurement, ...] = field(default=(), repr=False)
+
+    def __str__(self) -> str:
+        head = (f"{self.name}: {self.status.value.upper() if self.status is Status.SUSPECT else self.status.value} "
+                f"at eps {self.eps_text}. Clean {self.clean}; worst case {self.worst} ({self.worst.attack})")
+        if self.status is Status.SUSPECT:
+            return (head + f"; the checklist failed ({'; '.join(self.failed_checks)}), the signature of gradient "
+                    f"masking, and no gradient-free attack or BPDA was run: {self.worst.acc:.1f}% is an upper bound.")
+        parts = [head]
+        if self.failed_checks:
+            parts.append(f"; the checklist failed ({'; '.join(self.failed_checks)}), but {self.settled_by.attack} "
+                         f"{self.settled_by}, which does not follow the defense's gradient, already ran and is "
+                         f"part of the worst case")
+        if self.status is Status.OBLIVIOUS_ONLY:
+            parts.append(f"; an attacker who ignores the defense leaves {self.oblivious}, one who sees it wins: "
+                         f"never report the oblivious number alone")
+        elif self.oblivious is not None and self.oblivious.acc > self.worst.acc and not tie(self.oblivious, self.worst):
+            parts.append(f"; the oblivious number, {self.oblivious}, overstates it by "
+                         f"{self.oblivious.acc - self.worst.acc:.1f} points")
+        return "".join(parts) + "."
+
+
+def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], checks: Sequence[Mapping[str, Any]] = (),
+          eps_text: str = "", robust_floor: float = 10.0, partly_gap: float = 30.0) -> Verdict:
+    """The verdict on one defense at one eps.
+
+    Args:
+        clean: the clean accuracy and its n.
+        measurements: one per attack or threat model; "oblivious" ones never decide, the rest are the
+            attacks that see the defense.
+        checks: the checklist's checks (dicts with "passed" and "check") of these measurements.
+        robust_floor: a worst case below this many percent is NOT_ROBUST.
+        partly_gap: a worst case more than this many points under clean is PARTLY robust.
+    """
+    ms = tuple(measurements)
+    seeing = [m for m in ms if m.sees_defense]
+    if not seeing:
+        raise ValueError("measurements: give at least one attack that sees the defense (not only 'oblivious')")
+    worst = min(seeing, key=lambda m: (m.acc, -m.n))
+    obl = [m for m in ms if not m.sees_defense]
+    oblivious = max(obl, key=lambda m: m.acc) if obl else None
+    failed = tuple(str(c["check"]) for c in checks if not c["passed"])
+    settlers = [m for m in seeing if m.settles_masking]
+    settled_by = min(settlers, key=lambda m: m.acc) if failed and settlers else None
+    if failed and settled_by is None and worst.acc >= robust_floor:
+        status = Status.SUSPECT
+    elif worst.acc < robust_floor:
+        status = (Status.OBLIVIOUS_ONLY if oblivious is not None and oblivious.acc >= robust_floor
+                  and not tie(oblivious, worst) else Status.NOT_ROBUST)
+    elif worst.acc < clean.acc - partly_gap:
+        status = Status.PARTLY
+    else:
+        status = Status.ROBUST
+    return Verdict(name, status, clean, worst, eps_text, oblivious, failed, settled_by, ms)
+
+
+def rank(verdicts: Iterable[Verdict]) -> list[list[Verdict]]:
+    """Defenses ranked by their worst case, best first; a group holds verdicts tied with its first."""
+    groups: list[list[Verdict]] = []
+    for v in sorted(verdicts, key=lambda v: -v.worst.acc):
+        if groups and tie(groups[-1][0].worst, v.worst):
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return groups
+
+
+def ranking_text(verdicts: Iterable[Verdict]) -> str:
+    """The ranking as lines: "1. A 91.2% (n=500) = B 90.8% (n=500)  (a tie within binomial noise)"."""
+    lines = []
+    for i, group in enumerate(rank(verdicts), 1):
+        names = " = ".join(f"{v.name} {v.worst} ({v.worst.attack})" for v in group)
+        lines.append(f"{i}. {names}" + ("  (tied: within binomial noise)" if len(group) > 1 else ""))
+    return "\n".join(lines)
