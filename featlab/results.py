@@ -24,6 +24,7 @@ import torch
 
 from . import data, distributed, pretrained, verdicts
 from ._utils import get_device, git_commit
+from .checkpoint import atomic_write_text
 from .checklist import checklist
 
 #: what every record holds (accuracies in percent); :func:`write_result` refuses a record without them
@@ -65,11 +66,7 @@ def write_result(name: str, record: dict[str, Any] | list[dict[str, Any]],
         if missing:
             raise ValueError(f"record is missing required key(s) {missing}; required: {list(RESULT_KEYS)}")
         out.append(rec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out[0] if isinstance(record, dict) else out, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(out[0] if isinstance(record, dict) else out, indent=2, sort_keys=True) + "\n")
 
 
 
@@ -381,12 +378,14 @@ def published_only_table(dataset: str, eps: float | None = None) -> str:
     return "\n".join(_published_lines(dataset, float(data.threat_defaults(dataset)["eps"] if eps is None else eps)))
 
 
-def published_table(records: list[dict[str, Any]], dataset: str, eps: float | None = None) -> str:
+def published_table(records: list[dict[str, Any]], dataset: str, eps: float | None = None,
+                    shipped_only: bool = False) -> str:
     """Our classifiers next to the published numbers of :data:`PUBLISHED` at ``dataset``'s Linf eps (default
     :func:`featlab.data.threat_defaults`: 0.3, 8/255): the published rows (clean, as reported, AutoAttack; on the
     full test set), then every run of ours with a white-box record there: its clean accuracy, its AutoAttack
     number with its n ("not run" when it has none), and its worst case over every attack with the checklist's
-    verdict (:func:`worst_case`); a run shipped in :mod:`featlab.pretrained` says under which name. Returns ""
+    verdict (:func:`worst_case`); a run shipped in :mod:`featlab.pretrained` says under which name. With
+    ``shipped_only`` only those runs (what a reader of the notebooks met), not the experimental ones. Returns ""
     when no run of ours was evaluated at that eps, or nothing is published there."""
     eps = float(data.threat_defaults(dataset)["eps"] if eps is None else eps)
     clean: dict[str, tuple[int, float]] = {}     # per run: the clean accuracy of its largest evaluation here
@@ -398,13 +397,15 @@ def published_table(records: list[dict[str, Any]], dataset: str, eps: float | No
                 clean[name] = (r["n_eval"], r["clean_acc"])
     ours = [w for w in worst_case(records) if w["dataset"] == dataset and w["norm"] == "linf"
             and _eps_key(w["eps"]) == _eps_key(eps) and w["run"] in clean]    # classifiers (white-box records)
+    shipped = {_run_name({"train_command": pretrained.info(k).get("train_command", ""), "model": "", "method": ""}): k
+               for k in pretrained.available()}
+    if shipped_only:
+        ours = [w for w in ours if w["run"] in shipped]
     if not ours:
         return ""
     lines = _published_lines(dataset, eps)
     if not lines:
         return ""
-    shipped = {_run_name({"train_command": pretrained.info(k).get("train_command", ""), "model": "", "method": ""}): k
-               for k in pretrained.available()}
     for w in ours:
         aa = w["attacks"].get("autoattack")
         aa_cell = f"**{aa[0]:.2f}** ({aa[1]})" if aa else "not run"
@@ -487,58 +488,7 @@ def write_markdown(results_dir: str | os.PathLike = "results", out: str | os.Pat
     if not records:
         raise ValueError(f"results_dir: no result records in {results_dir} (run featlab eval first)")
     path = Path(out) if out is not None else Path(results_dir) / "RESULTS.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(render(records))
-    os.replace(tmp, path)
-    return path
-
-
-def recorded_sanity(records: list[dict[str, Any]], train_command: str, eps: float) -> str | None:
-    """The committed checklist verdict ("pass", "FAIL" or "FAIL (checked together: ...)", from :func:`worst_case`;
-    test with ``startswith("FAIL")``) at ``eps`` for the model
-    trained by ``train_command`` (e.g. a shipped model's ``pretrained.info(name)["train_command"]``);
-    None when the records hold no evaluation of it at that eps."""
-    run = _run_name({"train_command": train_command, "model": "", "method": ""})
-    for w in worst_case(records):
-        if w["run"] == run and abs(w["eps"] - float(eps)) < 1e-9:
-            return w["sanity"]
-    return None
-
-
-def verdict(name: str, clean: float, robust: dict[str, float], checks: list[dict[str, Any]], eps: float,
-            n: int | None = None, dataset: str | None = None) -> str:
-    """A plain-language verdict on one defense.
-
-    Args:
-        robust: robust accuracy per attack or threat model at ``eps`` (e.g. {"pgd40": 95.1,
-            "autoattack": 93.0} or {"oblivious": 28.0, "end-to-end": 3.0, "bpda": 11.0}).
-        checks: the checklist of :func:`featlab.checklist.checklist` for this defense.
-        dataset: writes ``eps`` as that dataset's people do (:func:`featlab.data.format_eps`: 8/255 on
-            CIFAR); None: as a plain number.
-    """
-    failed = [c["check"] for c in checks if not c["passed"]]
-    where = f" on {n} test images" if n else ""
-    if failed:
-        return (f"{name}: SUSPECT. The checklist failed ({'; '.join(failed)}), the signature of gradient masking; "
-                f"its robust accuracy is an upper bound until a stronger or gradient-free attack settles it.")
-    white = {k: v for k, v in robust.items() if k not in ("oblivious", "none")}
-    if not white:
-        raise ValueError("robust: give at least one white-box attack or threat model (not only 'oblivious')")
-    worst_name = min(white, key=white.get)
-    worst = white[worst_name]
-    passed = "; the checks pass" if checks else " (no checks were run: treat it as unverified)"
-    at = data.format_eps(eps, dataset) if dataset else f"{eps:g}"
-    text = f"{name}: clean {clean:.1f}%, {worst:.1f}% under its strongest attack ({worst_name}) at eps {at}{where}."
-    if "oblivious" in robust and robust["oblivious"] > worst + 10:
-        text += (f" It looks robust only to an attacker who ignores the defense (oblivious {robust['oblivious']:.1f}%); "
-                 f"an attacker who sees the whole pipeline wins: do not report the oblivious number alone.")
-    elif worst < 10:
-        text += " Not robust at this eps."
-    elif worst < clean - 30:
-        text += f" Partly robust: the attack takes away {clean - worst:.0f} points{passed}."
-    else:
-        text += f" Robust at this eps as far as these attacks can tell{passed}."
-    return text
+    return atomic_write_text(path, render(records))
 
 
 def record(base: dict[str, Any], **fields: Any) -> dict[str, Any]:

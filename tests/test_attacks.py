@@ -7,17 +7,39 @@ from hypothesis import given, settings, strategies as st
 import featlab
 from featlab import attacks
 from featlab.attacks import FGSM, PGD
-from conftest import tiny_model
+from conftest import tiny_bn_model, tiny_model
 
-ATTACK_SPECS = {
-    "fgsm": lambda m, eps: FGSM(m, eps=eps),
-    "pgd": lambda m, eps: PGD(m, eps=eps, steps=5),
-    "pgd_l2": lambda m, eps: PGD(m, eps=eps, steps=5, norm="l2"),
+from featlab.attacks import BPDA
+from featlab.attacks.specs import REGISTRY
+from featlab.defenses import Quantize
+
+
+def _registered(kind: str, norm: str):
+    """Every kind of featlab.attacks.specs.REGISTRY, at a budget small enough for a tiny model."""
+    return {"fgsm": lambda m, eps: FGSM(m, eps=eps),
+            "pgd": lambda m, eps: PGD(m, eps=eps, steps=5, norm=norm),
+            "apgd": lambda m, eps: attacks.autoattack(m, eps, norm=norm, version="fast", steps=5),
+            "autoattack": lambda m, eps: attacks.autoattack(m, eps, norm=norm, steps=5, n_queries=20),
+            "autoattack-ta": lambda m, eps: attacks.autoattack(m, eps, norm=norm, version="torchattacks"),
+            "square": lambda m, eps: attacks.square(m, eps, norm=norm, n_queries=20)}[kind]
+
+
+# the registry's every kind x norm, then the variants and the attacks outside the registry (BPDA)
+ATTACK_SPECS = {f"{k}_{norm}": _registered(k, norm) for k, kind in REGISTRY.items() for norm in kind.norms}
+ATTACK_SPECS.update({
     "pgd_restarts": lambda m, eps: PGD(m, eps=eps, steps=3, restarts=2),
     "pgd_no_random_start": lambda m, eps: PGD(m, eps=eps, steps=3, random_start=False),
-    "square": lambda m, eps: attacks.square(m, eps, n_queries=20),          # torchattacks, gradient-free
-    "square_l2": lambda m, eps: attacks.square(m, eps, norm="l2", n_queries=20),
-}
+    "bpda_quantize": lambda m, eps: BPDA(Quantize(4), m, eps=eps, steps=3),
+})
+
+
+def test_every_registered_attack_kind_and_norm_is_tested():
+    assert {f"{k}_{n}" for k, kind in REGISTRY.items() for n in kind.norms} <= set(ATTACK_SPECS)
+
+
+def test_autoattack_on_fewer_than_four_classes_names_the_reason():
+    with pytest.raises(ValueError, match="num_classes: .* at least 4 classes, got 3"):
+        attacks.autoattack(tiny_model(num_classes=3), 0.1)
 
 
 def _dist(x_adv, x, norm):
@@ -30,11 +52,11 @@ def _dist(x_adv, x, norm):
 @given(eps=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
 def test_stays_in_ball_and_pixel_range(name, eps, seed):
     torch.manual_seed(seed)
-    m = tiny_model()
+    m = tiny_model(num_classes=4)     # AutoAttack's targeted APGD needs at least 4 classes
     x = torch.rand(6, 1, 8, 8)
     x[0] = 0.0                        # saturated images test the [0, 1] clamp
     x[1] = 1.0
-    y = torch.randint(0, 3, (6,))
+    y = torch.randint(0, 4, (6,))
     atk = ATTACK_SPECS[name](m, eps)
     x_adv = atk(x, y)
     assert x_adv.shape == x.shape
@@ -43,10 +65,10 @@ def test_stays_in_ball_and_pixel_range(name, eps, seed):
 
 
 @pytest.mark.parametrize("name", sorted(ATTACK_SPECS))
-def test_eps_zero_returns_x_no_grad_leak_mode_restored(name, tiny_bn):
+def test_eps_zero_returns_x_no_grad_leak_mode_restored(name):
     """On a model with BatchNorm and Dropout: an attack that ran it in train mode would move the
     BatchNorm statistics; one that left it in eval mode would fail the mode checks."""
-    tiny = tiny_bn
+    tiny = tiny_bn_model(num_classes=4)
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
     assert torch.equal(ATTACK_SPECS[name](tiny, 0.0)(x, y), x)
     tiny.train()

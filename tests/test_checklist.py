@@ -262,19 +262,6 @@ def test_worst_case_takes_the_strongest_attack_that_sees_the_defense(tmp_path):
 
 
 
-def test_verdicts():
-    ok = [{"check": "monotone", "passed": True, "detail": "ok"}]
-    bad = [{"check": "input gradients exist", "passed": False, "detail": "100%"}]
-    assert "SUSPECT" in featlab.results.verdict("m", 99, {"pgd40": 99}, bad, 0.3)
-    assert "Not robust" in featlab.results.verdict("m", 99, {"pgd40": 0}, ok, 0.3)
-    assert "takes away 39 points" in featlab.results.verdict("m", 99, {"pgd40": 60}, ok, 0.3)
-    assert "unverified" in featlab.results.verdict("m", 99, {"pgd40": 95}, [], 0.3)
-    v = featlab.results.verdict("d", 99, {"oblivious": 60, "end-to-end": 2, "bpda": 10}, ok, 0.3)
-    assert "ignores the defense" in v and "end-to-end" in v
-    with pytest.raises(ValueError, match="at least one white-box"):
-        featlab.results.verdict("d", 99, {"oblivious": 60}, ok, 0.3)
-
-
 def test_pgd_far_above_the_ensemble_is_flagged():
     """Check 11: PGD more than gap_tol points above APGD/AutoAttack means PGD's gradient is unreliable (the
     residual denoiser's clamp: end-to-end PGD-40 19.8% against AutoAttack 0.8% on the whole pipeline)."""
@@ -436,3 +423,9 @@ def test_published_table_puts_our_runs_under_the_published_numbers():
     md = featlab.results.render([{**r, "train_command": shipped} for r in recs[:2]])
     assert "## cifar10: next to the published numbers at eps 8/255" in md
     assert "cifar_airnet_fast_at (shipped: `cifar_airnet_fast_at`)" in md
+    # shipped_only keeps the runs a reader met in the notebooks: the experimental run "fast" is left out
+    assert featlab.results.published_table(recs, "cifar10", shipped_only=True) == ""
+    mixed = recs[:2] + [{**r, "train_command": shipped} for r in recs[:2]]
+    rows = [line for line in featlab.results.published_table(mixed, "cifar10", shipped_only=True).splitlines()
+            if line.startswith("| featlab |")]
+    assert len(rows) == 1 and "(shipped: `cifar_airnet_fast_at`)" in rows[0]

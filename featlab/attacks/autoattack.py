@@ -81,6 +81,9 @@ def autoattack(model: nn.Module, eps: float, norm: str = "linf", version: str = 
         raise ValueError("steps/n_queries: torchattacks.AutoAttack sets its own (10 iterations); "
                          "use version 'standard' or 'fast' to choose them")
     n_classes = int(num_classes or getattr(model, "num_classes", 10))
+    if n_classes < 4:      # APGD-T's DLR loss reads the 4th-largest logit (Croce & Hein 2020, eq. 6)
+        raise ValueError(f"num_classes: AutoAttack's targeted APGD (DLR loss) needs at least 4 classes, got "
+                         f"{n_classes}; for fewer classes use PGD or square(...)")
     nn_name = "Linf" if norm == "linf" else "L2"
     if version == "torchattacks":
         atk = torchattacks.AutoAttack(model, norm=nn_name, eps=eps, version="standard", n_classes=n_classes, seed=seed)

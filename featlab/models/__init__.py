@@ -14,7 +14,7 @@ from .base import FeatureModel, L2Normalize, Normalize
 from .cifar import cifar_airnet, cifar_airnet_l2, resnet20
 from .compose import Defended
 from .mnist import mnist_cnn, mnist_resnet, mnist_resnet18
-from .resnet import preact_resnet18, resnet18
+from .resnet import preact_resnet18, resnet18, resnet18_l2
 
 # name -> (factory, dataset it is built for)
 MODELS: dict[str, tuple[Callable[..., FeatureModel], str]] = {
@@ -22,6 +22,7 @@ MODELS: dict[str, tuple[Callable[..., FeatureModel], str]] = {
     "mnist_resnet": (mnist_resnet, "mnist"),
     "mnist_resnet18": (mnist_resnet18, "mnist"),
     "resnet18": (resnet18, "cifar10"),
+    "resnet18_l2": (resnet18_l2, "cifar10"),
     "preact_resnet18": (preact_resnet18, "cifar10"),
     "cifar_airnet": (cifar_airnet, "cifar10"),
     "cifar_airnet_l2": (cifar_airnet_l2, "cifar10"),
@@ -47,5 +48,5 @@ def default_dataset(name: str) -> str:
 
 
 __all__ = ["Defended", "FeatureModel", "Normalize", "L2Normalize", "MODELS", "create", "default_dataset",
-           "mnist_cnn", "mnist_resnet", "mnist_resnet18", "resnet18", "preact_resnet18",
+           "mnist_cnn", "mnist_resnet", "mnist_resnet18", "resnet18", "resnet18_l2", "preact_resnet18",
            "cifar_airnet", "cifar_airnet_l2", "resnet20"]

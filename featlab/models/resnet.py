@@ -1,4 +1,5 @@
-"""ResNet-18 and PreAct ResNet-18 for 32x32 inputs (CIFAR), with featlab's encoder/head split."""
+"""ResNet-18 and PreAct ResNet-18 for 32x32 inputs (CIFAR), with featlab's encoder/head split;
+``resnet18_l2`` is ResNet-18 with the AFD reference's unit-length 512-d feature."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -6,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .base import FeatureModel, Normalize
+from .base import FeatureModel, L2Normalize, Normalize
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -56,7 +57,7 @@ def _stage(block: type, cin: int, cout: int, n: int, stride: int) -> nn.Sequenti
 
 
 def _resnet18(block: type, preact: bool, num_classes: int, name: str, in_channels: int = 3,
-              mean=CIFAR10_MEAN, std=CIFAR10_STD) -> FeatureModel:
+              mean=CIFAR10_MEAN, std=CIFAR10_STD, normalize_embedding: bool = False) -> FeatureModel:
     if preact:
         stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
     else:
@@ -71,6 +72,8 @@ def _resnet18(block: type, preact: bool, num_classes: int, name: str, in_channel
     if preact:   # the final BN-ReLU of a pre-activation network belongs before pooling
         stages.append(("final", nn.Sequential(nn.BatchNorm2d(512), nn.ReLU())))
     stages.append(("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())))
+    if normalize_embedding:      # no parameters: the state dict is the plain network's, key for key
+        stages.append(("l2norm", L2Normalize()))
     return FeatureModel(Normalize(mean, std), nn.Sequential(OrderedDict(stages)), nn.Linear(512, num_classes),
                         (in_channels, 32, 32), num_classes, name=name)
 
@@ -89,3 +92,19 @@ def preact_resnet18(num_classes: int = 10) -> FeatureModel:
     Taps: stem, layer1..layer4, final, pool, embedding (512-d), logits. Input (N, 3, 32, 32) in [0, 1].
     """
     return _resnet18(PreActBlock, True, num_classes, "preact_resnet18")
+
+
+def resnet18_l2(num_classes: int = 10) -> FeatureModel:
+    """ResNet-18 whose 512-d embedding is L2-normalised (unit length), with a plain linear head: the
+    encoder of the AFD reference code on CIFAR-10 (BashivanLab/afd; Bashivan et al. 2021,
+    https://arxiv.org/abs/2006.04621), which plays its game on that unit-length feature.
+
+    Same layers and state-dict keys as :func:`resnet18` (the normalisation has no parameters). A unit
+    embedding bounds each logit by its head row's norm, so the head's scale is learnt, not given.
+    Taps: stem, layer1..layer4, pool, l2norm, embedding (512-d, unit norm), logits.
+    Input (N, 3, 32, 32) in [0, 1]. ``bench/gpu_cifar.py`` trains it with AFD and PGD-AT.
+
+        >>> m = resnet18_l2().eval()
+        >>> m.embed(torch.rand(2, 3, 32, 32)).norm(dim=1)      # tensor([1., 1.])
+    """
+    return _resnet18(BasicBlock, False, num_classes, "resnet18_l2", normalize_embedding=True)

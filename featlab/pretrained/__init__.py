@@ -163,9 +163,7 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
         entry.update(classifier=classifier, arch=shape["arch"], width=shape["width"], depth=shape["depth"],
                      channels=shape["channels"])
     man[name] = entry
-    tmp = folder / "manifest.json.tmp"
-    tmp.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, folder / "manifest.json")
+    ckpt.atomic_write_text(folder / "manifest.json", json.dumps(man, indent=2, sort_keys=True) + "\n")
     return out
 
 
