@@ -1,7 +1,9 @@
 """ipywidgets explorers, each with a static fallback for papermill and rendered notebooks."""
 from __future__ import annotations
 
+import enum
 import functools
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -9,10 +11,12 @@ import torch
 from torch import nn
 
 from . import data
-from ._utils import check_choice, check_labels, check_model_input, check_number, eval_mode
-from .attacks import PGD
+from ._utils import check_choice, check_labels, check_model_input, check_number, eval_mode, model_device
+from .attacks import FGSM, PGD, Attack
+from .metrics import predict, robust_correct
+from .models import Defended
 from .nbtools import running_unattended
-from .probe import compare, random_noise
+from .probe import INPUT_TAP, compare, random_noise
 from .viz import plot_distortion, plot_feature_grid
 
 
@@ -60,7 +64,6 @@ class FeatureNoiseExplorer:
         check_number("image_index", image_index, low=0, high=len(x) - 1, integer=True)
         self.attack_steps, self.image_index, self.seed = attack_steps, image_index, seed
         first = next(iter(self.models.values()))
-        from ._utils import model_device
         with eval_mode(first), torch.no_grad():
             shapes = {k: v.dim() for k, v in first.features(x[:1].to(model_device(first))).items()}
         self.spatial_taps = [k for k, d in shapes.items() if d == 4]
@@ -98,7 +101,6 @@ class FeatureNoiseExplorer:
         name0 = next(iter(self.models))
         m = self.models[name0]
         i = self.image_index
-        from ._utils import model_device
         dev = model_device(m)
         with eval_mode(m), torch.no_grad():
             clean = m.features(self.x[i:i + 1].to(dev), [tap])[tap][0].cpu()
@@ -147,14 +149,268 @@ class FeatureNoiseExplorer:
 ATTACK_CHOICES = ("FGSM", "PGD Linf", "PGD L2")
 
 
+class Outcome(str, enum.Enum):
+    """What an attack did to one image (:func:`outcome`): moved a correctly classified image off its label,
+    left the prediction on the label, or found the model wrong on the clean image already (nothing to attack).
+    A ``str``, so it prints and stores (``featlab.nbtools.record``) as its value."""
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    NOT_NEEDED = "NOT NEEDED"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SUCCEEDED, FAILED, NOT_NEEDED = Outcome.SUCCEEDED, Outcome.FAILED, Outcome.NOT_NEEDED
+
+
+# -- the explorer's work as plain functions: no widgets, so tests and notebooks call them directly --------------
+def make_attack(model: nn.Module, attack: str, eps: float, steps: int = 10) -> Attack:
+    """The attack the explorer runs, by its menu name.
+
+    * "FGSM": one signed-gradient step of size ``eps`` (Goodfellow et al. 2015); ``steps`` is unused.
+    * "PGD Linf": featlab's :class:`~featlab.attacks.PGD`, ``steps`` signed steps of 2.5 eps / steps from a
+      random start, each projected back into the Linf ball (every pixel within ``eps`` of the original).
+    * "PGD L2": the same in the L2 ball (the perturbation's Euclidean length at most ``eps``).
+
+    ``eps`` in pixel units (images in [0, 1]).
+    """
+    if attack not in ATTACK_CHOICES:
+        raise ValueError(f"attack must be one of {list(ATTACK_CHOICES)}, got {attack!r}")
+    if attack == "FGSM":
+        return FGSM(model, eps=eps)
+    return PGD(model, eps=eps, steps=steps, norm="linf" if attack == "PGD Linf" else "l2")
+
+
+def attributions(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, target_clean: int, target_adv: int,
+                 ig_steps: int = 32) -> dict[str, torch.Tensor]:
+    """captum Integrated Gradients and Saliency maps (H, W) for one clean image x (1, C, H, W) and its
+    adversarial x_adv, each for the class the model predicts on that input (``target_clean``, ``target_adv``).
+
+    Keys "ig/clean", "ig/adv" (IG from a black baseline), "ig_grey/..." (from mid-grey, 0.5) and
+    "saliency/...". IG (Sundararajan et al. 2017) multiplies (input - baseline) by the gradient averaged
+    over ``ig_steps`` points on the straight path from the baseline to the input, summed over channels:
+    signed, positive = evidence for the target class. From black, a pixel that is black in the input gets
+    zero attribution by construction (input - baseline = 0), so on MNIST's black background the clean
+    image's attribution sits on the strokes whatever the model does; the grey baseline has no such blind
+    spot. Saliency is |gradient of the target's logit|, the largest over channels.
+    """
+    from captum.attr import IntegratedGradients, Saliency
+    check_number("ig_steps", ig_steps, low=1, integer=True)
+    with eval_mode(model):
+        ig, sal = IntegratedGradients(model), Saliency(model)
+        out = {}
+        for tag, inp, t in (("clean", x, target_clean), ("adv", x_adv, target_adv)):
+            inp = inp.detach().clone().requires_grad_(True)
+            out[f"ig/{tag}"] = ig.attribute(inp, target=t, n_steps=ig_steps).sum(1)[0].detach().cpu()
+            out[f"ig_grey/{tag}"] = ig.attribute(inp, baselines=torch.full_like(inp, 0.5), target=t,
+                                                 n_steps=ig_steps).sum(1)[0].detach().cpu()
+            out[f"saliency/{tag}"] = sal.attribute(inp, target=t, abs=True).amax(1)[0].detach().cpu()
+    return out
+
+
+def feature_distortion(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, float] | None:
+    """Mean relative L2 distortion ||f(x_adv) - f(x)|| / ||f(x)|| per tap, "input" (the pixels) first
+    (:func:`featlab.probe.compare`).
+
+    A featlab model: its own taps. A :class:`~featlab.models.Defended` pipeline (a denoiser in front of a
+    featlab classifier): "input", then "denoised" (the denoiser's output for x_adv against its output for x),
+    then the classifier's taps on the denoised images: how much of the perturbation the denoiser lets
+    through, layer by layer. None for a model without taps (nothing to show).
+    Shapes: x, x_adv (N, C, H, W) in [0, 1]; each value is the mean over the N images.
+    """
+    if hasattr(model, "features"):
+        return compare(model, x, {"adv": x_adv})["adv"].mean()
+    if isinstance(model, Defended) and hasattr(model.classifier, "features"):
+        with eval_mode(model), torch.no_grad():
+            d_clean, d_adv = model.denoiser(x), model.denoiser(x_adv)
+        inner = compare(model.classifier, d_clean, {"adv": d_adv})["adv"].mean()
+        pixels = (x_adv - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)   # per image
+        return {INPUT_TAP: float(pixels.mean()), "denoised": inner.pop(INPUT_TAP), **inner}
+    return None
+
+
+def explore(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str = "PGD Linf", eps: float = 0.3,
+            steps: int = 10, ig_steps: int = 32) -> dict:
+    """Attack one image and say what happened: everything :class:`AttackExplorer` shows for one setting.
+
+    Args:
+        model: a classifier on [0, 1] images (a featlab model, a ``Defended`` pipeline...).
+        x, y: one image (1, C, H, W) in [0, 1] and its label (1,).
+        attack, eps, steps: as :func:`make_attack` (eps in pixel units).
+        ig_steps: path points of Integrated Gradients (:func:`attributions`).
+
+    Returns a dict: "x", "x_adv" (1, C, H, W) on the CPU; "p_clean", "p_adv" (K,) softmax probabilities;
+    "label", "pred_clean", "pred_adv" (class indices); "attributions" (:func:`attributions`);
+    "distortion" (:func:`feature_distortion`; None at eps 0 or for a model without taps).
+    """
+    if x.dim() != 4 or len(x) != 1:
+        raise ValueError(f"x must be one image of shape (1, C, H, W), got shape {tuple(x.shape)}")
+    dev = model_device(model)
+    x, y = x.to(dev), y.to(dev)
+    x_adv = make_attack(model, attack, eps, steps)(x, y)
+    with eval_mode(model), torch.no_grad():
+        p_clean, p_adv = torch.softmax(model(x), 1)[0].cpu(), torch.softmax(model(x_adv), 1)[0].cpu()
+    pred_clean, pred_adv = int(p_clean.argmax()), int(p_adv.argmax())
+    return {"x": x.cpu(), "x_adv": x_adv.cpu(), "p_clean": p_clean, "p_adv": p_adv, "label": int(y),
+            "pred_clean": pred_clean, "pred_adv": pred_adv,
+            "attributions": attributions(model, x, x_adv, pred_clean, pred_adv, ig_steps),
+            "distortion": feature_distortion(model, x, x_adv) if eps > 0 else None}
+
+
+def outcome(res: Mapping) -> Outcome:
+    """:data:`SUCCEEDED` when the attack moved a correctly classified image off its label, :data:`FAILED`
+    when the prediction stayed on the label, :data:`NOT_NEEDED` when the clean image was misclassified."""
+    if res["pred_clean"] != res["label"]:
+        return NOT_NEEDED
+    return FAILED if res["pred_adv"] == res["label"] else SUCCEEDED
+
+
+def summary_line(res: Mapping, classes: Sequence[str]) -> str:
+    """One line: true label, prediction and confidence before and after, and the :func:`outcome`."""
+    c, what = classes, outcome(res)
+    return (f"label {c[res['label']]} | clean: {c[res['pred_clean']]} ({100 * res['p_clean'].max():.1f}%) | "
+            f"adversarial: {c[res['pred_adv']]} ({100 * res['p_adv'].max():.1f}%) | attack {what}"
+            + (" (the clean image is misclassified already)" if what == NOT_NEEDED else ""))
+
+
+@dataclass(frozen=True)
+class SuccessCurve:
+    """Attack success per eps (:func:`success_rates`): ``rates[i]`` percent of the ``n`` images the model
+    classified correctly that the attack at ``eps[i]`` moved off their label."""
+    eps: tuple[float, ...]
+    rates: tuple[float, ...]
+    n: int
+
+
+def success_rates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float],
+                  attack: str = "PGD Linf", steps: int = 10, attack_model: nn.Module | None = None,
+                  progress: bool | None = None, desc: str = "success curve", seed: int = 0) -> SuccessCurve:
+    """How often ``attack`` succeeds on ``model``, per eps: of the images in (x, y) that ``model`` classifies
+    correctly, the percentage the attack moves off their label (images it gets wrong clean are left out:
+    nothing to attack). eps 0 is 0% without running anything.
+
+    Counted as every featlab accuracy is (:func:`featlab.metrics.robust_correct`, seeded by ``seed``): an
+    image is flipped when any PGD iterate fools the model, and a fooled image costs no more gradients.
+
+    ``attack_model``: compute the adversarial images against this model and show them to ``model``
+    (default: ``model`` itself, the attacker who sees everything). With the classifier alone in front of
+    which ``model`` puts a denoiser, this is the *oblivious* attacker, who ignores the defense.
+    ``progress``: a progress bar (default: only in a live notebook, not under papermill).
+    Shapes: x (N, C, H, W) in [0, 1], y (N,).
+    """
+    from tqdm.auto import tqdm
+    for e in eps_list:
+        check_number("eps_list[...]", e, low=0.0, high=1.0 if attack != "PGD L2" else None)
+    source = model if attack_model is None else attack_model
+    ok = predict(model, x) == y.cpu()
+    xs, ys = x.cpu()[ok], y.cpu()[ok]
+    rates, show = [], (not running_unattended()) if progress is None else progress
+    for eps in tqdm(eps_list, desc=desc, leave=False, disable=not show):
+        if eps == 0 or len(xs) == 0:
+            rates.append(0.0)
+            continue
+        robust = robust_correct(model, xs, ys, make_attack(source, attack, eps, steps), progress=False, seed=seed)
+        rates.append(100.0 * (1.0 - robust.float().mean().item()))
+    return SuccessCurve(tuple(float(e) for e in eps_list), tuple(rates), int(ok.sum()))
+
+
+# -- figures of explorer results ------------------------------------------------------------------------------
+_ATTR_NAMES = {"ig": "IG, black baseline", "ig_grey": "IG, grey baseline", "saliency": "Saliency"}
+
+
+def _image(t: torch.Tensor):
+    return t[0].permute(1, 2, 0).squeeze(-1).clip(0, 1).numpy()
+
+
+def _attribution_panel(ax, a: torch.Tensor, kind: str) -> None:
+    lim = float(a.abs().max()) or 1.0
+    signed = kind != "saliency"
+    ax.imshow(a.numpy(), cmap="RdBu_r" if signed else "hot", vmin=-lim if signed else 0, vmax=lim)
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = None):
+    """One explorer result (:func:`explore`) as a figure. Top: clean image, adversarial image, the
+    perturbation (amplified, grey = 0), the top-5 class probabilities before and after, the feature
+    distortion per tap. Bottom: IG from black and from grey, and Saliency, for the clean and the adversarial
+    image, each for the class predicted on it (red: evidence for that class, blue: against)."""
+    fig = plt.figure(figsize=(13, 6.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.05, 1])
+    axes = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
+    delta = res["x_adv"] - res["x"]
+    amp = float(delta.abs().max()) or 1.0
+    c = classes
+    for ax, t, lab in ((axes[0], res["x"], f"clean: {c[res['pred_clean']]}"),
+                       (axes[1], res["x_adv"], f"adversarial: {c[res['pred_adv']]}"),
+                       (axes[2], delta / (2 * amp) + 0.5, f"perturbation x{0.5 / amp:.1f} (grey = 0)")):
+        ax.imshow(_image(t), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(lab, fontsize=9), ax.set_xticks([]), ax.set_yticks([])
+    ax = axes[3]
+    top5 = torch.topk(res["p_clean"] + res["p_adv"], 5).indices.tolist()
+    pos = torch.arange(5)
+    ax.barh(pos - 0.2, [float(res["p_clean"][i]) for i in top5], 0.4, label="clean")
+    ax.barh(pos + 0.2, [float(res["p_adv"][i]) for i in top5], 0.4, label="adversarial")
+    ax.set_yticks(pos.tolist(), [c[i] + (" (label)" if i == res["label"] else "") for i in top5], fontsize=8)
+    ax.invert_yaxis(), ax.set_xlim(0, 1), ax.set_xlabel("probability", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right"), ax.set_title("top-5 classes", fontsize=9)
+    ax = axes[4]
+    d = res["distortion"]
+    if d:
+        ax.plot(range(len(d)), list(d.values()), marker="o")
+        ax.set_xticks(range(len(d)), list(d), rotation=60, fontsize=7), ax.set_yscale("log")
+        ax.set_xlabel("tap (input -> logits)", fontsize=8), ax.set_ylabel("relative L2 distortion", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7), ax.grid(alpha=0.3)
+    else:
+        ax.text(0.5, 0.5, "no perturbation (eps 0)" if res["x_adv"].equal(res["x"]) else "this model has no taps",
+                ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title("feature distortion", fontsize=9)
+    axes = bottom.subplots(1, 6)
+    for ax, key in zip(axes, ("ig/clean", "ig/adv", "ig_grey/clean", "ig_grey/adv", "saliency/clean", "saliency/adv")):
+        kind, tag = key.split("/")
+        _attribution_panel(ax, res["attributions"][key], kind)
+        target = c[res["pred_clean" if tag == "clean" else "pred_adv"]]
+        ax.set_title(f"{_ATTR_NAMES[kind]}\n{'clean' if tag == 'clean' else 'adversarial'}, for {target}", fontsize=8)
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def attribution_figure(results: Mapping[str, Mapping], classes: Sequence[str], title: str | None = None):
+    """Several models' results on the same image (name -> :func:`explore` result), one row per model:
+    the adversarial image, IG from black and from grey on the clean image, IG from grey and Saliency on the
+    adversarial image, each for the class the model predicts on that input."""
+    cols = (("x_adv", "adversarial image"), ("ig/clean", "IG, black baseline\nclean"),
+            ("ig_grey/clean", "IG, grey baseline\nclean"), ("ig_grey/adv", "IG, grey baseline\nadversarial"),
+            ("saliency/clean", "Saliency\nclean"), ("saliency/adv", "Saliency\nadversarial"))
+    fig, axes = plt.subplots(len(results), len(cols), figsize=(2.1 * len(cols), 2.3 * len(results) + 0.5),
+                             squeeze=False, layout="constrained")
+    axes_rows = list(axes)
+    for row, (name, res) in zip(axes_rows, results.items()):
+        for j, (ax, (key, head)) in enumerate(zip(row, cols)):
+            if key == "x_adv":
+                ax.imshow(_image(res["x_adv"]), cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.set_ylabel(f"{name}\n{classes[res['pred_clean']]} -> {classes[res['pred_adv']]}", fontsize=9)
+            else:
+                _attribution_panel(ax, res["attributions"][key], key.split("/")[0])
+            if row is axes_rows[0]:
+                ax.set_title(head, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 class AttackExplorer:
     """Pick an image, a model, an attack, eps and steps; see the attack succeed or fail.
 
     Shows clean / adversarial / amplified perturbation, the top-5 class probabilities before and
-    after, the per-layer feature distortion (featlab.probe, for models with taps) and captum
-    attributions (Integrated Gradients and Saliency) for the clean and the adversarial image.
-    Results are cached per (model, attack, eps, steps, image), so moving back to a previous eps
-    is instant; sliders update on release (no work while dragging).
+    after, the per-layer feature distortion (featlab.probe, for models with taps and denoiser pipelines)
+    and captum attributions (Integrated Gradients and Saliency) for the clean and the adversarial image.
+    The work is :func:`explore` (and :func:`success_rates`); this class holds the images, the models, the
+    widget state and a cache per (model, attack, eps, steps, image), so moving back to a previous eps is
+    instant; sliders update on release (no work while dragging).
     Introduced in notebooks/04_attack_explorer.ipynb.
 
     Args:
@@ -163,12 +419,16 @@ class AttackExplorer:
         classes: class names (default: the dataset's, else "0".."K-1").
         eps_max: slider maximum in pixel units (default: the dataset's, 0.5 for MNIST, 16/255 for CIFAR,
             shown in /255; 0.5 without a dataset).
+        cache_size: results kept (default 256).
+        ig_steps: path points of Integrated Gradients (default 32).
         l2_max: maximum of the L2 slider, shown for "PGD L2" (default: ``eps_max * sqrt(pixels) / 4``,
             3.5 on MNIST, 0.87 on CIFAR-10, around the usual budgets of 2 and 0.5).
-        cache_size: results kept (default 256).
         dataset: "mnist", "cifar10"...: the defaults of ``classes`` and ``eps_max``, eps written as the
             dataset does (:func:`featlab.data.format_eps`) and the eps slider starting at its usual
             budget (:func:`featlab.data.threat_defaults`); None (default): plain numbers, slider at 0.3.
+
+        >>> ex = AttackExplorer({"standard": model}, x_test, y_test, dataset="mnist")
+        >>> ex.show()            # the widget; static figures under papermill
     """
 
     def __init__(self, models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
@@ -205,20 +465,22 @@ class AttackExplorer:
             return data.format_eps(eps, self.dataset)
         return f"{eps:.3g}"
 
-    # -- the work, without widgets (unit-testable) ------------------------------------------------
-    def attack(self, model: nn.Module, name: str, eps: float, steps: int):
-        from .attacks import FGSM, PGD
-        if name not in ATTACK_CHOICES:
-            raise ValueError(f"attack must be one of {list(ATTACK_CHOICES)}, got {name!r}")
-        if name == "FGSM":
-            return FGSM(model, eps=eps)
-        norm = "linf" if name == "PGD Linf" else "l2"
-        return PGD(model, eps=eps, steps=steps, norm=norm)
+    # -- the work (plain functions above), checked and cached ------------------------------------------------
+    def attack(self, model: nn.Module, name: str, eps: float, steps: int) -> Attack:
+        """:func:`make_attack`."""
+        return make_attack(model, name, eps, steps)
+
+    def attributions(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, t_clean: int,
+                     t_adv: int) -> dict[str, torch.Tensor]:
+        """:func:`attributions` with this explorer's ``ig_steps``."""
+        return attributions(model, x, x_adv, t_clean, t_adv, self.ig_steps)
 
     def compute(self, model_name: str, attack: str, eps: float, steps: int, index: int) -> dict:
-        """Everything the view shows for one setting (cached)."""
+        """:func:`explore` for one setting on image ``index`` (cached: the same dict object on a hit)."""
         if model_name not in self.models:
             raise ValueError(f"model_name must be one of {list(self.models)}, got {model_name!r}")
+        if attack not in ATTACK_CHOICES:
+            raise ValueError(f"attack must be one of {list(ATTACK_CHOICES)}, got {attack!r}")
         check_number("index", index, low=0, high=len(self.x) - 1, integer=True)
         check_number("steps", steps, low=1, integer=True)
         check_number("eps", eps, low=0.0, high=1.0 if attack != "PGD L2" else None)
@@ -226,115 +488,29 @@ class AttackExplorer:
                             int(index))
 
     def _compute(self, model_name: str, attack: str, eps: float, steps: int, index: int) -> dict:
-        model = self.models[model_name]
-        from ._utils import model_device
-        dev = model_device(model)
-        x, y = self.x[index:index + 1].to(dev), self.y[index:index + 1].to(dev)
-        x_adv = self.attack(model, attack, eps, steps)(x, y)
-        with eval_mode(model), torch.no_grad():
-            p_clean, p_adv = torch.softmax(model(x), 1)[0].cpu(), torch.softmax(model(x_adv), 1)[0].cpu()
-        res = {"x": x.cpu(), "x_adv": x_adv.cpu(), "p_clean": p_clean, "p_adv": p_adv, "label": int(y),
-               "pred_clean": int(p_clean.argmax()), "pred_adv": int(p_adv.argmax()),
-               "attributions": self.attributions(model, x, x_adv, int(p_clean.argmax()), int(p_adv.argmax())),
-               "distortion": None}
-        if hasattr(model, "features") and eps > 0:
-            res["distortion"] = compare(model, x, {"adv": x_adv})["adv"].mean()
+        res = explore(self.models[model_name], self.x[index:index + 1], self.y[index:index + 1], attack, eps,
+                      max(steps, 1), self.ig_steps)
         self.computed += 1
         return res
 
-    def attributions(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, t_clean: int, t_adv: int) -> dict:
-        """captum Integrated Gradients and Saliency maps (H, W) for clean and adversarial inputs,
-        each for the class the model predicts on that input.
+    def summary(self, res: Mapping) -> str:
+        """:func:`summary_line` with this explorer's class names."""
+        return summary_line(res, self.classes)
 
-        IG runs from two baselines: black ("ig/...", the usual zero baseline) and mid-grey ("ig_grey/...").
-        IG multiplies the averaged gradient by (input - baseline), so from black a pixel that is black in
-        the input gets zero attribution by construction: on MNIST's black background the clean image's
-        attribution sits on the strokes whatever the model does. The grey baseline has no such blind spot.
-        """
-        from captum.attr import IntegratedGradients, Saliency
-        with eval_mode(model):
-            ig, sal = IntegratedGradients(model), Saliency(model)
-            out = {}
-            for tag, inp, t in (("clean", x, t_clean), ("adv", x_adv, t_adv)):
-                inp = inp.detach().clone().requires_grad_(True)
-                out[f"ig/{tag}"] = ig.attribute(inp, target=t, n_steps=self.ig_steps).sum(1)[0].detach().cpu()
-                out[f"ig_grey/{tag}"] = ig.attribute(inp, baselines=torch.full_like(inp, 0.5), target=t,
-                                                     n_steps=self.ig_steps).sum(1)[0].detach().cpu()
-                out[f"saliency/{tag}"] = sal.attribute(inp, target=t, abs=True).amax(1)[0].detach().cpu()
-        return out
-
-    def summary(self, res: dict) -> str:
-        """One line: true label, prediction and confidence before and after, success or not."""
-        c = self.classes
-        ok = res["pred_adv"] == res["label"]
-        return (f"label {c[res['label']]} | clean: {c[res['pred_clean']]} ({100 * res['p_clean'].max():.1f}%) | "
-                f"adversarial: {c[res['pred_adv']]} ({100 * res['p_adv'].max():.1f}%) | "
-                + ("attack FAILED" if ok else "attack SUCCEEDED"))
-
-    def figure(self, res: dict, title: str | None = ""):
-        """The explorer's figure for one result; ``title`` "" puts the summary line on top, None no title
-        (the live widget prints the summary above the figure)."""
-        fig = plt.figure(figsize=(13, 5.6), layout="constrained")    # no panel's tick labels overlap another
-        grid = fig.add_gridspec(2, 6)
-        img = lambda t: t[0].permute(1, 2, 0).squeeze(-1).numpy()  # noqa: E731
-        delta = res["x_adv"] - res["x"]
-        amp = float(delta.abs().max()) or 1.0
-        for j, (t, lab) in enumerate(((res["x"], "clean"), (res["x_adv"], "adversarial"),
-                                      (delta / (2 * amp) + 0.5, f"perturbation x{0.5 / amp:.1f}"))):
-            ax = fig.add_subplot(grid[0, j])
-            ax.imshow(img(t).clip(0, 1), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(lab, fontsize=9), ax.set_xticks([]), ax.set_yticks([])
-        ax = fig.add_subplot(grid[0, 3:5])
-        top = torch.topk(res["p_clean"] + res["p_adv"], 5).indices.tolist()
-        pos = torch.arange(5)
-        ax.barh(pos - 0.2, [float(res["p_clean"][i]) for i in top], 0.4, label="clean")
-        ax.barh(pos + 0.2, [float(res["p_adv"][i]) for i in top], 0.4, label="adversarial")
-        ax.set_yticks(pos.tolist(), [self.classes[i] for i in top]), ax.invert_yaxis()
-        ax.set_xlim(0, 1), ax.legend(fontsize=8), ax.set_title("top-5 probabilities", fontsize=9)
-        ax = fig.add_subplot(grid[0, 5])
-        if res["distortion"]:
-            d = res["distortion"]
-            ax.plot(range(len(d)), list(d.values()), marker="o")
-            ax.set_xticks(range(len(d)), list(d), rotation=60, fontsize=7), ax.set_yscale("log")
-        ax.set_title("feature distortion", fontsize=9)
-        names = {"ig": "IG (black baseline)", "ig_grey": "IG (grey baseline)", "saliency": "Saliency"}
-        for j, key in enumerate(("ig/clean", "ig/adv", "ig_grey/clean", "ig_grey/adv", "saliency/clean",
-                                 "saliency/adv")):
-            ax = fig.add_subplot(grid[1, j])
-            a = res["attributions"][key]
-            lim = float(a.abs().max()) or 1.0
-            signed = key.startswith("ig")
-            ax.imshow(a.numpy(), cmap="RdBu_r" if signed else "hot", vmin=-lim if signed else 0, vmax=lim)
-            kind, tag = key.split("/")
-            ax.set_title(f"{names[kind]}, {tag}", fontsize=8)
-            ax.set_xticks([]), ax.set_yticks([])
-        if title is not None:
-            fig.suptitle(title or self.summary(res), fontsize=10)
-        return fig
+    def figure(self, res: Mapping, title: str | None = ""):
+        """:func:`explorer_figure`; ``title`` "" puts the summary line on top, None no title (the live
+        widget prints the summary above the figure)."""
+        return explorer_figure(res, self.classes, title=self.summary(res) if title == "" else title)
 
     def success_curves(self, eps_list: Sequence[float], attack: str = "PGD Linf", steps: int = 10,
                        n: int | None = None) -> dict[str, list[float]]:
         """Attack success rate (% of the images each model classified correctly that the attack
-        flips) per eps, for every model, over the first ``n`` images (batched, with progress)."""
-        from tqdm.auto import tqdm
-        from .metrics import predict
-        from ._utils import model_device
-        x, y = self.x[:n], self.y[:n]
-        out: dict[str, list[float]] = {}
-        for name, model in self.models.items():
-            ok = predict(model, x) == y
-            xs, ys = x[ok].to(model_device(model)), y[ok].to(model_device(model))
-            rates = []
-            for eps in tqdm(eps_list, desc=f"success curve: {name}", leave=False):
-                if eps == 0 or len(xs) == 0:
-                    rates.append(0.0)
-                    continue
-                flipped = (predict(model, self.attack(model, attack, eps, steps)(xs, ys).cpu()) != ys.cpu())
-                rates.append(100.0 * flipped.float().mean().item())
-            out[name] = rates
-        return out
+        flips) per eps, for every model, over the first ``n`` images (:func:`success_rates`)."""
+        return {name: list(success_rates(m, self.x[:n], self.y[:n], eps_list, attack, steps,
+                                         desc=f"success curve: {name}").rates)
+                for name, m in self.models.items()}
 
-    # -- the view ----------------------------------------------------------------------------
+    # -- the view ------------------------------------------------------------------------------------------
     def widget(self):
         import ipywidgets as w
         from IPython.display import display
@@ -381,21 +557,23 @@ class AttackExplorer:
 
     def static(self, eps_values: Sequence[float], model_name: str | None = None, attack: str = "PGD Linf",
                steps: int = 10, index: int = 0) -> None:
+        """One figure per eps for one model and image (what papermill and a rendered notebook show)."""
         from IPython.display import display
         name = model_name or next(iter(self.models))
         for eps in eps_values:
             res = self.compute(name, attack, eps, steps, index)
-            fig = self.figure(res, title=f"{name}, {attack}, eps {self.eps_label(eps, attack)}: {self.summary(res)}")
+            fig = self.figure(res, title=f"{name}, {attack}, eps {self.eps_label(eps, attack)}, image {index}: "
+                                         f"{self.summary(res)}")
             display(fig)
             plt.close(fig)
 
-    def show(self, static_eps: Sequence[float] | None = None) -> None:
-        """The live explorer in a notebook frontend; static figures for a few eps when unattended
-        (``static_eps``, default the dataset's ``eps_list``, else 0.1, 0.2, 0.3)."""
+    def show(self, static_eps: Sequence[float] | None = None, index: int = 0) -> None:
+        """The live explorer in a notebook frontend; static figures of image ``index`` for a few eps when
+        unattended (``static_eps``, default the dataset's ``eps_list``, else 0.1, 0.2, 0.3)."""
         from IPython.display import display
         if running_unattended():
             if static_eps is None:
                 static_eps = data.threat_defaults(self.dataset)["eps_list"] if self.dataset else (0.1, 0.2, 0.3)
-            self.static(static_eps)
+            self.static(static_eps, index=index)
         else:
             display(self.widget())

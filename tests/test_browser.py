@@ -89,6 +89,8 @@ def test_slider_updates_prediction_in_jupyterlab(lab):
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT.with_name("browser_failure.png")), full_page=True)
             raise
+        # JupyterLab 4.6 does not draw cells off screen (their innerText stays empty): bring the explorer into view
+        summary.scroll_into_view_if_needed()
         page.wait_for_function("document.querySelector('.featlab-summary').innerText.includes('attack')",
                                timeout=300_000)
         before = summary.inner_text()
