@@ -253,3 +253,40 @@ def embedding_activity(model: nn.Module, x: torch.Tensor, batch_size: int = 500)
     return {"dim": dim, "median_active": float(active.float().median()),
             "one_active": 100.0 * (active == 1).float().mean().item(),
             "none_active": 100.0 * (active == 0).float().mean().item(), "normalised": float(normalised)}
+
+
+def ratio_interval(a: torch.Tensor, b: torch.Tensor, n_boot: int = 1000, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """``mean(a) / mean(b)`` and its percentile bootstrap interval, the images resampled in pairs.
+
+    For two per-image measurements on the same images (e.g. two models' relative distortion at a tap,
+    each of shape (N,) from :class:`Distortion`), the ratio of their means and the ``level`` interval
+    of that ratio over ``n_boot`` resamplings of the images with replacement. One draw of indices serves
+    both arrays, so an image's two numbers stay together. An interval that excludes 1 says the gap is
+    larger than the choice of images explains (the attack's and the noise's randomness are not resampled).
+
+        >>> value, low, high = ratio_interval(res_std["adversarial"].l2["embedding"],
+        ...                                   res_afd["adversarial"].l2["embedding"])
+
+    Args:
+        a, b: per-image values, shape (N,) with N >= 2, mean of b non-zero.
+        n_boot: resamplings (default 1000); level: the interval's coverage in (0, 1) (default 0.95);
+        seed: the resampling's generator (the same call repeats exactly).
+    Returns: (ratio, low, high). Introduced in notebooks/03_afd.ipynb.
+    """
+    a, b = torch.as_tensor(a).detach().double().cpu(), torch.as_tensor(b).detach().double().cpu()
+    if a.dim() != 1 or b.dim() != 1 or len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"a and b must be per-image values of the same length N >= 2 (shape (N,)), got shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    check_number("n_boot", n_boot, low=1, integer=True)
+    check_number("level", level, low=0.0, high=1.0, low_open=True)
+    if level == 1.0:
+        raise ValueError("level must be > 0 and < 1 (the interval's coverage), got 1.0")
+    check_number("seed", seed, low=0, integer=True)
+    if float(b.mean()) == 0.0:
+        raise ValueError("b has mean 0: the ratio mean(a) / mean(b) is undefined")
+    idx = torch.randint(0, len(a), (n_boot, len(a)), generator=torch.Generator().manual_seed(seed))
+    boot = a[idx].mean(1) / b[idx].mean(1)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=boot.dtype)
+    low, high = torch.quantile(boot, q).tolist()
+    return float(a.mean() / b.mean()), low, high

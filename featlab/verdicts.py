@@ -131,7 +131,7 @@ class Verdict:
 
 
 def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], checks: Sequence[Mapping[str, Any]] = (),
-          eps_text: str = "", robust_floor: float = 10.0, partly_gap: float = 30.0) -> Verdict:
+          eps_text: str = "", robust_floor: float = 10.0, robust_share: float = 0.75) -> Verdict:
     """The verdict on one defense at one eps.
 
     Args:
@@ -140,7 +140,9 @@ def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], ch
             attacks that see the defense.
         checks: the checklist's checks (dicts with "passed" and "check") of these measurements.
         robust_floor: a worst case below this many percent is NOT_ROBUST.
-        partly_gap: a worst case more than this many points under clean is PARTLY robust.
+        robust_share: ROBUST keeps at least this share of the clean accuracy under the worst case; less is
+            PARTLY robust. Relative to clean, so a weak model (34% clean, 12% attacked) is not called robust
+            for losing few points.
     """
     ms = tuple(measurements)
     seeing = [m for m in ms if m.sees_defense]
@@ -157,7 +159,7 @@ def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], ch
     elif worst.acc < robust_floor:
         status = (Status.OBLIVIOUS_ONLY if oblivious is not None and oblivious.acc >= robust_floor
                   and not tie(oblivious, worst) else Status.NOT_ROBUST)
-    elif worst.acc < clean.acc - partly_gap:
+    elif worst.acc < robust_share * clean.acc:
         status = Status.PARTLY
     else:
         status = Status.ROBUST

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import featlab
 from featlab import attacks
@@ -21,7 +21,8 @@ def _registered(kind: str, norm: str):
             "apgd": lambda m, eps: attacks.autoattack(m, eps, norm=norm, version="fast", steps=5),
             "autoattack": lambda m, eps: attacks.autoattack(m, eps, norm=norm, steps=5, n_queries=20),
             "autoattack-ta": lambda m, eps: attacks.autoattack(m, eps, norm=norm, version="torchattacks"),
-            "square": lambda m, eps: attacks.square(m, eps, norm=norm, n_queries=20)}[kind]
+            "square": lambda m, eps: attacks.square(m, eps, norm=norm, n_queries=20),
+            "apgd-ce": lambda m, eps: attacks.from_spec("apgd-ce5", m, eps)}[kind]
 
 
 # the registry's every kind x norm, then the variants and the attacks outside the registry (BPDA)
@@ -50,6 +51,7 @@ def _dist(x_adv, x, norm):
 @pytest.mark.parametrize("name", sorted(ATTACK_SPECS))
 @settings(max_examples=15, deadline=None)
 @given(eps=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+@example(eps=5e-324, seed=0)           # a subnormal eps: 2.5 * eps / steps underflows to a zero step
 def test_stays_in_ball_and_pixel_range(name, eps, seed):
     torch.manual_seed(seed)
     m = tiny_model(num_classes=4)     # AutoAttack's targeted APGD needs at least 4 classes

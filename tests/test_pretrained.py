@@ -241,3 +241,22 @@ def test_shipped_feature_denoiser_removes_oblivious_perturbations_and_an_end_to_
     rows = preprocessing_defense(d.denoiser, d.classifier, x, y, [0.3], steps=20, progress=False)
     by = {r["threat_model"]: r["robust_acc"] for r in rows}
     assert by["none"] < 5 and by["oblivious"] > 90 and by["end-to-end"] < 30, by
+
+
+@needs_cifar10
+def test_shipped_cpu_cifar_afd_reference_recipe_and_its_pgd_at_twin():
+    """AFD on the reference recipe (unit-length embedding, PGD-5 training attack, rates 0.1/0.5/0.1) and PGD-AT
+    with the same attack and epochs (RESULTS.md, PGD-20 on 1,000 images: 69.8/30.8 and 67.4/42.8)."""
+    x, y = featlab.data.load("cifar10", "test", limit=200)
+    afd, at = pretrained.load("cifar_airnet_l2_afd"), pretrained.load("cifar_airnet_pgd_at")
+    assert pretrained.info("cifar_airnet_l2_afd")["method"] == "afd"
+    emb = afd.features(x[:16], ["embedding"])["embedding"]
+    assert torch.allclose(emb.norm(dim=1), torch.ones(16), atol=1e-3), "the reference's unit-length embedding"
+    acc = {}
+    for name, model in (("afd", afd), ("pgd_at", at)):
+        pgd = featlab.attacks.PGD(model, eps=8 / 255, steps=20)
+        acc[name] = (featlab.metrics.accuracy(model, x, y),
+                     featlab.metrics.robust_accuracy(model, x, y, pgd, seed=0, progress=False))
+    # with room for 200 images' sampling noise (+-3.3 points at 30%)
+    assert acc["afd"][0] > 60 and 20 < acc["afd"][1] < acc["afd"][0] - 20, acc
+    assert acc["pgd_at"][0] > 60 and acc["pgd_at"][1] > 33, acc

@@ -139,3 +139,28 @@ def test_embedding_activity_counts_active_coordinates_and_one_active_kills_the_i
         probe.embedding_activity(one, x, batch_size=0)
     with pytest.raises(TypeError, match="featlab model"):
         probe.embedding_activity(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), x)
+
+
+def test_ratio_interval_keeps_pairs_and_brackets_the_ratio():
+    g = torch.Generator().manual_seed(0)
+    b = 1 + 9 * torch.rand(50, generator=g, dtype=torch.float64)      # spread over images
+    # a is 1.1 b image by image: every paired resampling gives exactly 1.1 (an unpaired one would scatter widely)
+    value, low, high = probe.ratio_interval(1.1 * b, b)
+    assert value == pytest.approx(1.1, abs=1e-12) and low == pytest.approx(1.1, abs=1e-12)
+    assert high == pytest.approx(1.1, abs=1e-12)
+    # independent noise: the interval holds the ratio of means, excludes 1 for a clear gap, and repeats exactly
+    a = 2 * b + torch.randn(50, generator=g)
+    r = probe.ratio_interval(a, b, n_boot=500, seed=3)
+    assert r[0] == pytest.approx(float(a.mean() / b.mean()))
+    assert 1 < r[1] < r[0] < r[2] < 3
+    assert r == probe.ratio_interval(a, b, n_boot=500, seed=3)
+    # the same values, no gap: 1 lies inside the interval
+    c = b[torch.randperm(50, generator=g)]
+    v, lo, hi = probe.ratio_interval(c, b)
+    assert lo < 1 < hi and v == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same length"):
+        probe.ratio_interval(a, b[:10])
+    with pytest.raises(ValueError, match="level must be"):
+        probe.ratio_interval(a, b, level=1.0)
+    with pytest.raises(ValueError, match="mean 0"):
+        probe.ratio_interval(a, torch.zeros(50))

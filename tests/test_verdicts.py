@@ -62,6 +62,9 @@ def test_statuses_follow_the_numbers():
     assert judge("s", M("clean", 99.0, 100), [M("pgd40", 0.0, 100)]).status is Status.NOT_ROBUST
     assert judge("p", M("clean", 80.0, 100), [M("pgd40", 40.0, 100)]).status is Status.PARTLY
     assert judge("r", M("clean", 99.0, 100), [M("pgd40", 93.0, 100)]).status is Status.ROBUST
+    # relative to clean: a weak model that has little to lose is not called robust
+    assert judge("weak", M("clean", 34.0, 100), [M("pgd10", 12.0, 100)]).status is Status.PARTLY
+    assert judge("weak2", M("clean", 27.0, 100), [M("pgd10", 18.0, 100)]).status is Status.PARTLY
 
 
 @pytest.mark.parametrize("bad", [dict(acc=101.0), dict(acc=-1.0), dict(n=0), dict(attack="")])

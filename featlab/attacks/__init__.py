@@ -9,6 +9,7 @@ their metadata are in :data:`REGISTRY` (:mod:`featlab.attacks.specs`).
 """
 from __future__ import annotations
 
+from .apgd import APGD
 from .autoattack import TorchattacksAttack, autoattack, square
 from .base import Attack, GradientMaskingWarning, canonical_norm, cross_entropy_per_example, model_device
 from .bpda import BPDA, IdentityBackward
@@ -16,6 +17,6 @@ from .fgsm import FGSM
 from .pgd import PGD, step_size_for
 from .specs import REGISTRY, SPECS_HELP, AttackKind, Spec, from_spec, parse, parse_pgd_spec, strongest_pgd
 
-__all__ = ["Attack", "AttackKind", "BPDA", "FGSM", "GradientMaskingWarning", "IdentityBackward", "PGD", "REGISTRY", "step_size_for",
+__all__ = ["APGD", "Attack", "AttackKind", "BPDA", "FGSM", "GradientMaskingWarning", "IdentityBackward", "PGD", "REGISTRY", "step_size_for",
            "SPECS_HELP", "Spec", "TorchattacksAttack", "autoattack", "canonical_norm", "cross_entropy_per_example",
            "from_spec", "model_device", "parse", "parse_pgd_spec", "square", "strongest_pgd"]

@@ -19,7 +19,9 @@ def step_size_for(eps: float, steps: int) -> float:
     the rule is written; training attacks, evaluation specs and the notebooks use it through here."""
     check_number("eps", eps, low=0.0)
     check_number("steps", steps, low=1, integer=True)
-    return 2.5 * float(eps) / int(steps)
+    step = 2.5 * float(eps) / int(steps)
+    # a subnormal eps (5e-324) underflows to a zero step, which never leaves the start: one step of eps instead
+    return step if step > 0 or eps == 0 else float(eps)
 
 class PGD(Attack):
     """PGD (Madry et al. 2018, https://arxiv.org/abs/1706.06083): iterated gradient steps,

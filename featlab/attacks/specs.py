@@ -5,7 +5,8 @@ Specs::
 
     fgsm                      one signed-gradient step (Linf)
     pgdN[xR][_l2|_linf][@S]   PGD: N steps (default 40), R random restarts, a fixed norm, step size S
-    apgd                      APGD-CE + APGD-T (AutoAttack's "fast" subset)
+    apgd                      APGD-CE + APGD-T (AutoAttack's "fast" subset, torchattacks)
+    apgd-ce[N]                featlab's batched APGD-CE alone, N iterations (default 100; Linf)
     autoattack                AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square)
     autoattack-ta             torchattacks' own AutoAttack (10 iterations per member: for comparison)
     square[Q]                 Square, gradient-free, Q queries (default 5000)
@@ -27,6 +28,7 @@ from typing import Any, Callable
 from torch import nn
 
 from .._utils import check_choice, check_number
+from .apgd import APGD
 from .autoattack import autoattack, square
 from .fgsm import FGSM
 from .pgd import PGD, step_size_for
@@ -62,11 +64,13 @@ REGISTRY: dict[str, AttackKind] = {k.name: k for k in (
                members=("apgd-ce", "apgd-t", "fab", "square")),
     AttackKind("square", "Square (Andriushchenko et al. 2020): random search on the outputs", ("linf", "l2"),
                iterative=False, gradient_free=True, parameter_free=False, composite=False),
+    AttackKind("apgd-ce", "featlab's batched APGD-CE (Croce & Hein 2020), no per-iteration host syncs", ("linf",),
+               iterative=True, gradient_free=False, parameter_free=True, composite=False),
 )}
 
 SPECS_HELP = ("fgsm, pgdN (e.g. pgd40), pgdN_l2, pgdNxR (R restarts), pgdN@S (step size S; default "
-              "2.5*eps/N), autoattack, apgd (apgd-ce + apgd-t), autoattack-ta, square or squareQ (Square, "
-              "gradient-free, Q queries, default 5000)")
+              "2.5*eps/N), autoattack, apgd (apgd-ce + apgd-t), apgd-ceN (featlab's APGD-CE, N iterations, "
+              "default 100), autoattack-ta, square or squareQ (Square, gradient-free, Q queries, default 5000)")
 
 _PGD = re.compile(r"pgd(\d*)(?:x(\d+))?(?:_(l2|linf))?(?:@(\d*\.?\d+(?:[eE]-?\d+)?))?")
 
@@ -110,6 +114,11 @@ def parse(spec: Any) -> Spec:
                              f"allowed: {SPECS_HELP}")
         return Spec(spec, REGISTRY["pgd"], steps=int(m.group(1) or 40), restarts=int(m.group(2) or 1),
                     norm=m.group(3), step_size=float(m.group(4)) if m.group(4) is not None else None)
+    m = re.fullmatch(r"apgd-ce(\d*)", spec)
+    if m is not None:
+        if m.group(1) and int(m.group(1)) == 0:
+            raise ValueError(f"attacks: bad APGD-CE spec {spec!r} (iterations >= 1); allowed: {SPECS_HELP}")
+        return Spec(spec, REGISTRY["apgd-ce"], steps=int(m.group(1) or 100))
     m = re.fullmatch(r"square(\d*)", spec)
     if m is not None:
         if m.group(1) and int(m.group(1)) == 0:
@@ -139,9 +148,15 @@ def _build_square(s: Spec, model: nn.Module, eps: float, norm: str, seed: int) -
     return atk
 
 
+def _build_apgd_ce(s: Spec, model: nn.Module, eps: float, norm: str, seed: int) -> Any:
+    atk = APGD(model, eps=eps, steps=s.steps, seed=seed)
+    atk.name = s.text
+    return atk
+
+
 _BUILDERS: dict[str, Callable[..., Any]] = {"fgsm": _build_fgsm, "pgd": _build_pgd, "apgd": _build_autoattack,
                                              "autoattack": _build_autoattack, "autoattack-ta": _build_autoattack,
-                                             "square": _build_square}
+                                             "square": _build_square, "apgd-ce": _build_apgd_ce}
 
 
 def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed: int = 0) -> Any:

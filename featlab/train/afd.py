@@ -49,7 +49,7 @@ class AFD(Objective):
         model: a featlab model (its ``encoder`` is E, its ``head`` is C).
         eps: Linf radius in pixel units (default 0.3; CIFAR 8/255).
         steps, step_size: the PGD used to make x_adv (default 40 and 0.01, the MNIST setting).
-        attack: "pgd" (default) or "apgd-ce" (torchattacks' APGD, the authors' default).
+        attack: "pgd" (default) or "apgd-ce" (featlab's batched APGD-CE, :class:`featlab.attacks.APGD`; the authors' default).
         loss: "wgan" (default, as the reference code) or "bce" (standard GAN loss).
         lr_ec, lr_e, lr_d: SGD learning rates of E+C, E alone, D (defaults 0.1, 0.5, 0.5: MNIST).
         momentum: SGD momentum (0.9); weight_decay: on E+C only (1e-4).

@@ -100,7 +100,7 @@ class PGDAT(Objective):
         ramp_epochs: epoch e (0-based) trains at eps_start + min(1, (e + 1) / ramp_epochs) * (eps - eps_start),
             so eps reaches its final value at epoch ``ramp_epochs`` (default 0: no ramp).
         norm: "linf" (default) or "l2".
-        attack: "pgd" (default) or "apgd-ce" (torchattacks' APGD-CE with ``steps`` iterations, Linf
+        attack: "pgd" (default) or "apgd-ce" (featlab's batched APGD-CE with ``steps`` iterations, Linf
             only: the training attack of the AFD code, so PGD-AT and AFD can be compared at one budget).
     """
 
