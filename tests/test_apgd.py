@@ -234,9 +234,24 @@ def test_apgd_ce_examples_is_the_featlab_attack_and_keeps_rng_and_mode():
     state = torch.get_rng_state()
     x_adv = apgd_ce_examples(m, x, y, 0.1, 7)
     assert torch.equal(state, torch.get_rng_state()) and m.training
-    assert torch.equal(x_adv, APGD(m, eps=0.1, steps=7, seed=0)(x, y))
+    assert torch.equal(x_adv, APGD(m, eps=0.1, steps=7, seed=0, highest_loss=True)(x, y))
     with pytest.raises(ValueError, match="^steps must be >= 1, got 0$"):
         apgd_ce_examples(m, x, y, 0.1, 0)
+
+
+def test_a_training_attack_returns_the_highest_loss_point_not_the_first_that_fooled():
+    """The first fooling iterate sits just past the decision boundary: a weak example to train on."""
+    m = tiny_model(num_classes=4)
+    torch.manual_seed(5)
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 4, (64,))
+    first = APGD(m, eps=0.3, steps=20, seed=0)(x, y)
+    best = APGD(m, eps=0.3, steps=20, seed=0, highest_loss=True)(x, y)
+    with torch.no_grad():
+        loss = lambda z: torch.nn.functional.cross_entropy(m(z), y, reduction="none")
+        fooled_first = m(first).argmax(1) != y
+        assert fooled_first.sum() >= 8, "the test needs examples that fall"
+        assert (loss(best) >= loss(first) - 1e-6).all()
+        assert (loss(best)[fooled_first] > loss(first)[fooled_first]).any(), "the run went past the boundary"
 
 
 def test_robust_accuracy_below_clean_and_fgsm_on_a_trained_model(trained_mnist, mnist_small):

@@ -66,9 +66,13 @@ class APGD(Attack):
         loss_fn: per-example loss to increase, ``loss_fn(model(x_adv), y) -> (N,)`` (default
             cross-entropy: APGD-CE). With another loss no example counts as fooled; the result is each
             example's highest-loss point.
+        highest_loss: return every example's highest-loss iterate, fooled or not (a training attack:
+            :func:`apgd_ce_examples`), instead of the first iterate that fooled it (an evaluation: the
+            default, False). The fooled set is the same either way.
 
     Shape: x (N, C, H, W) in [0, 1], y (N,) -> x_adv like x, inside the eps ball and [0, 1]: per example
-    the first iterate that fooled the model, else the iterate of highest loss.
+    the first iterate that fooled the model, else the iterate of highest loss (``highest_loss``: always
+    the iterate of highest loss).
 
     The arithmetic follows the authors' code (fra31/auto-attack; torchattacks.APGD copies it): the start
     is x + eps * u / max|u| with u uniform in [-1, 1] (on the ball's surface), the momentum is 0.75 (none
@@ -84,8 +88,8 @@ class APGD(Attack):
         >>> atk = APGD(model, eps=8 / 255, steps=100)
         >>> x_adv = atk(x, y)
 
-    No notebook introduces it yet (notebooks/03_afd.ipynb evaluates with AutoAttack's APGD, from
-    torchattacks); bench/apgd_speed.py measures it against torchattacks' APGD-CE.
+    No notebook introduces it yet; ``featlab eval --attacks apgd-ce100`` runs it, and bench/apgd_speed.py
+    measures it against torchattacks' APGD-CE.
     """
 
     name = "apgd-ce"
@@ -96,8 +100,11 @@ class APGD(Attack):
     momentum = 0.75
 
     def __init__(self, model: nn.Module, eps: float = 8 / 255, steps: int = 100, restarts: int = 1,
-                 rho: float = 0.75, seed: int = 0, loss_fn: LossFn | None = None):
+                 rho: float = 0.75, seed: int = 0, loss_fn: LossFn | None = None, highest_loss: bool = False):
         super().__init__(model, loss_fn)
+        if not isinstance(highest_loss, bool):
+            raise TypeError(f"highest_loss: True or False, got {highest_loss!r}")
+        self.highest_loss = highest_loss
         check_number("eps", eps, low=0.0, high=1.0)
         check_number("steps", steps, low=1, integer=True)
         check_number("restarts", restarts, low=1, integer=True)
@@ -181,7 +188,7 @@ class APGD(Attack):
                     s["ups"] = torch.zeros_like(s["ups"])
                 if early_exit and i in self._exits:           # the run's only host syncs, O(log steps)
                     done = s["fooled"]
-                    res_x[rows[done]] = s["x_fool"][done]
+                    res_x[rows[done]] = (s["x_best"] if self.highest_loss else s["x_fool"])[done]
                     res_fooled[rows[done]] = True
                     keep = (~done).nonzero().squeeze(1)
                     rows = rows[keep]
@@ -189,7 +196,7 @@ class APGD(Attack):
                     if rows.numel() == 0:
                         return res_x, res_fooled, res_loss
         with torch.no_grad():
-            out = torch.where(_fill_view(s["fooled"], x), s["x_fool"], s["x_best"])
+            out = s["x_best"] if self.highest_loss else torch.where(_fill_view(s["fooled"], x), s["x_fool"], s["x_best"])
             if rows.numel() == n:                             # nothing left early: no scatter needed
                 return out, s["fooled"], s["loss_best"]
             res_x[rows], res_fooled[rows], res_loss[rows] = out, s["fooled"], s["loss_best"]
@@ -254,9 +261,11 @@ def apgd_ce_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
                      autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
     """x_adv from featlab's :class:`APGD` (APGD-CE, Linf, 1 restart, ``steps`` iterations, seed 0),
     detached, under ``autocast`` when given; the global RNG is not touched and the model's mode (each
-    submodule's) is given back. Every example is attacked; one not fooled comes back at its highest-loss
-    iterate (torchattacks' APGD, which this used to wrap, gave x back for those)."""
+    submodule's) is given back. Every example comes back at its highest-loss iterate, fooled or not
+    (``highest_loss``: torchattacks' APGD, which this used to wrap, gave the last fooling iterate for the
+    fooled examples and x back for the others; the first fooling iterate, an evaluation's answer, sits
+    just past the decision boundary and would make a weak training attack)."""
     check_number("eps", eps, low=0.0, high=1.0)
     check_number("steps", steps, low=1, integer=True)
     with (autocast or contextlib.nullcontext()):
-        return APGD(unwrap(model), eps=eps, steps=steps, restarts=1, seed=0)(x, y).detach()
+        return APGD(unwrap(model), eps=eps, steps=steps, restarts=1, seed=0, highest_loss=True)(x, y).detach()

@@ -4,7 +4,7 @@ A game between the classifier's encoder E and a discriminator D on the embedding
 tell E(x) from E(x_adv); E learns to make E(x_adv) look clean, while E and the head C keep
 classifying clean inputs. Per batch (as in the authors' code, BashivanLab/afd):
 
-1. x_adv = attack(E + C) (eval mode; PGD by default, APGD-CE through torchattacks optional);
+1. x_adv = attack(E + C) (eval mode; PGD by default, featlab's APGD-CE optional);
 2. update E and C with cross-entropy on CLEAN inputs;
 3. update D:  WGAN  mean D(E(x_adv), y) - mean D(E(x), y)   (or the BCE GAN loss);
 4. update E alone:  WGAN  -mean D(E(x_adv), y)   (or BCE towards "clean").
