@@ -30,7 +30,7 @@ def test_manifest_lists_files_with_matching_hashes():
         if e["dataset"] != "mnist":         # issue 19: each CIFAR model at most 5 MB (the Madry CNN is 6.5)
             assert path.stat().st_size < 5e6, f"{name}: a shipped CIFAR model is at most 5 MB"
         total += path.stat().st_size
-    assert total < 25e6, "the shipped models stay small"
+    assert total < 30e6, "the shipped models stay small"     # 27.0 MB with the CPU CIFAR-10 pair (2 x 2.3 MB)
     assert not list(pretrained.HERE.glob("*.pt")), "no pickled weights ship: safetensors only"
     assert sorted(p.name for p in pretrained.HERE.glob("*.safetensors")) == sorted(e["file"] for e in man.values())
     assert all(target in man for target in pretrained.ALIASES.values()), "every alias names a shipped model"
