@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._utils import check_choice, check_number
+
 
 _RECORDED: dict[str, Any] = {}
 
@@ -65,15 +67,16 @@ class Rule:
             return isinstance(v, bool)
         if self.kind == "str":
             return isinstance(v, str)
-        if self.kind == "choice":
-            return v in self.choices
         if self.kind == "list":
             return isinstance(v, (list, tuple)) and len(v) > 0 and all(self.item is None or self.item.ok(i) for i in v)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (self.kind == "int" and not isinstance(v, int)):
+        try:                        # featlab's one validator (featlab._utils), as the library and the CLI use it
+            if self.kind == "choice":
+                check_choice("value", v, self.choices)
+            else:
+                check_number("value", v, low=self.low, high=self.high, integer=self.kind == "int")
+        except ValueError:
             return False
-        if v != v:                  # NaN
-            return False
-        return (self.low is None or v >= self.low) and (self.high is None or v <= self.high)
+        return True
 
 
 def Int(low: int | None = None, high: int | None = None, none: bool = False) -> Rule:

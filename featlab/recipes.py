@@ -1,6 +1,7 @@
 """How the notebooks get their models, in one call each: a shipped model or, where this featlab lacks
 it, one trained here (:func:`shipped_or_trained`, which says which); the live training of each dataset's
-notebook classifier (:func:`train_live`); and the fast CIFAR recipe (:func:`fit_fast_cifar`, what
+notebook classifier (:func:`train_live`); each dataset's lineup of shipped models (:func:`lineup`); and the fast
+CIFAR recipe (:func:`fit_fast_cifar`, what
 ``featlab train --optimizer sgd --lr 0.4 --lr-schedule triangle --label-smoothing 0.2 --batch-size 500``
 runs for the shipped ``cifar_airnet`` models).
 
@@ -22,6 +23,31 @@ from ._utils import check_choice, check_number, seed_everything
 from .train import PGDAT, Objective, Standard, Trainer, train_classifier, triangle_schedule_for
 
 LIVE_MODELS = {"mnist": "mnist_cnn", "cifar10": "cifar_airnet"}     # what train_live builds per dataset
+
+
+#: per dataset: the shipped models the notebooks put side by side (featlab.pretrained names), and the defaults of a
+#: model trained here instead, so that no notebook cell branches on the dataset (:func:`lineup`)
+LINEUPS: dict[str, dict[str, Any]] = {
+    "mnist": dict(standard="mnist_cnn_standard", robust="mnist_cnn_pgd_at", robust_label="PGD-AT",
+                  denoiser="mnist_denoiser_feature",
+                  compared=("mnist_resnet_standard", "mnist_resnet_pgd_at", "mnist_resnet_trades", "mnist_resnet_afd"),
+                  live_epochs=2, live_at_steps=5, full_epochs=10, full_at_steps=10, feature_tap="conv2"),
+    "cifar10": dict(standard="cifar_airnet_standard", robust="cifar_airnet_fast_at", robust_label="Fast-AT",
+                    denoiser="cifar_airnet_denoiser_feature",
+                    compared=("cifar_airnet_standard", "cifar_airnet_fast_at", "cifar_airnet_afd", "cifar_airnet_pgd_at",
+                              "cifar_airnet_l2_afd"),
+                    live_epochs=8, live_at_steps=1, full_epochs=18, full_at_steps=1, feature_tap="block1"),
+}
+
+
+def lineup(dataset: str) -> dict[str, Any]:
+    """The notebooks' models and live-training defaults for ``dataset`` (:data:`LINEUPS`; a fresh dict):
+    ``standard``, ``robust`` (and its ``robust_label``), ``denoiser``: shipped names; ``compared``: the shipped
+    classifiers notebook 05 evaluates; ``live_epochs`` / ``live_at_steps``: a model trained here instead (the
+    adversarial one with that many attack steps; one step is Fast-AT); ``full_*``: the GPU schedule;
+    ``feature_tap``: the tap whose feature maps notebook 01 shows."""
+    check_choice("dataset", dataset, LINEUPS)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in LINEUPS[dataset].items()}
 
 
 def fit_fast_cifar(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective | None = None, *,

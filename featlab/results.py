@@ -25,7 +25,7 @@ import torch
 from . import data, distributed, pretrained, verdicts
 from ._utils import get_device, git_commit
 from .checkpoint import atomic_write_text
-from .checklist import checklist
+from .checklist import checklist, page
 
 #: what every record holds (accuracies in percent); :func:`write_result` refuses a record without them
 RESULT_KEYS = ("dataset", "model", "method", "threat_model", "norm", "eps", "attack", "n_eval", "clean_acc",
@@ -483,11 +483,13 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
 
 
 def write_markdown(results_dir: str | os.PathLike = "results", out: str | os.PathLike | None = None) -> Path:
-    """Render ``results_dir/*.json`` into ``out`` (default ``results_dir/RESULTS.md``), atomically."""
+    """Render ``results_dir/*.json`` into ``out`` (default ``results_dir/RESULTS.md``), atomically, and the
+    checklist's page (:func:`featlab.checklist.page`) into ``CHECKLIST.md`` beside it."""
     records = load(results_dir)
     if not records:
         raise ValueError(f"results_dir: no result records in {results_dir} (run featlab eval first)")
     path = Path(out) if out is not None else Path(results_dir) / "RESULTS.md"
+    atomic_write_text(path.parent / "CHECKLIST.md", page())     # what every check column means, from the registry
     return atomic_write_text(path, render(records))
 
 

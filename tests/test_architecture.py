@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # lowest first: _utils -> data, models -> attacks -> metrics -> defenses -> train -> pretrained, recipes -> evaluate, checklist
-# -> results -> viz, widgets -> cli, runner
+# -> results -> experiments -> viz, widgets -> cli, runner
 LAYERS: list[tuple[str, ...]] = [
     ("_utils", "nbtools", "checkpoint", "distributed"),
     ("data", "models"),
@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pretrained", "recipes"),
     ("evaluate", "checklist", "probe"),
     ("results", "verdicts"),
+    ("experiments",),
     ("viz", "widgets"),
     ("cli", "runner", "__init__"),
 ]

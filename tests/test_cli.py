@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from featlab import cli
+from featlab import cli, experiments
 from conftest import needs_mnist
 
 
@@ -167,12 +167,12 @@ def test_eval_controls_and_denoiser_transfer(tmp_path, capsys):
 
 
 def test_a_run_keeps_the_commit_it_started_at_and_lists_those_it_resumed_at(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "git_commit", lambda: "bbb")
+    monkeypatch.setattr(experiments, "git_commit", lambda: "bbb")
     path = tmp_path / "config.json"
-    assert cli._commits(path) == {"commit": "bbb"}, "a new run"
+    assert experiments._commits(path) == {"commit": "bbb"}, "a new run"
     for old, expected in (({"commit": "bbb"}, {"commit": "bbb"}),
                           ({"commit": "aaa"}, {"commit": "aaa", "resumed_at_commits": ["bbb"]}),
                           ({"commit": "aaa", "resumed_at_commits": ["bbb"]}, {"commit": "aaa", "resumed_at_commits": ["bbb"]}),
                           ({"method": "afd"}, {"commit": "unknown", "resumed_at_commits": ["bbb"]})):  # from before
         path.write_text(json.dumps(old))
-        assert cli._commits(path) == expected, old
+        assert experiments._commits(path) == expected, old

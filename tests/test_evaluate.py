@@ -173,7 +173,7 @@ def test_featlab_eval_reads_back_finished_batches_and_then_drops_them(tmp_path, 
     """featlab eval keeps each attack's finished batches under results/.partial until its records are
     written, so the same command after a kill resumes; the record says how many batches it read back.
     Another command on the same model uses its own folder, and leaves this one alone."""
-    from featlab import cli
+    from featlab import cli, experiments
     args = ["eval", "--pretrained", "mnist_cnn_standard", "--attacks", "pgd5", "--eps", "0.1", "--n-eval", "60",
             "--batch-size", "20", "--large-eps", "0"]
     cli.main(args + ["--results-dir", str(tmp_path / "fresh")])
@@ -182,7 +182,7 @@ def test_featlab_eval_reads_back_finished_batches_and_then_drops_them(tmp_path, 
     assert not (tmp_path / "fresh" / ".partial").exists()
     # killed after the attacks, before the records
     with monkeypatch.context() as mp:
-        mp.setattr(cli, "write_result", lambda *a, **k: (_ for _ in ()).throw(_Interrupt()))
+        mp.setattr(experiments, "write_result", lambda *a, **k: (_ for _ in ()).throw(_Interrupt()))
         with pytest.raises(_Interrupt):
             cli.main(args + ["--results-dir", str(tmp_path / "resumed")])
     [partial] = (tmp_path / "resumed" / ".partial").iterdir()

@@ -64,3 +64,18 @@ def test_shipped_or_trained_says_which(capsys):
     assert "no_such_model is not shipped" in capsys.readouterr().out, "a missing model is never replaced silently"
     model, shipped = recipes.shipped_or_trained("mnist_cnn_standard", train, use_shipped=False)
     assert not shipped and trained == [1, 1] and capsys.readouterr().out == ""
+
+
+def test_every_lineup_names_shipped_models_of_its_dataset():
+    from featlab import pretrained, recipes
+    for dataset in recipes.LINEUPS:
+        lineup = recipes.lineup(dataset)
+        names = [lineup["standard"], lineup["robust"], lineup["denoiser"], *lineup["compared"]]
+        assert all(pretrained.info(n)["dataset"] == dataset for n in names), dataset
+        assert pretrained.info(lineup["denoiser"])["kind"] == "denoiser"
+        model = pretrained.load(lineup["standard"])
+        assert lineup["feature_tap"] in model.tap_names
+        lineup["compared"].append("x")
+        assert "x" not in recipes.lineup(dataset)["compared"], "a fresh copy each call"
+    with pytest.raises(ValueError, match="^dataset"):
+        recipes.lineup("imagenet")

@@ -1,5 +1,6 @@
 """Model registry: ``create(name)`` returns a :class:`FeatureModel` (normalisation inside);
-:class:`Defended` puts a preprocessing (a denoiser) in front of any classifier.
+:class:`Defended` puts a preprocessing (a denoiser) in front of any classifier; :func:`wrap` makes a reader's
+own ``nn.Module`` (a torchvision CNN) a featlab model, its taps found by torchvision's feature extraction.
 
     >>> model = create("mnist_cnn")
     >>> model.tap_names
@@ -15,6 +16,7 @@ from .cifar import cifar_airnet, cifar_airnet_l2, resnet20
 from .compose import Defended
 from .mnist import mnist_cnn, mnist_resnet, mnist_resnet18
 from .resnet import preact_resnet18, resnet18, resnet18_l2
+from .wrap import WrappedModel, wrap
 
 # name -> (factory, dataset it is built for)
 MODELS: dict[str, tuple[Callable[..., FeatureModel], str]] = {
@@ -47,6 +49,6 @@ def default_dataset(name: str) -> str:
     return MODELS[name][1]
 
 
-__all__ = ["Defended", "FeatureModel", "Normalize", "L2Normalize", "MODELS", "create", "default_dataset",
+__all__ = ["Defended", "FeatureModel", "WrappedModel", "wrap", "Normalize", "L2Normalize", "MODELS", "create", "default_dataset",
            "mnist_cnn", "mnist_resnet", "mnist_resnet18", "resnet18", "resnet18_l2", "preact_resnet18",
            "cifar_airnet", "cifar_airnet_l2", "resnet20"]

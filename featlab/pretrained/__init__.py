@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
-from .. import data, models, runs
-from ..defenses import create_denoiser
+from .. import runs
 from ..models import Defended
 
 HERE = Path(__file__).resolve().parent
@@ -93,10 +92,8 @@ def _write(weights: dict[str, torch.Tensor], path: Path, name: str) -> Path:
 
 
 def _build(entry: dict[str, Any]) -> nn.Module:
-    if entry["kind"] == "denoiser":
-        return create_denoiser(entry.get("arch", "unet"), channels=entry["channels"], width=entry["width"],
-                               depth=entry["depth"])
-    return models.create(entry["model"], num_classes=data.info(entry["dataset"]).num_classes)
+    """The untrained module a manifest entry names: the one model builder, :func:`featlab.runs.build_model`."""
+    return runs.build_model({**entry, "method": "denoiser" if entry["kind"] == "denoiser" else entry.get("method")})
 
 
 def load(name: str, device: str | torch.device = "cpu", folder: str | os.PathLike | None = None) -> nn.Module:
