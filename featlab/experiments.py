@@ -33,7 +33,7 @@ from .checklist import checklist, report_checks
 from .checkpoint import atomic_write_text
 from .evaluate import audit, preprocessing_defense
 from .metrics import accuracy, robust_accuracy
-from .results import device_description, record, result_name, write_result
+from .results import LARGE_EPS_ROLE, device_description, record, result_name, write_result
 
 METHODS = ("standard", "pgd_at", "trades", "afd", "denoiser")
 CONTROLS = ("binarize", "bits2", "bits4", "median3")
@@ -284,6 +284,7 @@ class Target:
     label: str                        # names the result files
     classifier_ref: str | None = None  # a denoiser's or control's classifier: run folder or pretrained:NAME
     loaded_classifier: nn.Module | None = None     # already loaded (a control reads its config from it)
+    run: str | None = None            # the run folder the model was trained into (records carry it as "run")
 
     def classifier(self, device: torch.device) -> nn.Module:
         if self.loaded_classifier is None:
@@ -382,10 +383,12 @@ def resolve(run: str | None = None, pretrained_name: str | None = None, control:
                   "command": entry["train_command"], "device": entry["train_device"], "classifier_run": classifier}
         trained = {"epochs": entry["epochs"], "train_wall_s": entry["train_wall_s"],
                    "weights": f"featlab.pretrained:{key} (float16, sha256 {entry['sha256'][:12]})"}
-        target = Target(pretrained.load(key, device), config, trained, f"pretrained_{key}", classifier)
+        target = Target(pretrained.load(key, device), config, trained, f"pretrained_{key}", classifier,
+                        run=entry.get("run"))
     else:
         r = runs.load(run, device)
-        target = Target(r.model, r.config, r.train_summary, r.folder.name, r.config.get("classifier_run"))
+        target = Target(r.model, r.config, r.train_summary, r.folder.name, r.config.get("classifier_run"),
+                        run=r.folder.name)
     if classifier_run is not None:
         _require(target.config["method"] == "denoiser", "classifier_run",
                  "only for a denoiser (defend another classifier: transfer) or a control")
@@ -457,7 +460,8 @@ def _base_record(target: Target, c: EvalConfig, n: int, device: torch.device) ->
             **({"train_resumed_at_commits": config["resumed_at_commits"]} if config.get("resumed_at_commits") else {}),
             "train_precision": config.get("precision", "fp32"),
             "train_memory_format": config.get("memory_format", "contiguous"),
-            "precision": "fp32", "world_size": distributed.world_size(), **target.trained}
+            "precision": "fp32", "world_size": distributed.world_size(), **target.trained,
+            **({"run": target.run} if target.run else {})}
 
 
 def evaluate(target: Target, c: EvalConfig, device: torch.device | str | None = None,
@@ -491,7 +495,7 @@ def evaluate(target: Target, c: EvalConfig, device: torch.device | str | None = 
         rec = record(base, threat_model="white-box", norm=r["norm"], eps=r["eps"], attack=r["attack"], **extra,
                      clean_acc=r["clean_acc"], robust_acc=r["robust_acc"], wall_s=r["wall_s"], sanity=sanity)
         if large is not None and r["eps"] == large and large not in c.eps:
-            rec["role"] = "checklist large-eps point"       # featlab.results.worst_case leaves it out
+            rec["role"] = LARGE_EPS_ROLE       # featlab.results.worst_case leaves it out
         records.append(rec)
         name = result_name(target.label, r["attack"], r["norm"], r["eps"], len(x))
         where = f"  -> {write_result(name, rec, c.results_dir)}" if write else ""
@@ -601,7 +605,7 @@ def separability(target: Target, eps: float, attack_steps: int = 10, n: int = 20
     device = next(model.parameters()).device
     rec = record({"dataset": config["dataset"], "model": config["model"], "method": config["method"],
                   "seed": seed, "command": command, "train_command": config.get("command"),
-                  "device": device_description(device), **target.trained},
+                  "device": device_description(device), **target.trained, **({"run": target.run} if target.run else {})},
                  threat_model="white-box", norm="linf", eps=eps, attack=f"pgd{attack_steps}", n_eval=len(x),
                  split="train", clean_acc=rows["bce"]["clean_acc"], robust_acc=rows["bce"]["robust_acc"],
                  wall_s=round(time.time() - t0, 1), probe="embedding_separability", probe_steps=steps,
@@ -628,7 +632,7 @@ def probe_runs(run_folders: Sequence[str], eps: Sequence[float], steps: int = 40
         clean = accuracy(model, x, y)
         base = {"dataset": config["dataset"], "model": config["model"], "method": config["method"],
                 "epochs": config["epochs"], "seed": seed, "command": command, "train_command": config["command"],
-                "device": device_description(torch.device(device)), "n_eval": len(x)}
+                "device": device_description(torch.device(device)), "n_eval": len(x), "run": key}
         for e in eps:
             r = res[key][e]
             adv_acc = robust_accuracy(model, x, y, PGD(model, eps=e, steps=steps), progress=False)

@@ -107,13 +107,8 @@ def _sanity(rec: dict[str, Any]) -> str:
 
 
 def _run_name(rec: dict[str, Any], default: str | None = None) -> str:
-    """The run folder a record's model was trained into: ``--out`` of its train command (else its first runs/...)."""
-    words = str(rec.get("train_command", "")).split()
-    if "--out" in words[:-1]:
-        name = Path(words[words.index("--out") + 1]).name
-    else:
-        name = next((w.split("/")[-1] for w in words if w.startswith("runs/")),
-                    f"{rec['model']} {rec['method']}" if default is None else default)
+    """The run folder a record's model was trained into (its ``run`` field), else ``default`` (model and method)."""
+    name = rec.get("run") or (f"{rec['model']} {rec['method']}" if default is None else default)
     if rec.get("trained_for"):        # a denoiser in front of another classifier (transfer): its own row
         name += f" on {str(rec['classifier_run']).split(':')[-1].split('/')[-1]}"
     return name
@@ -127,6 +122,7 @@ def _model_key(rec: dict[str, Any]) -> str:
 
 
 SEEING = ("white-box", "end-to-end", "bpda")   # threat models whose attacker sees the whole defense
+LARGE_EPS_ROLE = "checklist large-eps point"   # a record's role: the checklist's point, left out of worst cases
 
 
 def _eps_key(eps: float) -> str:
@@ -142,18 +138,7 @@ def _label(rec: dict[str, Any]) -> str:
 
 def _is_sanity_point(rec: dict[str, Any]) -> bool:
     """The checklist's large-eps point (e.g. Linf 1.0, where any image can be drawn), not a robustness number."""
-    if rec.get("role") == "checklist large-eps point":
-        return True
-    words = str(rec.get("command", "")).split()           # records made before the role was recorded
-    if "--eps" not in words:
-        return False
-    given = []
-    for w in words[words.index("--eps") + 1:]:
-        try:
-            given.append(_eps_key(float(w)))
-        except ValueError:
-            break
-    return bool(given) and _eps_key(rec["eps"]) not in given
+    return rec.get("role") == LARGE_EPS_ROLE
 
 
 def _keep_lowest(by_attack: dict[str, dict[str, Any]], rec: dict[str, Any]) -> None:
@@ -253,7 +238,7 @@ def headline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name, entry in sorted(pretrained.manifest().items(), key=lambda kv: (kv[1]["dataset"], kv[1]["kind"], kv[0])):
         dataset = entry["dataset"]
         eps = data.threat_defaults(dataset)["eps"]
-        run = _run_name({"train_command": entry.get("train_command", ""), "model": "", "method": ""})
+        run = entry.get("run", "")
         w = by_run.get((dataset, run, _eps_key(eps)))
         row: dict[str, Any] = {"name": name, "kind": entry["kind"], "dataset": dataset, "eps": eps, "worst_case": w,
                                "autoattack": None, "verdict": None}
@@ -397,8 +382,7 @@ def published_table(records: list[dict[str, Any]], dataset: str, eps: float | No
                 clean[name] = (r["n_eval"], r["clean_acc"])
     ours = [w for w in worst_case(records) if w["dataset"] == dataset and w["norm"] == "linf"
             and _eps_key(w["eps"]) == _eps_key(eps) and w["run"] in clean]    # classifiers (white-box records)
-    shipped = {_run_name({"train_command": pretrained.info(k).get("train_command", ""), "model": "", "method": ""}): k
-               for k in pretrained.available()}
+    shipped = {pretrained.info(k).get("run", ""): k for k in pretrained.available()}
     if shipped_only:
         ours = [w for w in ours if w["run"] in shipped]
     if not ours:

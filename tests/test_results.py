@@ -15,7 +15,8 @@ def test_results_markdown_from_records(tmp_path):
                "command": f"featlab eval --attacks {atk}"}
         (tmp_path / f"r_{atk}.json").write_text(json.dumps(rec))
     (tmp_path / "curves.json").write_text(json.dumps({"not": "a record"}))
-    other = {**base, "train_command": "featlab train --method pgd_at --epochs 1 --out runs/short", "attack": "pgd40",
+    other = {**base, "train_command": "featlab train --method pgd_at --epochs 1 --out runs/short", "run": "short",
+             "attack": "pgd40",
              "eps": 0.3, "robust_acc": 50.0, "wall_s": 1.0, "command": "featlab eval --run runs/short"}
     (tmp_path / "short.json").write_text(json.dumps(other))
     assert len(featlab.results.load(tmp_path)) == 3
@@ -31,7 +32,7 @@ def test_worst_case_takes_the_strongest_attack_that_sees_the_defense(tmp_path):
     sanity = {"passed": False, "checks": [{"check": "more PGD steps/restarts do not raise accuracy", "passed": False,
                                            "detail": "pgd40 39.9% > pgd10 30.9% at eps 0.35"}]}
     base = {"dataset": "mnist", "model": "m", "method": "pgd_at", "norm": "linf", "n_eval": 1000, "clean_acc": 99.0,
-            "train_command": "featlab train --classifier-run runs/base --out runs/mine", "sanity": sanity,
+            "train_command": "featlab train --classifier-run runs/base --out runs/mine", "run": "mine", "sanity": sanity,
             "command": "featlab eval --run runs/mine --eps 0.3 0.35", "threat_model": "white-box"}
     recs = [{**base, "eps": 0.35, "attack": "fgsm", "robust_acc": 11.3},
             {**base, "eps": 0.35, "attack": "pgd40", "robust_acc": 39.9},
@@ -40,9 +41,10 @@ def test_worst_case_takes_the_strongest_attack_that_sees_the_defense(tmp_path):
             {**base, "eps": 0.35, "threat_model": "none", "attack": "pgd40", "robust_acc": 0.0},
             {**base, "eps": 0.3, "attack": "pgd40", "robust_acc": 95.0},
             {**base, "eps": 0.3000001, "attack": "autoattack", "robust_acc": 93.0, "n_eval": 500},
-            {**base, "eps": 1.0, "attack": "pgd40", "robust_acc": 0.0}]     # the checklist's large-eps point
+            {**base, "eps": 1.0, "attack": "pgd40", "robust_acc": 0.0,      # the checklist's large-eps point
+             "role": featlab.results.LARGE_EPS_ROLE}]
     w03, w035 = featlab.results.worst_case(recs)
-    assert w035["run"] == "mine", "the run is the --out folder, not the classifier it was trained against"
+    assert w035["run"] == "mine", "the run is the record's run folder, not the classifier it was trained against"
     assert (w035["worst"], w035["worst_attack"], w035["worst_n"]) == (11.3, "fgsm", 1000), "oblivious/none never count"
     assert w035["attacks"]["pgd40"] == (30.0, 500), "per attack, its lowest evaluation"
     assert w035["attacks"]["oblivious pgd40"] == (5.0, 1000)
@@ -66,7 +68,7 @@ def test_attack_table_puts_methods_side_by_side_on_the_same_images():
     for run, method, accs in (("a", "afd", {"pgd40": 97.0, "apgd": 93.5, "autoattack": 92.8}),
                               ("p", "pgd_at", {"pgd40": 97.3, "apgd": 94.8, "square": 93.9}),
                               ("few", "trades", {"pgd40": 96.0, "apgd": 90.0})):       # two attacks: left out
-        recs += [{**base, "method": method, "train_command": f"featlab train --out runs/{run}", "eps": 0.3,
+        recs += [{**base, "method": method, "train_command": f"featlab train --out runs/{run}", "run": run, "eps": 0.3,
                   "attack": k, "robust_acc": v} for k, v in accs.items()]
     recs.append({**recs[0], "n_eval": 500, "robust_acc": 1.0})              # other images: not in this table
     recs.append({**recs[0], "eps": 1.0, "attack": "pgd100", "robust_acc": 0.0, "role": "checklist large-eps point"})
@@ -84,7 +86,7 @@ def test_attacks_of_separate_calls_on_the_same_images_are_checked_together():
     ok = {"passed": True, "checks": [{"check": "input gradients exist", "passed": True, "detail": "ok"}]}
     base = {"dataset": "mnist", "model": "m", "method": "afd", "norm": "linf", "n_eval": 1000, "seed": 0,
             "threat_model": "white-box", "clean_acc": 99.5, "eps": 0.35, "sanity": ok,
-            "train_command": "featlab train --out runs/a", "command": "featlab eval --run runs/a --eps 0.35"}
+            "train_command": "featlab train --out runs/a", "run": "a", "command": "featlab eval --run runs/a --eps 0.35"}
     apgd = {**base, "attack": "apgd", "robust_acc": 42.4}
     square = {**base, "attack": "square", "robust_acc": 4.5}
     (w,) = featlab.results.worst_case([apgd, square])
@@ -109,13 +111,14 @@ def test_attacks_of_separate_calls_on_the_same_images_are_checked_together():
 
 def test_published_table_puts_our_runs_under_the_published_numbers():
     base = {"dataset": "cifar10", "model": "m", "method": "pgd_at", "norm": "linf", "seed": 0, "threat_model": "white-box",
-            "train_command": "featlab train --out runs/fast", "command": "featlab eval --run runs/fast",
+            "train_command": "featlab train --out runs/fast", "run": "fast", "command": "featlab eval --run runs/fast",
             "wall_s": 1.0, "device": "cpu", "commit": "c"}
     recs = [{**base, "eps": 0.0313725, "attack": "pgd20", "n_eval": 1000, "clean_acc": 78.1, "robust_acc": 43.4},
             {**base, "eps": 8 / 255, "attack": "autoattack", "n_eval": 200, "clean_acc": 79.0, "robust_acc": 40.5},
             {**base, "eps": 1.0, "attack": "pgd20", "n_eval": 5000, "clean_acc": 1.0, "robust_acc": 0.0,
              "role": "checklist large-eps point"},
-            {**base, "train_command": "featlab train --method denoiser --out runs/den", "threat_model": "end-to-end",
+            {**base, "train_command": "featlab train --method denoiser --out runs/den", "run": "den",
+             "threat_model": "end-to-end",
              "eps": 8 / 255, "attack": "pgd20", "n_eval": 1000, "clean_acc": 90.0, "robust_acc": 5.0}]
     lines = featlab.results.published_table(recs, "cifar10").splitlines()
     assert any("| RobustBench | Fast-AT PreActResNet-18 | 83.34 | - | 43.21 (full test set) |" in line for line in lines)
@@ -129,13 +132,33 @@ def test_published_table_puts_our_runs_under_the_published_numbers():
     assert featlab.results.published_only_table("cifar100") == ""
     assert featlab.results.published_table([{**recs[0], "attack": "fgsm"}], "cifar10").splitlines()[-1].split(" | ")[4] \
         == "not run"
-    shipped = featlab.pretrained.info("cifar_airnet_fast_at")["train_command"]
-    md = featlab.results.render([{**r, "train_command": shipped} for r in recs[:2]])
+    entry = featlab.pretrained.info("cifar_airnet_fast_at")
+    shipped = {"train_command": entry["train_command"], "run": entry["run"]}
+    md = featlab.results.render([{**r, **shipped} for r in recs[:2]])
     assert "## cifar10: next to the published numbers at eps 8/255" in md
     assert "cifar_airnet_fast_at (shipped: `cifar_airnet_fast_at`)" in md
     # shipped_only keeps the runs a reader met in the notebooks: the experimental run "fast" is left out
     assert featlab.results.published_table(recs, "cifar10", shipped_only=True) == ""
-    mixed = recs[:2] + [{**r, "train_command": shipped} for r in recs[:2]]
+    mixed = recs[:2] + [{**r, **shipped} for r in recs[:2]]
     rows = [line for line in featlab.results.published_table(mixed, "cifar10", shipped_only=True).splitlines()
             if line.startswith("| featlab |")]
     assert len(rows) == 1 and "(shipped: `cifar_airnet_fast_at`)" in rows[0]
+
+
+def test_every_committed_record_reads_back_with_its_fields():
+    """The committed results/ (migrated once by tools/migrate_record_fields.py): every record loads, its numbers are
+    percentages of a positive n, and what the tables group by is a field (never parsed out of a command line)."""
+    from pathlib import Path
+    from featlab import pretrained, results
+    root = Path(__file__).resolve().parent.parent / "results"
+    recs = results.load(root)
+    assert len(recs) > 200
+    for r in recs:
+        assert 0 <= r["robust_acc"] <= 100 and 0 <= r["clean_acc"] <= 100 and r["n_eval"] > 0, r.get("command")
+        if "--out" in str(r.get("train_command", "")):
+            assert r.get("run"), r["train_command"]
+    points = [r for r in recs if r.get("role") == results.LARGE_EPS_ROLE]
+    assert points and all(r["eps"] == 1.0 and r["norm"] == "linf" for r in points), "the checklist's points: Linf 1"
+    assert not any(r["eps"] == 1.0 and r["threat_model"] == "white-box" and r.get("role") != results.LARGE_EPS_ROLE
+                   and "--eps 1" not in str(r.get("command")) for r in recs), "a Linf-1 point not asked for is the role"
+    assert all(pretrained.info(k).get("run") for k in pretrained.available()), "every shipped model names its run"

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .._utils import borrowed, check_images, check_number
+from .._utils import borrowed, check_number
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -151,7 +151,7 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     out = _write(weights, folder / f"{name}.safetensors", name)
     history = state.get("history", [])
     entry: dict[str, Any] = {
-        "file": out.name, "sha256": ckpt.sha256(out), "kind": kind,
+        "file": out.name, "sha256": ckpt.sha256(out), "kind": kind, "run": runs.folder_of(run).name,
         "model": config["model"], "dataset": config["dataset"], "method": config["method"],
         **runs.train_summary(history), "train_command": config.get("command"), "train_device": config.get("device"),
         "objective": config.get("objective"),

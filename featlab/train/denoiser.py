@@ -4,7 +4,6 @@ Introduced in notebooks/02_feature_loss_denoiser.ipynb."""
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import torch
 from torch import nn
