@@ -1,15 +1,11 @@
-"""Command line: ``featlab train`` and ``featlab eval`` (same code paths as the notebooks).
+"""Command line: parse flags into featlab.experiments' configs and call it (the notebooks call the same functions).
 
     featlab train --dataset mnist --model mnist_cnn --method pgd_at --epochs 8 --out runs/mnist_pgd_at
     featlab eval --run runs/mnist_pgd_at --attacks pgd40 fgsm --eps 0.3 --n-eval 1000
     featlab eval --pretrained mnist_afd --attacks pgd40 autoattack --eps 0.3   # a shipped model
+    featlab eval --module my_cnn.py:build --weights w.pt --dataset mnist      # your own classifier
     featlab probe --run runs/a --run runs/b --eps 0.1 0.2 0.3
     featlab notebooks --out build            # execute every notebook (see featlab.runner)
-
-A run folder holds ``checkpoint.pt`` (resumable), ``config.json`` and ``history.json``; eval
-writes one JSON record per attack and eps into ``results/<run>_<attack>_<norm>_eps<eps>[_n<N>].json``
-(``_n<N>`` when N is not the default 1,000 test images; ``<run>`` is ``pretrained_<name>`` for a shipped
-model, whose record names its weights and the command that trained them).
 """
 from __future__ import annotations
 
@@ -78,7 +74,6 @@ def _classifier_ref(text: str) -> None:
 def _existing_folder(text: str) -> None:
     if not Path(text).is_dir():
         raise ValueError(f"{text} is not a folder (featlab eval writes its records there)")
-
 _attack_spec = _arg_check(lambda t: from_spec(t, models.create("mnist_cnn"), 0.1), "attacks: ")
 _pretrained_name = _arg_check(pretrained.info, "name: ")
 _run = _arg_check(_run_folder, "run: ")
@@ -129,14 +124,7 @@ def cmd_results(a: argparse.Namespace) -> None:
     print(f"-> {write_markdown(a.results_dir, a.out)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)        # every command that loads a model and writes records
-    common.add_argument("--seed", type=_int_at_least(0), default=0)
-    common.add_argument("--device", default="auto")
-    common.add_argument("--results-dir", default="results")
-    p = argparse.ArgumentParser(prog="featlab", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model with one objective; resumable run folder")
     t.add_argument("--dataset", choices=sorted(data.DATASETS), default=None)
     t.add_argument("--model", choices=sorted(models.MODELS), default="mnist_cnn")
@@ -194,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: channels_last with bf16 and on CUDA")
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
+
+
+def _eval_parser(sub, common: argparse.ArgumentParser) -> None:
     e = sub.add_parser("eval", parents=[common], help="evaluate a run folder or a shipped model; writes results/*.json")
     target = e.add_mutually_exclusive_group(required=True)
     target.add_argument("--pretrained", type=_pretrained_name, default=None, metavar="NAME",
@@ -220,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eps of the checklist's 'reaches ~0' point (default 1.0 in Linf; 0 turns it off)")
     e.add_argument("--batch-size", type=_int_at_least(1), default=500)
     e.set_defaults(func=cmd_eval)
+
+
+def _other_parsers(sub, common: argparse.ArgumentParser) -> None:
     ex = sub.add_parser("export", help="ship a run's weights (float16) as featlab.pretrained.load(NAME)")
     ex.add_argument("--run", type=_run, required=True)
     ex.add_argument("--name", required=True)
@@ -247,6 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=_int_at_least(8), default=2048, help="training images embedded (a quarter held out)")
     sp.add_argument("--steps", type=_int_at_least(1), default=400, help="the probe's SGD steps")
     sp.set_defaults(func=cmd_separability)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)        # every command that loads a model and writes records
+    common.add_argument("--seed", type=_int_at_least(0), default=0)
+    common.add_argument("--device", default="auto")
+    common.add_argument("--results-dir", default="results")
+    p = argparse.ArgumentParser(prog="featlab", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _train_parser(sub)
+    _eval_parser(sub, common)
+    _other_parsers(sub, common)
     # listed for --help; `featlab notebooks ...` is handed to the runner's own parser (main)
     sub.add_parser("notebooks", help="execute notebooks with papermill -> build/ (featlab notebooks --help)",
                    add_help=False)
@@ -267,11 +274,6 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("weights", "dataset", "mean", "std") if a.cmd == "eval" and not a.module else ():
         if getattr(a, flag) is not None:
             p.error(f"argument --{flag}: only with --module (a shipped model or run folder knows its own)")
-    if a.cmd == "train":                    # the config's own checks (two flags that disagree), before any loading
-        try:
-            config_from(TrainConfig, {**vars(a), "nesterov": not a.no_nesterov})
-        except ConfigError as err:
-            p.error(f"argument --{err.field.replace('_', '-')}: {err.reason}")
     if distributed.env_world_size() > 1 and os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")      # under torchrun rank 0 speaks (errors still reach stderr)
     finished = False

@@ -467,7 +467,9 @@ def _base_record(target: Target, c: EvalConfig, n: int, device: torch.device) ->
 def evaluate(target: Target, c: EvalConfig, device: torch.device | str | None = None,
              write: bool = True) -> list[dict[str, Any]]:
     """Every attack at every eps, the per-image worst case and the checklist; a preprocessing defense in every
-    threat model. Returns the records (and writes them under ``c.results_dir`` unless ``write`` is False)."""
+    threat model. Returns the records and, unless ``write`` is False, writes one JSON file per attack and eps:
+    ``<results_dir>/<label>_<attack>_<norm>_eps<eps>[_n<N>].json`` (``_n<N>`` when N is not 1,000; the label is the
+    run folder's name, ``pretrained_<name>`` for a shipped model, ``user_<name>`` for a wrapped module)."""
     seed_everything(c.seed)
     device = get_device(device) if device is not None else next(target.model.parameters(), torch.zeros(())).device
     x, y = data.load(target.config["dataset"], "test", limit=c.n_eval, seed=c.seed)

@@ -323,6 +323,59 @@ def attack_table(records: list[dict[str, Any]], dataset: str, eps: float, n_eval
     return "\n".join(lines)
 
 
+#: one-factor ablations, each row a run folder; every row is trained at one budget and evaluated on the same n test
+#: images (issue 32: which factor decides AFD's robustness on CIFAR-10)
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "cifar10": {"n": 500, "rows": [
+        ("AFD, reference recipe: PGD-5 training attack, unit-length embedding, rates E+C 0.1 / E 0.5 / D 0.1",
+         "cifar_airnet_l2_afd_pgd5"),
+        ("AFD, one change: the training attack one step (FGSM from a random start, step 10/255)",
+         "cifar_airnet_l2_afd_fgsm"),
+        ("AFD, one change: the game off (no encoder step against the discriminator)", "cifar_airnet_l2_afd_pgd5_nogame"),
+        ("PGD-AT, the same PGD-5 attack and epochs (plain embedding, weight decay 5e-4)", "cifar_airnet_pgd5_at")]},
+}
+
+
+def ablation_rows(records: list[dict[str, Any]], dataset: str = "cifar10", eps: float | None = None) -> list[dict[str, Any]]:
+    """:data:`ABLATIONS` of ``dataset`` at its eps (default the dataset's), one dict per row: ``label``, ``run``, ``n``
+    and, from its white-box records on those n test images (None where there is none yet), ``clean``, ``pgd20``,
+    ``autoattack``, the ``worst`` with its ``worst_attack``, and the checklist's ``sanity``. [] without an ablation."""
+    if dataset not in ABLATIONS:
+        return []
+    spec = ABLATIONS[dataset]
+    eps = float(data.threat_defaults(dataset)["eps"] if eps is None else eps)
+    out = []
+    for label, run in spec["rows"]:
+        by: dict[str, dict[str, Any]] = {}
+        for r in records:
+            if (r.get("run") == run and r["dataset"] == dataset and r["threat_model"] == "white-box"
+                    and r["n_eval"] == spec["n"] and _eps_key(r["eps"]) == _eps_key(eps) and not _is_sanity_point(r)):
+                _keep_lowest(by, r)
+        worst = min(by.values(), key=lambda r: r["robust_acc"]) if by else None
+        out.append({"label": label, "run": run, "n": spec["n"], "eps": eps,
+                    "clean": next(iter(by.values()))["clean_acc"] if by else None,
+                    "pgd20": by["pgd20"]["robust_acc"] if "pgd20" in by else None,
+                    "autoattack": by["autoattack"]["robust_acc"] if "autoattack" in by else None,
+                    "worst": worst["robust_acc"] if worst else None, "worst_attack": worst["attack"] if worst else None,
+                    "sanity": _sanity_at(list(by.values()), eps) if by else None})
+    return out
+
+
+def ablation_table(records: list[dict[str, Any]], dataset: str = "cifar10", eps: float | None = None) -> str:
+    """:func:`ablation_rows` as a Markdown table ("not run" where a row has no record); "" without an ablation."""
+    rows = ablation_rows(records, dataset, eps)
+    if not rows:
+        return ""
+    f = lambda v: "not run" if v is None else f"{v:.1f}"      # noqa: E731
+    lines = [f"| change | run | clean | PGD-20 | AutoAttack | worst (by) | sanity (n = {rows[0]['n']} each) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        worst = f"**{r['worst']:.1f}** ({r['worst_attack']})" if r["worst"] is not None else "-"
+        lines.append(f"| {r['label']} | {r['run']} | {f(r['clean'])} | {f(r['pgd20'])} | {f(r['autoattack'])} | "
+                     f"{worst} | {r['sanity'] or '-'} |")
+    return "\n".join(lines)
+
+
 # Published robust accuracies to compare with (percent). MNIST rows: AutoAttack's MNIST Linf 0.3
 # table (Croce & Hein 2020, arXiv 2003.01690, and its leaderboard in the fra31/auto-attack
 # repository, which adds later entries such as Gowal et al. 2020): clean / as reported by the
@@ -438,6 +491,11 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
                       "schedules (source in each row); ours are on n stratified test images, trained on this "
                       "project's machines (each run's table below has its command and wall time). \"not run\": "
                       "no AutoAttack record yet, so compare the worst case only as an upper bound.", "", table, ""]
+        table = ablation_table(records, dataset)
+        if table:
+            lines += [f"## {dataset}: the AFD ablation at one budget, on the same {ABLATIONS[dataset]['n']} test images",
+                      "", "One factor changed at a time from the reference-recipe AFD (each run: 6 epochs, batch 128, "
+                      "one-cycle LR, on one CPU thread; its command is in its table below).", "", table, ""]
         table = attack_table(records, dataset, eps, n)
         if table:
             lines += [f"## {dataset}: every attack on the same {n} test images at eps {_fmt_eps(eps, dataset, 'linf')}", "",

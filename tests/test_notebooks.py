@@ -175,6 +175,12 @@ def check_03_verdicts(m):
 def check_03(m, pretrained=True):
     # section 1's AFD step written in PyTorch and featlab.train.AFD.step: the same state after one step
     assert m["taught/max_state_diff"] < 1e-6, m["taught/max_state_diff"]
+    # section 10 shows the committed CIFAR-10 ablation: each row's worst case as results/ holds it
+    from pathlib import Path
+    from featlab import results
+    rows = results.ablation_rows(results.load(Path(__file__).resolve().parent.parent / "results"), "cifar10")
+    assert rows and all(m[f"ablation/{r['run']}"] == r["worst"] for r in rows)
+    assert rows[0]["worst"] is not None, "the reference-recipe AFD has its AutoAttack record"
     if m["dataset"] == "cifar10":
         return check_03_cifar(m, pretrained)
     # the live AFD run learns: an AFD that does not train (or whose game is broken) fails these
