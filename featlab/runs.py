@@ -52,22 +52,15 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     return config, ckpt.load(folder / "checkpoint.pt")
 
 
-def input_channels(config: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> int:
-    """A denoiser run's input channels: its config's (written since the residual denoiser), else the
-    in-channels of the first convolution in its weights."""
-    if config.get("channels"):
-        return int(config["channels"])
-    convs = [v for v in (weights or {}).values() if isinstance(v, torch.Tensor) and v.dim() == 4]
-    if not convs:
-        raise ValueError("run: this denoiser run records no input channels and its weights hold no convolution")
-    return int(convs[0].shape[1])
-
-
-def build_model(config: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """The untrained module a run's config names: a denoiser (``method`` "denoiser") or a classifier."""
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """The untrained module a run's config (or a pretrained manifest entry) names: a denoiser (``method``
+    "denoiser": its ``arch``, ``channels``, ``width``, ``depth``) or a classifier (``model`` for ``dataset``)."""
     if config["method"] == "denoiser":
-        return create_denoiser(config.get("arch", "unet"), channels=input_channels(config, weights),
-                               width=config["width"], depth=config["depth"])
+        missing = [k for k in ("channels", "width", "depth") if k not in config]
+        if missing:
+            raise ValueError(f"config: a denoiser's config names its {', '.join(missing)} (featlab train writes them)")
+        return create_denoiser(config.get("arch", "unet"), channels=int(config["channels"]), width=config["width"],
+                               depth=config["depth"])
     return models.create(config["model"], num_classes=data.info(config["dataset"]).num_classes)
 
 
@@ -95,7 +88,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
     """Load a run folder (or its ``checkpoint.pt``): the trained module on ``device``, in eval mode."""
     config, state = read(path)
     weights = state.get("model", state)
-    model = build_model(config, weights)
+    model = build_model(config)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

@@ -15,8 +15,8 @@ from .base import Attack, GradientMaskingWarning, canonical_norm, cross_entropy_
 from .bpda import BPDA, IdentityBackward
 from .fgsm import FGSM
 from .pgd import PGD, step_size_for
-from .specs import REGISTRY, SPECS_HELP, AttackKind, Spec, from_spec, parse, parse_pgd_spec, strongest_pgd
+from .specs import REGISTRY, SPECS_HELP, AttackKind, Spec, from_spec, parse, strongest_pgd
 
 __all__ = ["APGD", "Attack", "AttackKind", "BPDA", "FGSM", "GradientMaskingWarning", "IdentityBackward", "PGD", "REGISTRY", "step_size_for",
            "SPECS_HELP", "Spec", "TorchattacksAttack", "autoattack", "canonical_norm", "cross_entropy_per_example",
-           "from_spec", "model_device", "parse", "parse_pgd_spec", "square", "strongest_pgd"]
+           "from_spec", "model_device", "parse", "square", "strongest_pgd"]

@@ -176,15 +176,6 @@ def from_spec(spec: str, model: nn.Module, eps: float, norm: str = "linf", seed:
     return atk
 
 
-def parse_pgd_spec(spec: str) -> tuple[int, int, str | None] | None:
-    """(steps, restarts, norm or None) of a PGD spec; None if ``spec`` is not PGD. Raises ValueError for
-    a malformed PGD spec (e.g. "pgdx", "pgd0")."""
-    if not isinstance(spec, str) or not spec.startswith("pgd"):
-        return None
-    s = parse(spec)
-    return s.steps, s.restarts, s.norm
-
-
 def strongest_pgd(specs: list[str]) -> str | None:
     """The PGD spec with the most steps x restarts (None if there is none)."""
     pgds = [parse(s) for s in specs if isinstance(s, str) and s.startswith("pgd")]

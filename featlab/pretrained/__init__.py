@@ -142,7 +142,7 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     shape = {"kind": kind, "model": config["model"], "dataset": config["dataset"]}
     if kind == "denoiser":
         shape.update(arch=config.get("arch", "unet"), width=config["width"], depth=config["depth"],
-                     channels=runs.input_channels(config, state["model"]))
+                     channels=config["channels"])
     try:                    # the weights must build the model the config names, before anything is written
         _build(shape).load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     except (RuntimeError, KeyError, ValueError) as e:
