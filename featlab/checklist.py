@@ -20,13 +20,14 @@ from .data import DATASETS, format_eps
 class Check:
     """One registered check: its stable ``id`` (select checks by it, never by their text), the ``symptom`` it
     looks for, ``why`` that means gradient masking, what to run ``next``, and ``run`` (the function that decides
-    it on a :class:`Rows`, yielding ``(name, passed, detail)`` for every comparison it can make)."""
+    it on a :class:`Rows`, yielding ``(name, passed, detail, eps)`` for every comparison it can make; ``eps``: the
+    eps its failures concern, or None for a check about every eps)."""
 
     id: str
     symptom: str
     why: str
     next: str
-    run: Callable[["Rows"], Iterator[tuple[str, bool, str]]]
+    run: Callable[["Rows"], Iterator[tuple[str, bool, str, list[float] | None]]]
 
 
 #: every check, in the order :func:`checklist` runs them (see :func:`page` for the table)
@@ -34,8 +35,8 @@ REGISTRY_OF_CHECKS: dict[str, Check] = {}
 
 
 def check(check_id: str, symptom: str, why: str, next: str):
-    """Register a check: the decorated function takes the :class:`Rows` and yields (name, passed, detail)."""
-    def register(fn: Callable[["Rows"], Iterator[tuple[str, bool, str]]]):
+    """Register a check: the decorated function takes the :class:`Rows` and yields (name, passed, detail, eps)."""
+    def register(fn: Callable[["Rows"], Iterator[tuple[str, bool, str, list[float] | None]]]):
         REGISTRY_OF_CHECKS[check_id] = Check(check_id, symptom, why, next, fn)
         return fn
     return register
@@ -110,8 +111,22 @@ class Rows:
         return format_eps(e, self.dataset, self.norm_of.get(key) or "linf") if self.dataset else f"{e:g}"
 
 
-def _verdict(bad: list[str], suffix: str = "") -> tuple[bool, str]:
-    return not bad, "ok" if not bad else "; ".join(bad) + suffix
+class _Failure(str):
+    """One failed comparison's text, carrying the eps it concerns (``eps``), so that a reader of the check selects
+    failures by eps without parsing the text."""
+
+    eps: tuple[float, ...] = ()
+
+
+def _at(text: str, *eps: float) -> _Failure:
+    out = _Failure(text)
+    out.eps = tuple(float(e) for e in eps)
+    return out
+
+
+def _verdict(bad: list[_Failure], suffix: str = "") -> tuple[bool, str, list[float]]:
+    """(passed, detail, the eps of the failures, sorted)."""
+    return not bad, "ok" if not bad else "; ".join(bad) + suffix, sorted({e for b in bad for e in b.eps})
 
 
 @check("monotone", "accuracy rises as eps grows",
@@ -122,8 +137,9 @@ def _monotone(r: Rows):
         eps = sorted(curve)
         if len(eps) >= 2:
             rises = [(a, b) for a, b in zip(eps, eps[1:]) if curve[b] > curve[a] + r.tol]
-            yield (f"monotone in eps ({name})", *_verdict([f"{curve[a]:.1f}% at eps {r.fe(a, name)} -> {curve[b]:.1f}% "
-                                                           f"at eps {r.fe(b, name)}" for a, b in rises]))
+            yield (f"monotone in eps ({name})", *_verdict([_at(f"{curve[a]:.1f}% at eps {r.fe(a, name)} -> "
+                                                               f"{curve[b]:.1f}% at eps {r.fe(b, name)}", a, b)
+                                                           for a, b in rises]))
 
 
 @check("reaches-zero", "accuracy stays above ~0 at a huge eps (Linf 1: any image)",
@@ -135,7 +151,7 @@ def _reaches_zero(r: Rows):
     if at:
         best = min(at, key=at.get)
         yield (f"reaches ~0 at eps {r.large_eps:g}", at[best] <= r.zero_tol,
-               f"strongest attack {best}: {at[best]:.1f}% (must be <= {r.zero_tol:g}%)")
+               f"strongest attack {best}: {at[best]:.1f}% (must be <= {r.zero_tol:g}%)", None)   # None: every eps
 
 
 @check("iterative-vs-fgsm", "one FGSM step beats PGD or AutoAttack",
@@ -145,7 +161,7 @@ def _iterative_vs_fgsm(r: Rows):
     iterative = [k for k, s in r.plain.items() if s.kind.iterative and s.norm != "l2"]
     for f in (k for k, s in r.plain.items() if s.kind.name == "fgsm"):
         fg = r.by_attack[f]
-        bad = [f"{n} {r.by_attack[n][e]:.1f}% > {f} {fg[e]:.1f}% at eps {r.fe(e, f)}" for n in iterative
+        bad = [_at(f"{n} {r.by_attack[n][e]:.1f}% > {f} {fg[e]:.1f}% at eps {r.fe(e, f)}", e) for n in iterative
                for e, acc in r.by_attack[n].items() if e in fg and e > 0 and acc > fg[e] + r.tol]
         if iterative:
             yield ("iterative attacks at least as strong as FGSM", *_verdict(bad))
@@ -159,7 +175,7 @@ def _more_effort(r: Rows):
         group = sorted((k for k in effort if (plain[k].norm == "l2") == l2), key=effort.get)
         # every pair where one has strictly more steps x restarts (pgd40 and pgd40@0.01: the same effort, not compared)
         pairs = [(w, st) for i, w in enumerate(group) for st in group[i + 1:] if effort[st] > effort[w]]
-        bad = [f"{strong} {acc:.1f}% > {weak} {r.by_attack[weak][e]:.1f}% at eps {r.fe(e, strong)}"
+        bad = [_at(f"{strong} {acc:.1f}% > {weak} {r.by_attack[weak][e]:.1f}% at eps {r.fe(e, strong)}", e)
                for weak, strong in pairs for e, acc in r.by_attack[strong].items()
                if e in r.by_attack[weak] and acc > r.by_attack[weak][e] + r.tol]
         if pairs:
@@ -177,7 +193,7 @@ def _ensembles(r: Rows):
        "the per-image worst case of both")
 def _ensemble_vs_pgd(r: Rows):
     for aa, pgds in _ensembles(r):
-        bad = [f"{aa} {acc:.1f}% > {p} {c[e]:.1f}% at eps {r.fe(e, aa)}" for e, acc in r.by_attack[aa].items()
+        bad = [_at(f"{aa} {acc:.1f}% > {p} {c[e]:.1f}% at eps {r.fe(e, aa)}", e) for e, acc in r.by_attack[aa].items()
                for p, c in pgds.items() if e in c and acc > c[e] + r.tol]
         yield (f"{aa} <= PGD", *_verdict(bad))
 
@@ -187,7 +203,8 @@ def _ensemble_vs_pgd(r: Rows):
        "report the ensemble's number")
 def _pgd_vs_ensemble_gap(r: Rows):
     for aa, pgds in _ensembles(r):
-        far = [f"{p} {c[e]:.1f}% vs {aa} {acc:.1f}% at eps {r.fe(e, aa)}" for e, acc in sorted(r.by_attack[aa].items())
+        far = [_at(f"{p} {c[e]:.1f}% vs {aa} {acc:.1f}% at eps {r.fe(e, aa)}", e)
+               for e, acc in sorted(r.by_attack[aa].items())
                for p, c in pgds.items() if e in c and c[e] > acc + r.gap_tol]
         if any(e in c for c in pgds.values() for e in r.by_attack[aa]):
             yield (f"PGD not far weaker than {aa}",
@@ -207,7 +224,7 @@ def _gradient_free(r: Rows):
                 compared = True
                 best = min(grad, key=grad.get)
                 if acc < grad[best] - r.tol:
-                    bad.append(f"{sq} {acc:.1f}% < {best} {grad[best]:.1f}% at eps {r.fe(e, sq)}")
+                    bad.append(_at(f"{sq} {acc:.1f}% < {best} {grad[best]:.1f}% at eps {r.fe(e, sq)}", e))
         if compared:
             yield (f"gradient-free {sq} not stronger than gradient attacks", *_verdict(bad))
 
@@ -217,8 +234,8 @@ def _gradient_free(r: Rows):
 def _end_to_end_vs_oblivious(r: Rows):
     if "end-to-end" in r.by_attack and "oblivious" in r.by_attack:
         e2e, obl = r.by_attack["end-to-end"], r.by_attack["oblivious"]
-        yield ("end-to-end <= oblivious", *_verdict([f"end-to-end {e2e[e]:.1f}% > oblivious {obl[e]:.1f}% at eps "
-                                                     f"{r.fe(e, 'end-to-end')}" for e in e2e
+        yield ("end-to-end <= oblivious", *_verdict([_at(f"end-to-end {e2e[e]:.1f}% > oblivious {obl[e]:.1f}% at eps "
+                                                         f"{r.fe(e, 'end-to-end')}", e) for e in e2e
                                                      if e in obl and e2e[e] > obl[e] + r.tol]))
 
 
@@ -227,8 +244,8 @@ def _end_to_end_vs_oblivious(r: Rows):
 def _end_to_end_vs_bpda(r: Rows):
     if "end-to-end" in r.by_attack and "bpda" in r.by_attack:
         e2e, bpda = r.by_attack["end-to-end"], r.by_attack["bpda"]
-        yield ("end-to-end at least as strong as BPDA", *_verdict([f"bpda {bpda[e]:.1f}% < end-to-end {e2e[e]:.1f}% at "
-                                                                   f"eps {r.fe(e, 'end-to-end')}" for e in e2e
+        yield ("end-to-end at least as strong as BPDA", *_verdict([_at(f"bpda {bpda[e]:.1f}% < end-to-end {e2e[e]:.1f}% "
+                                                                       f"at eps {r.fe(e, 'end-to-end')}", e) for e in e2e
                                                                    if e in bpda and bpda[e] < e2e[e] - r.tol]))
 
 
@@ -251,7 +268,7 @@ def _pipeline_gradient_free(r: Rows):
             for e, acc in sorted(r.by_attack[key].items()):
                 best = min((c[e], k) for k, c in grads.items() if e in c)
                 if e > 0 and acc < best[0] - r.tol:
-                    bad.append(f"{key} {acc:.1f}% < {best[1]} {best[0]:.1f}% at eps {r.fe(e, key)}")
+                    bad.append(_at(f"{key} {acc:.1f}% < {best[1]} {best[0]:.1f}% at eps {r.fe(e, key)}", e))
             yield (f"gradient-free {key} not stronger than gradient attacks through the pipeline",
                    *_verdict(bad, ": the pipeline's gradient misleads PGD"))
 
@@ -262,8 +279,8 @@ def _pipeline_ensemble_vs_pgd(r: Rows):
     for key, s in _through(r).items():
         if not s.kind.gradient_free:
             e2e = r.by_attack["end-to-end"]
-            yield (f"{key} <= end-to-end PGD", *_verdict([f"{key} {acc:.1f}% > end-to-end PGD {e2e[e]:.1f}% at eps "
-                                                          f"{r.fe(e, key)}" for e, acc in sorted(r.by_attack[key].items())
+            yield (f"{key} <= end-to-end PGD", *_verdict([_at(f"{key} {acc:.1f}% > end-to-end PGD {e2e[e]:.1f}% at eps "
+                                                              f"{r.fe(e, key)}", e) for e, acc in sorted(r.by_attack[key].items())
                                                           if e in e2e and acc > e2e[e] + r.tol]))
 
 
@@ -273,7 +290,7 @@ def _pipeline_pgd_vs_ensemble_gap(r: Rows):
     for key, s in _through(r).items():
         if not s.kind.gradient_free and s.kind.parameter_free:
             e2e = r.by_attack["end-to-end"]
-            far = [f"end-to-end PGD {e2e[e]:.1f}% vs {key} {acc:.1f}% at eps {r.fe(e, key)}"
+            far = [_at(f"end-to-end PGD {e2e[e]:.1f}% vs {key} {acc:.1f}% at eps {r.fe(e, key)}", e)
                    for e, acc in sorted(r.by_attack[key].items()) if e in e2e and e2e[e] > acc + r.gap_tol]
             yield (f"end-to-end PGD not far weaker than {key}",
                    *_verdict(far, f" (more than {r.gap_tol:g} points): PGD's gradient through the pipeline is "
@@ -287,7 +304,7 @@ def _gradients_exist(r: Rows):
         d = r.gradient_stats["dead_fraction"]
         yield ("input gradients exist", d <= r.dead_tol,
                f"{d:.1f}% of examples have an all-zero or non-finite input gradient (must be <= {r.dead_tol:g}%); "
-               f"median norm {r.gradient_stats['median_grad_norm']:.3g}")
+               f"median norm {r.gradient_stats['median_grad_norm']:.3g}", None)        # None: every eps
 
 
 #: every check's stable id -> (symptom, why it means masking, what to run next), from the registry
@@ -301,8 +318,8 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
     """Sanity checks after Carlini et al. 2019 ("On Evaluating Adversarial Robustness", arXiv 1902.06705): every
     check of :data:`REGISTRY_OF_CHECKS`, in its order, on rows of :func:`featlab.evaluate.sweep` (``attack``,
     ``eps``, ``robust_acc``) and, for preprocessing defenses, of :func:`featlab.evaluate.preprocessing_defense`
-    (``threat_model``). Each check: ``{"id", "check", "passed", "detail"}``; a check the rows cannot decide is
-    left out. :func:`page` documents each (symptom, why it means masking, what to run next).
+    (``threat_model``). Each check: ``{"id", "check", "passed", "detail", "eps"}`` (``eps``: the eps its failures
+    concern, [] when it passed; None for a check about every eps); a check the rows cannot decide is left out. :func:`page` documents each (symptom, why it means masking, what to run next).
 
     Attacks are recognised by their spec (:func:`featlab.attacks.parse`); a row whose attack is no spec (a name
     from a ``sweep`` factory dict) enters the monotonicity check only. ``large_eps`` (e.g. 1.0 in Linf: any
@@ -318,8 +335,8 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
         tol = max(tol, 100.0 / n)
     r = Rows.of(rows, gradient_stats=gradient_stats, large_eps=large_eps, tol=tol, zero_tol=zero_tol,
                 dead_tol=dead_tol, gap_tol=gap_tol, dataset=dataset)
-    return [{"id": c.id, "check": name, "passed": bool(passed), "detail": detail}
-            for c in REGISTRY_OF_CHECKS.values() for name, passed, detail in c.run(r)]
+    return [{"id": c.id, "check": name, "passed": bool(passed), "detail": detail, "eps": eps}
+            for c in REGISTRY_OF_CHECKS.values() for name, passed, detail, eps in c.run(r)]
 
 
 def page() -> str:

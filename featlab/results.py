@@ -14,7 +14,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -168,22 +167,19 @@ def _cross_checks(recs: list[dict[str, Any]], eps: float) -> list[str]:
 
 
 def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
-    """The checklist verdict for one eps: a failed check counts if it names this eps ("at eps 0.35")
-    or names none (e.g. missing input gradients, which concerns every eps). Where no record's own
+    """The checklist verdict for one eps: a failed check counts if its ``eps`` holds this eps, or is None (a check
+    about every eps, e.g. missing input gradients). Where no record's own
     checklist fails here, all the attacks on the same images are checked together with today's checklist
     (:func:`_cross_checks`), whichever calls ran them: a failure there reads "FAIL (checked together: <checks>)"."""
     checked = [r for r in recs if r.get("sanity")]
     cross = _cross_checks(recs, eps)
     if not checked and not cross:
         return "not run"
-    # a detail names eps as a number ("at eps 0.3") or in its dataset's unit ("at eps 8/255", see
-    # featlab.checklist.checklist(dataset=)); 0.3 must not match 0.35
-    forms = {f"{float(eps):g}"} | {_fmt_eps(eps, r.get("dataset", ""), r.get("norm", "linf")) for r in checked}
-    here = re.compile("at eps (?:" + "|".join(re.escape(f) for f in sorted(forms)) + r")(?![0-9./])")
+    here = _eps_key(eps)
     for r in checked:
         for c in r["sanity"].get("checks", []):
-            detail = c.get("detail", "")
-            if not c["passed"] and (here.search(detail) or "at eps" not in detail):
+            # a failed check's "eps": the eps its failures concern; None: every eps (missing input gradients)
+            if not c["passed"] and (c.get("eps") is None or any(_eps_key(e) == here for e in c["eps"])):
                 return "FAIL"
         if not r["sanity"]["passed"] and not r["sanity"].get("checks"):
             return "FAIL"

@@ -30,7 +30,7 @@ def test_results_markdown_from_records(tmp_path):
 
 def test_worst_case_takes_the_strongest_attack_that_sees_the_defense(tmp_path):
     sanity = {"passed": False, "checks": [{"check": "more PGD steps/restarts do not raise accuracy", "passed": False,
-                                           "detail": "pgd40 39.9% > pgd10 30.9% at eps 0.35"}]}
+                                           "detail": "pgd40 39.9% > pgd10 30.9% at eps 0.35", "eps": [0.35]}]}
     base = {"dataset": "mnist", "model": "m", "method": "pgd_at", "norm": "linf", "n_eval": 1000, "clean_acc": 99.0,
             "train_command": "featlab train --classifier-run runs/base --out runs/mine", "run": "mine", "sanity": sanity,
             "command": "featlab eval --run runs/mine --eps 0.3 0.35", "threat_model": "white-box"}

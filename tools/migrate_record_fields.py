@@ -6,6 +6,8 @@ used to parse back out of their command lines.
 - ``role: "checklist large-eps point"``: the checklist's large-eps point (Linf 1, any image), until now recognised
   by an eps that is not among the ``--eps`` values of the record's ``command`` (records made before ``featlab eval``
   wrote the role).
+- every failed check in a record's ``sanity`` gets ``eps``: the eps its failures concern, until now found by
+  matching "at eps <eps>" in its text (None where the text names no eps: a failure about every eps).
 - every manifest entry of ``featlab/pretrained/manifest.json`` gets ``run`` the same way.
 
 No number changes; a record is rewritten only when a field is added. Idempotent.
@@ -15,6 +17,7 @@ No number changes; a record is rewritten only when a field is added. Idempotent.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,8 +49,20 @@ def is_large_eps_point(rec: dict[str, Any]) -> bool:
     return bool(given) and "eps" in rec and _eps_key(rec["eps"]) not in given
 
 
+AT_EPS = re.compile(r"at eps ([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)(/255)?(?![0-9./])")
+
+
+def failed_check_eps(detail: str) -> list[float] | None:
+    """The eps a failed check's text names ("at eps 0.35", "at eps 8/255"), sorted; None when it names none."""
+    found = {float(v) / (255.0 if per255 else 1.0) for v, per255 in AT_EPS.findall(str(detail))}
+    return sorted(found) if found else None
+
+
 def migrate_record(rec: dict[str, Any]) -> bool:
     changed = False
+    for c in (rec.get("sanity") or {}).get("checks", []):
+        if not c.get("passed", True) and "eps" not in c:
+            c["eps"], changed = failed_check_eps(c.get("detail", "")), True
     run = run_from_command(rec.get("train_command"))
     if run is not None and "run" not in rec:
         rec["run"], changed = run, True
