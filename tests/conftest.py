@@ -108,3 +108,38 @@ def trained_mnist(mnist_small):
     model = featlab.models.create("mnist_cnn")
     featlab.train.Trainer(model, epochs=1, device="cpu", progress=False).fit(x, y)
     return model.eval()
+
+
+# a reader's own classifier (featlab.models.wrap): a file defining build() and weights trained with its own
+# normalisation; test_experiments evaluates it through the CLI, test_notebooks through notebook 05 (USER_MODEL)
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+USER_CNN = '''
+from torch import nn
+
+def build():
+    """A reader's own MNIST CNN: it expects normalised images, as most training scripts make them."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
+'''
+
+
+@pytest.fixture(scope="session")
+def user_cnn(tmp_path_factory):
+    """The reader's CNN file and its weights, trained here on 6,000 MNIST images with its own normalisation."""
+    folder = tmp_path_factory.mktemp("user")
+    (folder / "my_cnn.py").write_text(USER_CNN)
+    from featlab import experiments
+    net = experiments.load_module(f"{folder / 'my_cnn.py'}:build")
+    if not have_data("mnist"):
+        pytest.skip("real MNIST not under FEATLAB_DATA")
+    x, y = featlab.data.load("mnist", "train", limit=6000, seed=0)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(2):
+        for i in torch.randperm(len(x)).split(100):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net((x[i] - MNIST_MEAN) / MNIST_STD), y[i]).backward()
+            opt.step()
+    torch.save(net.state_dict(), folder / "w.pt")
+    return folder

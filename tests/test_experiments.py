@@ -7,20 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from featlab import cli, data, experiments, models, runner
+from featlab import cli, data, experiments, models
 from featlab.attacks import PGD
-from conftest import needs_mnist
+from conftest import MNIST_MEAN, MNIST_STD, needs_mnist
 
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-USER_CNN = '''
-from torch import nn
-
-def build():
-    """A reader's own MNIST CNN: it expects normalised images, as most training scripts make them."""
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10))
-'''
 
 
 def test_wrap_gives_a_torchvision_resnet_taps_and_keeps_its_logits():
@@ -75,24 +65,6 @@ def test_configs_name_the_setting_that_is_wrong():
         experiments.load_module("no_colon_here")
 
 
-@pytest.fixture(scope="module")
-def user_cnn(tmp_path_factory):
-    """The reader's CNN file and its weights, trained here on 6,000 MNIST images with its own normalisation."""
-    folder = tmp_path_factory.mktemp("user")
-    (folder / "my_cnn.py").write_text(USER_CNN)
-    net = experiments.load_module(f"{folder / 'my_cnn.py'}:build")
-    x, y = data.load("mnist", "train", limit=6000, seed=0)
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for _ in range(2):
-        for i in torch.randperm(len(x)).split(100):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net((x[i] - MNIST_MEAN) / MNIST_STD), y[i]).backward()
-            opt.step()
-    torch.save(net.state_dict(), folder / "w.pt")
-    return folder
-
-
 @needs_mnist
 def test_a_readers_cnn_is_evaluated_end_to_end_through_the_cli(user_cnn, tmp_path, capsys):
     res = tmp_path / "results"
@@ -124,16 +96,3 @@ def test_a_readers_cnn_behind_a_shipped_denoiser(user_cnn):
     x, y = data.load("mnist", "test", limit=200, seed=0)
     defended = models.Defended(pretrained.load("mnist_denoiser_feature"), mine).eval()
     assert metrics.accuracy(defended, x, y) > 85
-
-
-@pytest.mark.slow
-@needs_mnist
-def test_notebook_05_evaluates_a_readers_cnn(user_cnn, tmp_path):
-    from test_notebooks import CI_PARAMETERS
-    params = {**CI_PARAMETERS["05_honest_evaluation.ipynb"], "CLASSIFIERS": ["mnist_resnet_standard"],
-              "USER_MODEL": f"{user_cnn / 'my_cnn.py'}:build", "USER_WEIGHTS": str(user_cnn / "w.pt"),
-              "USER_NORMALIZE": [[MNIST_MEAN], [MNIST_STD]]}
-    m = runner.run(runner.NOTEBOOK_DIR / "05_honest_evaluation.ipynb", tmp_path, params, cell_timeout=600)["metrics"]
-    assert m["yours/clean"] > 90 and m["yours/pgd10"] < m["yours/clean"]
-    assert m["yours/square"] <= m["yours/clean"] and isinstance(m["yours/checks_passed"], bool)
-    assert m["verdict/yours"] == "not robust", m["verdict_text/yours"]      # a standard CNN at eps 0.3

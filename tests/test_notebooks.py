@@ -56,13 +56,19 @@ def test_every_notebook_has_ci_parameters():
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
+def executed(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("build")
     cache = {}
 
     def run(name):
         if name not in cache:
-            cache[name] = runner.run(runner.NOTEBOOK_DIR / name, out, CI_PARAMETERS[name], cell_timeout=600)
+            params = dict(CI_PARAMETERS[name])
+            if name == "05_honest_evaluation.ipynb":      # a reader's own CNN joins the lineup (USER_MODEL)
+                from conftest import MNIST_MEAN, MNIST_STD
+                user = request.getfixturevalue("user_cnn")
+                params.update(USER_MODEL=f"{user / 'my_cnn.py'}:build", USER_WEIGHTS=str(user / "w.pt"),
+                              USER_NORMALIZE=[[MNIST_MEAN], [MNIST_STD]])
+            cache[name] = runner.run(runner.NOTEBOOK_DIR / name, out, params, cell_timeout=600)
         return cache[name]
     return run
 
@@ -383,6 +389,11 @@ def test_05_honest_evaluation(executed):
     assert "already ran" in m["verdict_text/quantized standard (planted)"]
     for key in (k for k in m if k.endswith("/end-to-end")):
         assert m[key] <= m[key.replace("end-to-end", "oblivious")] + 5
+    # a reader's own CNN (USER_MODEL, wrapped by featlab.models.wrap), trained with its own normalisation: the same
+    # attacks, checks and verdict as the shipped models
+    assert m["yours/clean"] > 90 and m["yours/pgd10"] < m["yours/clean"]
+    assert m["yours/square"] <= m["yours/clean"] and isinstance(m["yours/checks_passed"], bool)
+    assert m["verdict/yours"] == "not robust", m["verdict_text/yours"]      # a standard CNN at eps 0.3
 
 
 def test_check_parameters_names_every_wrong_value():
