@@ -12,7 +12,7 @@ runs for the shipped ``cifar_airnet`` models).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -145,3 +145,113 @@ def shipped_or_trained(name: str, train: Callable[[], nn.Module], device: str | 
         print(f"{name} is not shipped with this featlab (featlab.pretrained.available() lacks it): "
               f"training it here instead, on this notebook's subset and budget")
     return train(), False
+
+
+#: per dataset: notebook 02's denoiser lab, so that no notebook cell branches on the dataset (:func:`denoiser_lab`)
+DENOISER_LABS: dict[str, dict[str, Any]] = {
+    "mnist": dict(controls=("binarize", "bits4", "median3"), classifier_epochs=2, full_classifier_epochs=3,
+                  n_pipeline=100,
+                  # the shipped denoisers; they replace the three trained live (a short demo run still trains)
+                  shipped={"feature loss": "mnist_denoiser_feature", "pixel loss": "mnist_denoiser_pixel",
+                           "separate extractor": "mnist_denoiser_feature_resnet"}, shipped_replace_live=True,
+                  other_label="ResNet", other_shipped="mnist_resnet_standard",
+                  other_own_denoiser="mnist_resnet_denoiser_feature"),
+    # binarising destroys a colour image: no binarize control; the shipped feature-loss denoiser joins the three
+    # trained live as a fourth row; the other classifier is a second cifar_airnet from the next seed
+    "cifar10": dict(controls=("bits4", "median3"), classifier_epochs=8, full_classifier_epochs=18, n_pipeline=50,
+                    shipped={"feature loss (shipped)": "cifar_airnet_denoiser_feature"}, shipped_replace_live=False,
+                    other_label="airnet (seed 1)", other_shipped=None, other_own_denoiser=None),
+}
+
+#: per dataset: notebook 03's AFD lab (:func:`afd_lab`): the architecture of every model, the live budget, AFD's
+#: rates, and the shipped models the notebook sets beside the live ones
+AFD_LABS: dict[str, dict[str, Any]] = {
+    "mnist": dict(arch="mnist_resnet", n_train=10000, epochs=2, batch_size=64, attack_steps=5,
+                  afd_lrs={},                                   # the AFD code's MNIST rates (AFD's defaults)
+                  step_sizes={40: 0.01},                        # PGD-40 at step 0.01: Madry et al.'s MNIST attack
+                  standard="mnist_resnet_standard",
+                  shipped={"PGD-AT (shipped)": "mnist_resnet_pgd_at", "TRADES (shipped)": "mnist_resnet_trades",
+                           "AFD (shipped)": "mnist_resnet_afd"}),
+    # the AFD code's MNIST rates make the cifar_airnet game diverge (chance accuracy): half of them
+    "cifar10": dict(arch="cifar_airnet", n_train=5000, epochs=4, batch_size=100, attack_steps=2,
+                    afd_lrs=dict(lr_ec=0.2, lr_e=0.02, lr_d=0.05), step_sizes={},
+                    standard="cifar_airnet_standard",
+                    shipped={"Fast-AT (shipped)": "cifar_airnet_fast_at", "AFD (shipped)": "cifar_airnet_afd",
+                             # the pair on the reference recipe's terms: PGD-5 training attack, 6 epochs, AFD's
+                             # rates and a unit-length embedding
+                             "AFD, reference recipe (shipped)": "cifar_airnet_l2_afd",
+                             "PGD-AT, same attack (shipped)": "cifar_airnet_pgd_at"}),
+}
+
+
+def _lab(labs: dict[str, dict[str, Any]], dataset: str) -> dict[str, Any]:
+    check_choice("dataset", dataset, labs)
+    return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v)
+            for k, v in labs[dataset].items()}
+
+
+def denoiser_lab(dataset: str) -> dict[str, Any]:
+    """Notebook 02's defaults for ``dataset`` (:data:`DENOISER_LABS`, a fresh dict) plus the threat model's
+    (:func:`featlab.data.threat_defaults`: ``eps``, ``eps_list``, ``denoiser_eps_range``): ``controls``,
+    the preprocessing without learning; ``classifier_epochs`` (``full_classifier_epochs`` on the GPU schedule)
+    of a classifier trained here; ``n_pipeline``, the images for the whole-pipeline attacks (Square's queries
+    through every defense are slow on a CPU); ``shipped``, label -> shipped denoiser, and
+    ``shipped_replace_live`` (True: they replace the live three; False: they join them); ``other_*``: the
+    second classifier (:func:`second_classifier`) and the shipped denoiser trained for it, if any."""
+    return {**_lab(DENOISER_LABS, dataset), **data.threat_defaults(dataset)}
+
+
+def afd_lab(dataset: str) -> dict[str, Any]:
+    """Notebook 03's defaults for ``dataset`` (:data:`AFD_LABS`, a fresh dict): ``arch`` of every model,
+    the live budget (``n_train``, ``epochs``, ``batch_size``, ``attack_steps``), ``afd_lrs`` (keyword
+    arguments of :class:`featlab.train.AFD`), ``step_sizes`` (attack steps -> a training step size that
+    differs from :func:`featlab.attacks.step_size_for`), and the shipped ``standard`` and ``shipped``
+    (label -> name) models."""
+    return _lab(AFD_LABS, dataset)
+
+
+def fit(dataset: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: Objective | None = None, *,
+        epochs: int, batch_size: int, optimizer: torch.optim.Optimizer | None = None, milestones: Sequence[int] = (),
+        device: str | torch.device | None = "auto", seed: int = 0,
+        eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+        eval_attack: Callable[[nn.Module], Callable] | None = None,
+        callback: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Train ``model`` in place with the notebooks' recipe of ``dataset``; return the per-epoch history.
+
+    * CIFAR-10: :func:`fit_fast_cifar` (SGD, per-step triangle schedule, crop + flip; ``objective`` None
+      is its label-smoothed standard training; an objective's own optimisers, as AFD's, are kept and the
+      schedule applies to each). ``optimizer`` and ``milestones`` are unused.
+    * MNIST: :class:`featlab.train.Trainer` with ``optimizer`` (None: the Trainer's Adam; AFD's
+      ``optimizer_ec`` when the objective has one), its rate divided by 10 at each epoch of ``milestones``.
+    """
+    check_choice("dataset", dataset, LIVE_MODELS)
+    if dataset == "cifar10":
+        return fit_fast_cifar(model, x, y, objective, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
+                              eval_data=eval_data, eval_attack=eval_attack, callback=callback, progress=progress)
+    objective = objective if objective is not None else Standard()
+    optimizer = optimizer if optimizer is not None else getattr(objective, "optimizer_ec", None)
+    scheduler = None
+    if milestones:
+        if optimizer is None:
+            raise ValueError("milestones: a schedule needs the optimizer it steps; pass optimizer= as well")
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(milestones), 0.1)
+    trainer = Trainer(model, objective, epochs=epochs, batch_size=batch_size, optimizer=optimizer,
+                      scheduler=scheduler, device=device, seed=seed, eval_attack=eval_attack, progress=progress)
+    return trainer.fit(x, y, eval_data=eval_data, callback=callback)
+
+
+def second_classifier(dataset: str, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
+                      device: str | torch.device = "cpu", seed: int = 0,
+                      use_shipped: bool = True) -> tuple[nn.Module, str, bool]:
+    """Notebook 02's other classifier, the one a denoiser is moved in front of: returns (model, label, shipped).
+
+    MNIST: the shipped ``mnist_resnet_standard`` (or, where it is missing or ``use_shipped`` is False, a
+    ``mnist_resnet`` trained here for one epoch with Adam at 3e-3). CIFAR-10: a second ``cifar_airnet``
+    trained here for ``epochs`` from seed ``seed + 1`` (:func:`train_live`)."""
+    lab = denoiser_lab(dataset)
+    if lab["other_shipped"] is None:
+        return train_live(dataset, x, y, epochs=epochs, device=device, seed=seed + 1)[0], lab["other_label"], False
+    model, shipped = shipped_or_trained(
+        lab["other_shipped"], lambda: train_classifier("mnist_resnet", x, y, epochs=1, device=device, seed=seed,
+                                                       lr=3e-3)[0], device, use_shipped=use_shipped)
+    return model, lab["other_label"], shipped

@@ -328,6 +328,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
         ("AFD, one change: the training attack one step (FGSM from a random start, step 10/255)",
          "cifar_airnet_l2_afd_fgsm"),
         ("AFD, one change: the game off (no encoder step against the discriminator)", "cifar_airnet_l2_afd_pgd5_nogame"),
+        ("AFD, one change: the raw embedding (cifar_airnet's 192-d max-pooled feature, not unit length)",
+         "cifar_airnet_afd_pgd5_raw"),
+        ("AFD, one change: the earlier CIFAR-10 rates (E+C 0.4, E 0.04, D 0.1)", "cifar_airnet_l2_afd_pgd5_oldrates"),
         ("PGD-AT, the same PGD-5 attack and epochs (plain embedding, weight decay 5e-4)", "cifar_airnet_pgd5_at")]},
 }
 

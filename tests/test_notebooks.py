@@ -119,7 +119,7 @@ def check_02(m, pretrained=True):
     for name in ("feature loss", "separate extractor", "pixel loss"):
         assert m[f"verdict/{name}"] != "robust", (name, m[f"worst/{name}"])
         assert m[f"worst/{name}"] <= m[f"{name}/end-to-end/eps0.3"]
-    assert "resnet/feature loss + ResNet/oblivious" in m
+    assert "transfer/feature loss + ResNet/oblivious" in m
     if pretrained:
         # the shipped denoiser removes most oblivious perturbations, and an attacker who sees it wins: the gap
         # between the two threat models, from this run's own numbers
@@ -127,9 +127,9 @@ def check_02(m, pretrained=True):
         assert obl > 85 and obl - e2e > 30, (obl, e2e)
         # section 5b's probe: the shipped denoiser removes most of the distortion the attack causes at the logits
         assert m["distortion/feature loss"]["logits"] < 0.5 * m["distortion/no defense"]["logits"]
-        assert m["resnet/feature loss + ResNet/oblivious"] > 70, "the denoiser transfers to a classifier it never saw"
+        assert m["transfer/feature loss + ResNet/oblivious"] > 70, "the denoiser transfers to a classifier it never saw"
         # the shipped denoiser trained for the ResNet itself (its own taps) removes most oblivious perturbations too
-        assert m["resnet/feature loss for ResNet + ResNet/oblivious"] > 70
+        assert m["transfer/feature loss for ResNet + ResNet/oblivious"] > 70
 
 
 def check_02_cifar(m, pretrained):

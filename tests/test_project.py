@@ -202,9 +202,8 @@ def test_one_version_string():
 # a cell that branches on the dataset (``if cifar``, ``... if DATASET == "cifar10" else ...``, a dict indexed by
 # DATASET) instead of asking the library for the dataset's defaults (featlab.recipes.lineup)
 DATASET_BRANCH = re.compile(r"\bif cifar\b|\bcifar else\b|\bnot cifar\b|DATASET\s*[=!]=|\}\s*\[DATASET\]|cifar\s*=\s*DATASET")
-# issue 31 item 5: 01, 04 and 05 ask recipes.lineup; 02 and 03 still branch (their denoiser / AFD recipes differ per
-# dataset in more than names: which models train live, the fit recipe, AFD's rates)
-STILL_BRANCHING = {"02_feature_loss_denoiser.ipynb", "03_afd.ipynb"}
+# issue 31 item 5: every notebook asks featlab.recipes (lineup, denoiser_lab, afd_lab, fit) for its dataset's defaults
+STILL_BRANCHING: set[str] = set()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

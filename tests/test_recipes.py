@@ -79,3 +79,50 @@ def test_every_lineup_names_shipped_models_of_its_dataset():
         assert "x" not in recipes.lineup(dataset)["compared"], "a fresh copy each call"
     with pytest.raises(ValueError, match="^dataset"):
         recipes.lineup("imagenet")
+
+
+@pytest.mark.parametrize("lab", [recipes.denoiser_lab, recipes.afd_lab])
+def test_labs_are_fresh_per_call_and_name_the_dataset(lab):
+    a = lab("mnist")
+    a["shipped"].clear()
+    assert lab("mnist")["shipped"], "a notebook that edits its lab leaves the next call's defaults alone"
+    assert lab("mnist") != lab("cifar10")
+    with pytest.raises(ValueError, match="dataset.*mnist"):
+        lab("svhn")
+
+
+def test_labs_name_shipped_models_and_controls_that_exist():
+    for dataset in ("mnist", "cifar10"):
+        d, a = recipes.denoiser_lab(dataset), recipes.afd_lab(dataset)
+        assert set(d["controls"]) <= set(featlab.defenses.CONTROLS)
+        assert a["arch"] in featlab.models.MODELS
+        shipped = list(d["shipped"].values()) + list(a["shipped"].values()) + [a["standard"]]
+        assert set(shipped) <= set(featlab.pretrained.available()), set(shipped) - set(featlab.pretrained.available())
+        assert d["eps"] == featlab.data.threat_defaults(dataset)["eps"]
+
+
+def test_fit_dispatches_on_the_dataset(tiny_cifar):
+    x, y = tiny_cifar
+    featlab.seed_everything(0)
+    model = featlab.models.create("cifar_airnet")
+    hist = recipes.fit("cifar10", model, x, y, epochs=1, batch_size=32, device="cpu", progress=False)
+    assert hist[-1]["lr"] == 0.0, "CIFAR-10: the fast recipe's triangle, down to 0"
+
+    g = torch.Generator().manual_seed(1)
+    xm, ym = torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
+    model = featlab.models.create("mnist_cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hist = recipes.fit("mnist", model, xm, ym, epochs=2, batch_size=16, optimizer=opt, milestones=[1], device="cpu",
+                       progress=False)
+    assert [h["lr"] for h in hist] == pytest.approx([0.1, 0.01]), "MNIST: the Trainer, its rate cut at epoch 1"
+    with pytest.raises(ValueError, match="milestones"):
+        recipes.fit("mnist", model, xm, ym, epochs=1, batch_size=16, milestones=[1], device="cpu", progress=False)
+
+
+def test_second_classifier_on_cifar_trains_from_the_next_seed(tiny_cifar):
+    x, y = tiny_cifar
+    model, label, shipped = recipes.second_classifier("cifar10", x, y, epochs=1, seed=3)
+    again, _ = recipes.train_live("cifar10", x, y, epochs=1, device="cpu", seed=4, progress=False)
+    assert (label, shipped) == ("airnet (seed 1)", False)
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b)
