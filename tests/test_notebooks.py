@@ -355,6 +355,8 @@ def test_05_honest_evaluation_cifar(tmp_path):
     # the planted masking on CIFAR-10 (8-bit images too): PGD is fooled, the checklist is not, BPDA breaks it
     assert m["planted/pgd_eps8/255"] > 60 and m["planted/checks_passed"] is False and m["planted/bpda_eps8/255"] < 20
     assert m["planted/square_check_passed"] is False, "Square, which needs no gradient, sees through it"
+    for cid in ("monotone", "iterative-vs-fgsm", "gradient-free"):     # the checks written out agree with featlab's
+        assert m[f"taught_check/{cid}"][0] == m[f"taught_check/{cid}"][1], cid
     # the checks fail, and BPDA and Square already ran: the verdict is settled, not left SUSPECT
     assert m["verdict/quantized standard (planted)"] == "not robust"
     assert "already ran" in m["verdict_text/quantized standard (planted)"]
@@ -385,6 +387,10 @@ def test_05_honest_evaluation(executed):
     assert m["planted/pgd_eps0.3"] > 80 and m["planted/checks_passed"] is False and m["planted/bpda_eps0.3"] < 20
     assert m["planted/square_eps0.3"] < m["planted/pgd_eps0.3"] - 30, "Square needs no gradient"
     assert m["planted/square_check_passed"] is False
+    # section 1's checks written out agree with featlab.checklist on the planted rows: Square exposes it in both
+    for cid in ("monotone", "iterative-vs-fgsm", "gradient-free"):
+        assert m[f"taught_check/{cid}"][0] == m[f"taught_check/{cid}"][1], cid
+    assert m["taught_check/gradient-free"] == [False, False]
     assert m["verdict/quantized standard (planted)"] == "not robust"
     assert "already ran" in m["verdict_text/quantized standard (planted)"]
     for key in (k for k in m if k.endswith("/end-to-end")):

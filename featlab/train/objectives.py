@@ -2,7 +2,7 @@
 objectives "standard", "pgd_at" (Madry et al. 2018) and "trades" (Zhang et al. 2019)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -10,6 +10,9 @@ from torch import nn
 from .._utils import check_choice, check_number, eval_mode
 from ..attacks import PGD, step_size_for
 from ..attacks.apgd import apgd_ce_examples
+
+if TYPE_CHECKING:          # for the annotation only: loop imports this module
+    from .loop import Trainer
 
 
 class Objective:
