@@ -62,7 +62,7 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
     - "bpda": PGD with the preprocessing treated as identity on the backward pass.
 
     ``pipeline_attacks``: more attacks run end to end on the whole pipeline, as ``--attacks`` specs
-    ("autoattack", "apgd", "square", "squareQ": :func:`featlab.attacks.from_spec`), one row each per eps
+    ("autoattack", "apgd", "apgd-ce", "square", "squareQ": :func:`featlab.attacks.from_spec`), one row each per eps
     with threat model "end-to-end" and that attack. EOT is not needed: every preprocessing here is
     deterministic.
 
@@ -74,7 +74,7 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
     for spec in pipeline_attacks:
         if parse(spec).kind.name in ("fgsm", "pgd"):
             raise ValueError(f"pipeline_attacks: {spec!r} is what the threat models already run (PGD-{steps}); "
-                             f"allowed: autoattack, apgd, square, squareQ")
+                             f"allowed: autoattack, apgd, apgd-ceN, square, squareQ")
         from_spec(spec, classifier, 0.1, seed=seed)       # an unknown spec fails here, before any attack runs
     defended = Defended(preprocess, classifier)
     store = _stores(resume_dir, defended, x, y, seed=seed, batch_size=batch_size)

@@ -86,7 +86,6 @@ def test_labs_are_fresh_per_call_and_name_the_dataset(lab):
     a = lab("mnist")
     a["shipped"].clear()
     assert lab("mnist")["shipped"], "a notebook that edits its lab leaves the next call's defaults alone"
-    assert lab("mnist") != lab("cifar10")
     with pytest.raises(ValueError, match="dataset.*mnist"):
         lab("svhn")
 
@@ -96,7 +95,8 @@ def test_labs_name_shipped_models_and_controls_that_exist():
         d, a = recipes.denoiser_lab(dataset), recipes.afd_lab(dataset)
         assert set(d["controls"]) <= set(featlab.defenses.CONTROLS)
         assert a["arch"] in featlab.models.MODELS
-        shipped = list(d["shipped"].values()) + list(a["shipped"].values()) + [a["standard"]]
+        shipped = list(d["shipped"].values()) + list(a["shipped"].values()) + [a["standard"]] + \
+            [k for k in (d["other_shipped"], d["other_own_denoiser"]) if k is not None]
         assert set(shipped) <= set(featlab.pretrained.available()), set(shipped) - set(featlab.pretrained.available())
         assert d["eps"] == featlab.data.threat_defaults(dataset)["eps"]
 
@@ -126,3 +126,31 @@ def test_second_classifier_on_cifar_trains_from_the_next_seed(tiny_cifar):
     assert (label, shipped) == ("airnet (seed 1)", False)
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_fit_on_cifar_is_the_fast_recipe_with_its_label_smoothing(tiny_cifar):
+    """recipes.fit("cifar10", objective=None) trains exactly as fit_fast_cifar's default (label smoothing 0.2); MNIST
+    without an optimiser is the Trainer's Adam without a schedule."""
+    x, y = tiny_cifar
+    states = []
+    for run in (lambda m: recipes.fit("cifar10", m, x, y, epochs=1, batch_size=32, device="cpu", progress=False),
+                lambda m: recipes.fit_fast_cifar(m, x, y, epochs=1, batch_size=32, device="cpu", progress=False)):
+        featlab.seed_everything(0)
+        model = featlab.models.create("cifar_airnet")
+        run(model)
+        states.append(model.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=0)
+
+    g = torch.Generator().manual_seed(1)
+    xm, ym = torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
+    states = []
+    for run in (lambda m: recipes.fit("mnist", m, xm, ym, epochs=2, batch_size=16, device="cpu", progress=False),
+                lambda m: featlab.train.Trainer(m, featlab.train.Standard(), epochs=2, batch_size=16, device="cpu",
+                                                progress=False).fit(xm, ym)):
+        featlab.seed_everything(0)
+        model = featlab.models.create("mnist_cnn")
+        run(model)
+        states.append(model.state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=0)

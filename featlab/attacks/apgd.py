@@ -88,8 +88,8 @@ class APGD(Attack):
         >>> atk = APGD(model, eps=8 / 255, steps=100)
         >>> x_adv = atk(x, y)
 
-    No notebook introduces it yet; ``featlab eval --attacks apgd-ce100`` runs it, and bench/apgd_speed.py
-    measures it against torchattacks' APGD-CE.
+    Notebooks 02 and 05 run it through whole pipelines (spec ``apgd-ce``); ``featlab eval --attacks apgd-ce100``
+    runs it, and bench/apgd_speed.py measures it against torchattacks' APGD-CE.
     """
 
     name = "apgd-ce"
