@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ._utils import VERSION, check_labels, check_model_input, check_number, git_commit
+from ._utils import VERSION, check_choice, check_labels, check_model_input, check_number, git_commit
 from .attacks import BPDA, PGD, Attack, canonical_norm, from_spec, parse, step_size_for, strongest_pgd
 from .checklist import checklist, report_checks
 from .metrics import (BatchStore, accuracy, data_fingerprint, input_gradient_stats, predict, robust_accuracy,
@@ -49,10 +49,15 @@ def _attack_key(attack: Any) -> str:
     return repr(attack) if isinstance(attack, Attack) else getattr(attack, "__qualname__", type(attack).__name__)
 
 
+#: the threat models of :func:`preprocessing_defense`, in the order it runs them
+THREAT_MODELS = ("none", "oblivious", "end-to-end", "bpda")
+
+
 def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor,
                           eps_list: list[float], steps: int = 40, step_size: float | None = None,
                           batch_size: int = 500, progress: bool = True, pipeline_attacks: Sequence[str] = (),
-                          seed: int = 0, resume_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+                          seed: int = 0, resume_dir: str | os.PathLike | None = None,
+                          threat_models: Sequence[str] = THREAT_MODELS) -> list[dict[str, Any]]:
     """Accuracy of ``classifier(preprocess(x))`` under the three threat models, per eps (Linf PGD with
     ``steps`` steps of ``step_size``, default ``2.5 * eps / steps``: the spec "pgd<steps>[@<step_size>]").
 
@@ -66,11 +71,21 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
     with threat model "end-to-end" and that attack. EOT is not needed: every preprocessing here is
     deterministic.
 
+    ``threat_models``: which of :data:`THREAT_MODELS` run (default all four, in that order). Several defenses in
+    front of one classifier share its "none" row (the classifier alone), and attacks on the whole pipeline are
+    checked against "end-to-end" PGD only (:mod:`featlab.checklist`): a caller leaves out what it already has.
+
     ``resume_dir``: every attack's finished batches are kept there (:class:`~featlab.metrics.BatchStore`),
     so the same call, interrupted, resumes where it stopped.
 
     Returns rows {"threat_model", "attack", "eps", "robust_acc", "clean_acc"} (accuracies in percent).
     """
+    if isinstance(threat_models, str):
+        raise TypeError(f"threat_models: a sequence of threat models, not the string {threat_models!r} "
+                        f"(e.g. [{threat_models!r}]); allowed: {', '.join(THREAT_MODELS)}")
+    threat_models = tuple(threat_models)
+    for tm in threat_models:
+        check_choice("threat_models", tm, THREAT_MODELS)
     for spec in pipeline_attacks:
         if parse(spec).kind.name in ("fgsm", "pgd"):
             raise ValueError(f"pipeline_attacks: {spec!r} is what the threat models already run (PGD-{steps}); "
@@ -91,6 +106,8 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
                 "end-to-end": (defended, pgd(defended), clean_def),
                 "bpda": (defended, BPDA(preprocess, classifier, eps=eps, steps=steps, step_size=a), clean_def)}
         for tm, (model, attack, clean) in runs.items():
+            if tm not in threat_models:
+                continue
             acc = robust_accuracy(model, x, y, attack, batch_size, progress, seed=seed,
                                   resume=store(f"{tm}_{pgd_name}_eps{eps:g}", threat_model=tm, eps=float(eps),
                                                attack=_attack_key(attack)))

@@ -214,3 +214,25 @@ def test_preprocessing_defense_resumes_every_threat_model(tmp_path, monkeypatch)
     again = preprocessing_defense(pre, m, x, y, [0.02], steps=3, batch_size=10, progress=False,
                                   pipeline_attacks=["square20"], resume_dir=tmp_path)
     assert again == first
+
+
+def test_preprocessing_defense_runs_the_threat_models_asked_for():
+    """A subset of the threat models gives the same rows as the full call, for those threat models only, and the
+    pipeline attacks still run; a wrong name or a bare string is refused with the allowed values."""
+    from featlab.defenses import create_control
+    from featlab.evaluate import THREAT_MODELS, preprocessing_defense
+    torch.manual_seed(0)
+    m = tiny_model()
+    x = torch.rand(20, 1, 8, 8)
+    y = m(x).argmax(1)
+    pre = create_control("median3")
+    full = preprocessing_defense(pre, m, x, y, [0.02, 0.1], steps=3, progress=False, pipeline_attacks=["apgd-ce5"])
+    part = preprocessing_defense(pre, m, x, y, [0.02, 0.1], steps=3, progress=False, pipeline_attacks=["apgd-ce5"],
+                                 threat_models=["end-to-end"])
+    assert part == [r for r in full if r["threat_model"] == "end-to-end"]
+    assert {r["attack"] for r in part} == {"pgd3", "apgd-ce5"}
+    assert [r["threat_model"] for r in full[:4]] == list(THREAT_MODELS)
+    with pytest.raises(ValueError, match="threat_models.*oblivious"):
+        preprocessing_defense(pre, m, x, y, [0.02], threat_models=["eot"])
+    with pytest.raises(TypeError, match="threat_models.*string"):
+        preprocessing_defense(pre, m, x, y, [0.02], threat_models="bpda")
