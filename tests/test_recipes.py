@@ -128,29 +128,31 @@ def test_second_classifier_on_cifar_trains_from_the_next_seed(tiny_cifar):
         torch.testing.assert_close(a, b)
 
 
+def _assert_same_training(model_name, *runs):
+    """Each run trains a fresh ``model_name`` from seed 0; all end in the same state dict, bit for bit."""
+    states = []
+    for run in runs:
+        featlab.seed_everything(0)
+        model = featlab.models.create(model_name)
+        run(model)
+        states.append(model.state_dict())
+    for other in states[1:]:
+        for k in states[0]:
+            torch.testing.assert_close(states[0][k], other[k], rtol=0, atol=0)
+
+
 def test_fit_on_cifar_is_the_fast_recipe_with_its_label_smoothing(tiny_cifar):
     """recipes.fit("cifar10", objective=None) trains exactly as fit_fast_cifar's default (label smoothing 0.2); MNIST
     without an optimiser is the Trainer's Adam without a schedule."""
     x, y = tiny_cifar
-    states = []
-    for run in (lambda m: recipes.fit("cifar10", m, x, y, epochs=1, batch_size=32, device="cpu", progress=False),
-                lambda m: recipes.fit_fast_cifar(m, x, y, epochs=1, batch_size=32, device="cpu", progress=False)):
-        featlab.seed_everything(0)
-        model = featlab.models.create("cifar_airnet")
-        run(model)
-        states.append(model.state_dict())
-    for k in states[0]:
-        torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=0)
-
+    _assert_same_training(
+        "cifar_airnet",
+        lambda m: recipes.fit("cifar10", m, x, y, epochs=1, batch_size=32, device="cpu", progress=False),
+        lambda m: recipes.fit_fast_cifar(m, x, y, epochs=1, batch_size=32, device="cpu", progress=False))
     g = torch.Generator().manual_seed(1)
     xm, ym = torch.rand(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g)
-    states = []
-    for run in (lambda m: recipes.fit("mnist", m, xm, ym, epochs=2, batch_size=16, device="cpu", progress=False),
-                lambda m: featlab.train.Trainer(m, featlab.train.Standard(), epochs=2, batch_size=16, device="cpu",
-                                                progress=False).fit(xm, ym)):
-        featlab.seed_everything(0)
-        model = featlab.models.create("mnist_cnn")
-        run(model)
-        states.append(model.state_dict())
-    for k in states[0]:
-        torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=0)
+    _assert_same_training(
+        "mnist_cnn",
+        lambda m: recipes.fit("mnist", m, xm, ym, epochs=2, batch_size=16, device="cpu", progress=False),
+        lambda m: featlab.train.Trainer(m, featlab.train.Standard(), epochs=2, batch_size=16, device="cpu",
+                                        progress=False).fit(xm, ym))
