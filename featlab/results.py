@@ -263,7 +263,7 @@ def headline_table(records: list[dict[str, Any]], dataset: str | None = None) ->
             lines.append(f"| {r['name']} | {r['dataset']} | {eps} | not evaluated | not run | not evaluated | none |")
             continue
         aa = f"{r['autoattack'][0]:.1f} ({r['autoattack'][1]})" if r["autoattack"] else "not run"
-        status = v.status.value + (f"; its checklist flag is settled by {v.settled_by.attack}" if v.settled_by else "")
+        status = v.status_text + (f"; its checklist flag is settled by {v.settled_by.attack}" if v.settled_by else "")
         lines.append(f"| {r['name']} | {r['dataset']} | {eps} | {v.clean.acc:.1f} ({v.clean.n}) | {aa} "
                      f"| **{v.worst.acc:.1f}** ({v.worst.n}, {v.worst.attack}) | {status} |")
     return "\n".join(lines)

@@ -6,6 +6,9 @@ The rules (``../shared/STYLE.md``, "A verdict is a claim about numbers"):
 2. a gap within the binomial noise of its two n is a tie (:func:`compare`, :func:`tie`);
 3. a defense is judged, and defenses are ranked, by the worst case over the attacks that see it,
    never by an oblivious number (:func:`judge`, :func:`rank`);
+3b. a status is a claim, so it is read from the worst case's 95% interval, not its point: a defense is called
+   (partly) robust only when the whole interval clears the floor, and robust only when it clears the share of
+   clean accuracy; two tied numbers near a line therefore get the same status far more often than by their points;
 4. a failed checklist makes a number SUSPECT (gradient masking can hide a stronger attack) unless an
    attack that goes around masked gradients was already run: a gradient-free one (Square, or
    AutoAttack, which holds Square) or BPDA. Then the worst case already includes it, and the verdict
@@ -76,6 +79,11 @@ class Measurement:
         """True for an attack that does not follow the defense's gradient (see :data:`SETTLERS`)."""
         return any(word.startswith(s) for word in self.attack.split() for s in SETTLERS)
 
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95% interval of ``acc`` in points (``acc`` +- :data:`Z` standard errors, within [0, 100])."""
+        return max(0.0, self.acc - Z * self.stderr), min(100.0, self.acc + Z * self.stderr)
+
     def __str__(self) -> str:
         return f"{self.acc:.1f}% (n={self.n})"
 
@@ -109,18 +117,42 @@ class Verdict:
     failed_checks: tuple[str, ...] = ()
     settled_by: Measurement | None = None    # the masking-proof attack already run, if a check failed
     measurements: tuple[Measurement, ...] = field(default=(), repr=False)
+    floor: float = 10.0                      # judge's robust_floor
+
+    @property
+    def gradient_only(self) -> bool:
+        """True when no attack that goes around masked gradients (:data:`SETTLERS`) saw the defense: the worst
+        case is then an upper bound from gradient attacks alone, whatever the checklist says."""
+        return not any(m.settles_masking for m in self.measurements if m.sees_defense)
+
+    @property
+    def status_text(self) -> str:
+        """The status as printed: "robust (gradient attacks only)" when a (partly) robust verdict rests on
+        gradient attacks alone."""
+        text = self.status.value.upper() if self.status is Status.SUSPECT else self.status.value
+        if self.status in (Status.ROBUST, Status.PARTLY) and self.gradient_only:
+            text += " (gradient attacks only)"
+        return text
 
     def __str__(self) -> str:
-        head = (f"{self.name}: {self.status.value.upper() if self.status is Status.SUSPECT else self.status.value} "
-                f"at eps {self.eps_text}. Clean {self.clean}; worst case {self.worst} ({self.worst.attack})")
+        lo, hi = self.worst.interval
+        head = (f"{self.name}: {self.status_text} at eps {self.eps_text}. Clean {self.clean}; worst case "
+                f"{self.worst} ({self.worst.attack}; 95% interval {lo:.1f}-{hi:.1f})")
         if self.status is Status.SUSPECT:
             return (head + f"; the checklist failed ({'; '.join(self.failed_checks)}), the signature of gradient "
                     f"masking, and no gradient-free attack or BPDA was run: {self.worst.acc:.1f}% is an upper bound.")
         parts = [head]
         if self.failed_checks:
-            parts.append(f"; the checklist failed ({'; '.join(self.failed_checks)}), but {self.settled_by.attack} "
-                         f"{self.settled_by}, which does not follow the defense's gradient, already ran and is "
-                         f"part of the worst case")
+            by = self.settled_by
+            decided = ("and it is the worst case" if by.attack == self.worst.attack else
+                       f"and the worst case, {self.worst.attack} {self.worst}, is lower still")
+            parts.append(f"; the checklist failed ({'; '.join(self.failed_checks)}), but {by.attack} {by}, which "
+                         f"does not follow the defense's gradient, already ran, {decided}")
+        if self.status in (Status.ROBUST, Status.PARTLY) and self.gradient_only:
+            parts.append("; no gradient-free attack or BPDA ran, so this is an upper bound from gradient attacks "
+                         "alone (run Square or AutoAttack before calling it robust)")
+        elif self.status in (Status.NOT_ROBUST, Status.OBLIVIOUS_ONLY) and self.worst.acc >= self.floor:
+            parts.append(f"; its interval reaches below the {self.floor:.0f}% floor of a robustness claim at this n")
         if self.status is Status.OBLIVIOUS_ONLY:
             parts.append(f"; an attacker who ignores the defense leaves {self.oblivious}, one who sees it wins: "
                          f"never report the oblivious number alone")
@@ -139,10 +171,11 @@ def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], ch
         measurements: one per attack or threat model; "oblivious" ones never decide, the rest are the
             attacks that see the defense.
         checks: the checklist's checks (dicts with "passed" and "check") of these measurements.
-        robust_floor: a worst case below this many percent is NOT_ROBUST.
-        robust_share: ROBUST keeps at least this share of the clean accuracy under the worst case; less is
-            PARTLY robust. Relative to clean, so a weak model (34% clean, 12% attacked) is not called robust
-            for losing few points.
+        robust_floor: a worst case whose 95% interval (:attr:`Measurement.interval`) reaches below this many
+            percent is NOT_ROBUST (or OBLIVIOUS_ONLY): a claim of robustness needs the whole interval above it.
+        robust_share: ROBUST keeps at least this share of the clean accuracy under the worst case, the whole
+            interval above it; less is PARTLY robust. Relative to clean, so a weak model (27% clean, 18%
+            attacked) is not called robust for losing few points.
     """
     ms = tuple(measurements)
     seeing = [m for m in ms if m.sees_defense]
@@ -154,16 +187,17 @@ def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], ch
     failed = tuple(str(c["check"]) for c in checks if not c["passed"])
     settlers = [m for m in seeing if m.settles_masking]
     settled_by = min(settlers, key=lambda m: m.acc) if failed and settlers else None
-    if failed and settled_by is None and worst.acc >= robust_floor:
+    lo = worst.interval[0]
+    if failed and settled_by is None and lo >= robust_floor:
         status = Status.SUSPECT
-    elif worst.acc < robust_floor:
-        status = (Status.OBLIVIOUS_ONLY if oblivious is not None and oblivious.acc >= robust_floor
+    elif lo < robust_floor:
+        status = (Status.OBLIVIOUS_ONLY if oblivious is not None and oblivious.interval[0] >= robust_floor
                   and not tie(oblivious, worst) else Status.NOT_ROBUST)
-    elif worst.acc < robust_share * clean.acc:
+    elif lo < robust_share * clean.acc:
         status = Status.PARTLY
     else:
         status = Status.ROBUST
-    return Verdict(name, status, clean, worst, eps_text, oblivious, failed, settled_by, ms)
+    return Verdict(name, status, clean, worst, eps_text, oblivious, failed, settled_by, ms, float(robust_floor))
 
 
 def rank(verdicts: Iterable[Verdict]) -> list[list[Verdict]]:
