@@ -313,7 +313,7 @@ CHECK_IDS: dict[str, tuple[str, str, str]] = {c.id: (c.symptom, c.why, c.next) f
 
 def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | None = None,
               large_eps: float | None = None, tol: float = 1.0, zero_tol: float = 5.0,
-              dead_tol: float = 50.0, n: int | None = None, gap_tol: float = 10.0,
+              dead_tol: float = 1.0, n: int | None = None, gap_tol: float = 10.0,
               dataset: str | None = None) -> list[dict[str, Any]]:
     """Sanity checks after Carlini et al. 2019 ("On Evaluating Adversarial Robustness", arXiv 1902.06705): every
     check of :data:`REGISTRY_OF_CHECKS`, in its order, on rows of :func:`featlab.evaluate.sweep` (``attack``,
@@ -324,7 +324,9 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
     Attacks are recognised by their spec (:func:`featlab.attacks.parse`); a row whose attack is no spec (a name
     from a ``sweep`` factory dict) enters the monotonicity check only. ``large_eps`` (e.g. 1.0 in Linf: any
     image) is where the strongest attack must leave at most ``zero_tol`` percent; ``gradient_stats`` (from
-    :func:`featlab.metrics.input_gradient_stats`) feeds gradients-exist (at most ``dead_tol`` percent dead);
+    :func:`featlab.metrics.input_gradient_stats`) feeds gradients-exist (at most ``dead_tol`` percent dead, at
+    least one image's worth: every image without a gradient is one a gradient attack cannot touch, so a few
+    percent dead already inflate a robust accuracy by that much);
     ``gap_tol``: how far PGD may sit above an ensemble. Comparisons allow ``tol`` points of slack, at least one
     image's worth (100 / ``n``) when the number of evaluated images ``n`` is given, so one flipped image is not a
     failure. ``dataset``: the details write eps as that dataset's people do (:func:`featlab.data.format_eps`).
@@ -332,7 +334,7 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
     if dataset is not None:
         check_choice("dataset", dataset, DATASETS)
     if n:
-        tol = max(tol, 100.0 / n)
+        tol, dead_tol = max(tol, 100.0 / n), max(dead_tol, 100.0 / n)
     r = Rows.of(rows, gradient_stats=gradient_stats, large_eps=large_eps, tol=tol, zero_tol=zero_tol,
                 dead_tol=dead_tol, gap_tol=gap_tol, dataset=dataset)
     return [{"id": c.id, "check": name, "passed": bool(passed), "detail": detail, "eps": eps}

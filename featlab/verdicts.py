@@ -145,7 +145,8 @@ class Verdict:
         if self.failed_checks:
             by = self.settled_by
             decided = ("and it is the worst case" if by.attack == self.worst.attack else
-                       f"and the worst case, {self.worst.attack} {self.worst}, is lower still")
+                       f"and the worst case, {self.worst.attack} {self.worst}, is "
+                       + ("as low" if by.acc == self.worst.acc else "lower still"))
             parts.append(f"; the checklist failed ({'; '.join(self.failed_checks)}), but {by.attack} {by}, which "
                          f"does not follow the defense's gradient, already ran, {decided}")
         if self.status in (Status.ROBUST, Status.PARTLY) and self.gradient_only:

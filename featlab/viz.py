@@ -109,6 +109,13 @@ class LiveLoss:
             ax.plot(self.steps[-len(v):], v, label=k, lw=1)
         if self.log:
             ax.set_yscale("symlog", linthresh=1e-3)
+            # ticks at 1, 2, 5 x each power of ten in view: symlog alone labels only powers of ten (one tick
+            # where the values span less than a decade)
+            lo, hi = ax.get_ylim()
+            ticks = [m * 10.0 ** e for e in range(-3, 6) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+            if len(ticks) >= 2:
+                ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+                ax.yaxis.set_minor_locator(plt.NullLocator())
         ax.set_xlabel("step"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
         ax.set_title(self.title)
         return fig
@@ -171,14 +178,19 @@ def plot_history(histories: Mapping[str, Sequence[Mapping[str, float]]], keys: S
     return fig
 
 
+#: legend names that say what a spec is where its name misleads ("apgd" is two attacks, not APGD alone)
+LEGEND_NAMES = {"apgd": "apgd (AutoAttack fast: APGD-CE + APGD-T)"}
+
+
 def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title: str = "", label_prefix: str = "",
-                    dataset: str | None = None):
+                    dataset: str | None = None, zoom: bool = False):
     """Robust accuracy over eps, one line per ``row[by]`` (an attack, or a threat model).
 
     ``rows``: from :func:`featlab.evaluate.sweep` or :func:`featlab.evaluate.preprocessing_defense`;
     Linf rows above eps 0.5 (the checklist's "reaches ~0" point at 1.0) are left out of the plot.
     ``dataset``: the eps ticks as that dataset writes them (:func:`featlab.data.format_eps`: 2/255,
-    4/255, 8/255 on CIFAR); None: plain numbers.
+    4/255, 8/255 on CIFAR); None: plain numbers. ``zoom``: where every point lies above 40%, the y axis spans
+    only the points (at least 10 points wide, up to 100) and the axis label says so; otherwise 0-100.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
@@ -188,7 +200,7 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
             groups.setdefault(str(r[by]), []).append((r["eps"], r["robust_acc"]))
     for name, pts in groups.items():
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label_prefix + name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label_prefix + LEGEND_NAMES.get(name, name))
     ax.set_xlabel("eps (pixel units)")
     if dataset is not None and groups:
         ticks = sorted({p[0] for pts in groups.values() for p in pts})
@@ -196,6 +208,11 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
         ax.set_xlabel("eps (Linf)")
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(-2, 102)
+    low = min((p[1] for pts in groups.values() for p in pts), default=0.0)
+    if zoom and low > 40:
+        bottom = max(0.0, min(low - 3.0, 90.0))
+        ax.set_ylim(bottom, 101)
+        ax.set_ylabel(f"accuracy under attack (%)\nzoomed: {bottom:.0f}-100")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:

@@ -240,3 +240,29 @@ def test_figures_and_verdicts_write_eps_per_dataset():
     fig = viz.show_images([torch.rand(8, 3, 32, 32)], ["clean"], titles=list("abcdefgh"))
     assert fig.axes[0].get_title() == "a"
     plt.close("all")
+
+
+def test_robustness_plot_zooms_only_where_every_point_is_high_and_names_the_fast_ensemble():
+    import matplotlib.pyplot as plt
+    from featlab import viz
+    high = [{"attack": a, "eps": e, "robust_acc": acc} for a, e, acc in
+            [("pgd20", 0.1, 99.0), ("pgd20", 0.3, 95.0), ("apgd", 0.3, 88.0)]]
+    ax = viz.plot_robustness(high, dataset="mnist", zoom=True)
+    assert ax.get_ylim() == (85.0, 101.0) and "zoomed" in ax.get_ylabel()
+    assert "apgd (AutoAttack fast: APGD-CE + APGD-T)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    low = high + [{"attack": "fgsm", "eps": 0.3, "robust_acc": 30.0}]
+    assert viz.plot_robustness(low, zoom=True).get_ylim() == (-2.0, 102.0)
+    assert viz.plot_robustness(high).get_ylim() == (-2.0, 102.0)        # no zoom unless asked
+    plt.close("all")
+
+
+def test_a_live_log_plot_labels_more_than_one_tick_within_a_decade():
+    import matplotlib.pyplot as plt
+    from featlab import viz
+    live = viz.LiveLoss(["a", "b"], every=10**9)
+    for i, (a, b) in enumerate(zip(torch.linspace(0.03, 0.3, 50), torch.linspace(0.05, 0.9, 50))):
+        live(i, {"a": float(a), "b": float(b)})
+    ax = live.figure().axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert len(labels) >= 3 and "0.1" in labels and "0.05" in labels, labels
+    plt.close("all")
