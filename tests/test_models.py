@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import featlab
 from featlab import models
 
 

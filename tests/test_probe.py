@@ -7,7 +7,6 @@ from torch import nn
 import featlab
 from featlab import probe
 from featlab.models.base import FeatureModel, Normalize
-from conftest import tiny_model
 
 
 def linear_model():
