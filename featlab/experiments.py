@@ -455,6 +455,7 @@ def _base_record(target: Target, c: EvalConfig, n: int, device: torch.device) ->
     config = target.config
     return {"dataset": config["dataset"], "model": config["model"], "method": config["method"], "n_eval": n,
             "seed": c.seed, "command": c.command, "train_command": config.get("command"),
+            "commit": git_commit(),          # the code the evaluation starts with (write_result would read it at the end)
             "train_device": config.get("device"), "device": device_description(device),
             **({"train_commit": config["commit"]} if config.get("commit") else {}),
             **({"train_resumed_at_commits": config["resumed_at_commits"]} if config.get("resumed_at_commits") else {}),
@@ -597,7 +598,7 @@ def separability(target: Target, eps: float, attack_steps: int = 10, n: int = 20
     _require(not target.is_preprocessing, "run", "separability probes a classifier's encoder, not a denoiser")
     x, y = data.load(config["dataset"], "train", limit=n, seed=seed)
     step = step_size_for(eps, attack_steps)
-    t0 = time.time()
+    t0, commit = time.time(), git_commit()      # the commit at the start, not when the record is written
     rows = {}
     for loss in ("bce", "wgan"):
         seed_everything(seed)
@@ -606,7 +607,7 @@ def separability(target: Target, eps: float, attack_steps: int = 10, n: int = 20
         print(f"{target.label} {loss}: train {rows[loss]['train_acc']:.1f}%  held out {rows[loss]['holdout_acc']:.1f}%")
     device = next(model.parameters()).device
     rec = record({"dataset": config["dataset"], "model": config["model"], "method": config["method"],
-                  "seed": seed, "command": command, "train_command": config.get("command"),
+                  "seed": seed, "command": command, "train_command": config.get("command"), "commit": commit,
                   "device": device_description(device), **target.trained, **({"run": target.run} if target.run else {})},
                  threat_model="white-box", norm="linf", eps=eps, attack=f"pgd{attack_steps}", n_eval=len(x),
                  split="train", clean_acc=rows["bce"]["clean_acc"], robust_acc=rows["bce"]["robust_acc"],
@@ -622,6 +623,7 @@ def probe_runs(run_folders: Sequence[str], eps: Sequence[float], steps: int = 40
     """Relative feature distortion per tap, adversarial vs random noise, for trained runs (one dataset)."""
     from . import probe
     seed_everything(seed)
+    commit = git_commit()                     # at the start: the code that computed these numbers
     loaded = {runs.folder_of(r).name: runs.load(r, device) for r in run_folders}
     datasets = {run.config["dataset"] for run in loaded.values()}
     _require(len(datasets) == 1, "run", f"all runs must share one dataset, got {sorted(datasets)}")
@@ -634,7 +636,7 @@ def probe_runs(run_folders: Sequence[str], eps: Sequence[float], steps: int = 40
         clean = accuracy(model, x, y)
         base = {"dataset": config["dataset"], "model": config["model"], "method": config["method"],
                 "epochs": config["epochs"], "seed": seed, "command": command, "train_command": config["command"],
-                "device": device_description(torch.device(device)), "n_eval": len(x), "run": key}
+                "device": device_description(torch.device(device)), "n_eval": len(x), "run": key, "commit": commit}
         for e in eps:
             r = res[key][e]
             adv_acc = robust_accuracy(model, x, y, PGD(model, eps=e, steps=steps), progress=False)

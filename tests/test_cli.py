@@ -176,3 +176,16 @@ def test_a_run_keeps_the_commit_it_started_at_and_lists_those_it_resumed_at(tmp_
                           ({"method": "afd"}, {"commit": "unknown", "resumed_at_commits": ["bbb"]})):  # from before
         path.write_text(json.dumps(old))
         assert experiments._commits(path) == expected, old
+
+
+@needs_mnist
+def test_an_evaluation_records_the_commit_it_started_at_not_the_one_it_ended_at(tmp_path, monkeypatch):
+    # the code changes (a commit lands) while a long evaluation runs: its records name the code that computed them
+    from featlab import results
+    monkeypatch.setattr(experiments, "git_commit", lambda: "start")
+    monkeypatch.setattr(results, "git_commit", lambda: "end")
+    res = tmp_path / "results"
+    cli.main(["eval", "--pretrained", "mnist_cnn_standard", "--attacks", "fgsm", "--eps", "0.3", "--n-eval", "20",
+              "--large-eps", "0", "--results-dir", str(res), "--device", "cpu"])
+    recs = [json.loads(p.read_text()) for p in res.glob("*.json")]
+    assert recs and {r["commit"] for r in recs} == {"start"}
