@@ -9,11 +9,15 @@ ratio on the pixels, for reference. One forward pass per input set, no gradients
     >>> x_rnd = random_noise(x, eps=0.1, kind="sign")
     >>> res = compare(model, x, {"adversarial": x_adv, "random": x_rnd})
     >>> amplification(res["adversarial"], res["random"])     # per tap, adv / random
+    >>> describe_change(ratio_interval(res["adversarial"].l2["embedding"], res["adversarial"].l2["input"]))
+    'grows (1.94x, 95% interval 1.90-1.98)'
 
 Introduced in notebooks/01_feature_noise.ipynb.
 """
 from __future__ import annotations
 
+import enum
+import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -23,6 +27,7 @@ from torch import nn
 from ._utils import check_choice, check_images, check_labels, check_model_input, check_number, eval_mode
 from ._utils import model_device
 from .models.base import L2Normalize
+from .nbtools import running_unattended
 
 INPUT_TAP = "input"
 
@@ -156,12 +161,14 @@ def table(results: Mapping[str, Distortion], norm: str = "l2") -> list[dict[str,
 
 def sweep(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps_list: Iterable[float],
           attack_steps: int = 20, kinds: Iterable[str] = ("sign", "gaussian"), layers: Iterable[str] | None = None,
-          seed: int = 0) -> dict[str, dict[float, dict[str, Distortion]]]:
+          seed: int = 0, progress: bool | None = None) -> dict[str, dict[float, dict[str, Distortion]]]:
     """For each model and eps: PGD (Linf, ``attack_steps``) vs random noise of the same Linf size.
 
     Returns ``results[model_name][eps][set]`` with sets "adversarial" and "random-<kind>".
     Noise is drawn from a generator seeded with ``seed``, and PGD's random start from torch's RNG seeded
     with it (the caller's RNG is restored), so the same call repeats exactly.
+    ``progress``: a progress bar over the (model, eps) jobs (default: only in a live notebook, not under
+    papermill, where a saved notebook would keep the bar's first frame, "0%", as its output).
     """
     from .attacks import PGD
     from tqdm.auto import tqdm
@@ -173,7 +180,8 @@ def sweep(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps
     eps_list = [float(e) for e in eps_list]
     out: dict[str, dict[float, dict[str, Distortion]]] = {}
     jobs = [(m, e) for m in models for e in eps_list]
-    for name, eps in tqdm(jobs, desc="probe sweep", leave=False):
+    show = (not running_unattended()) if progress is None else bool(progress)
+    for name, eps in tqdm(jobs, desc="probe sweep", leave=False, disable=not show):
         model = models[name]
         g = torch.Generator().manual_seed(seed)
         dev = next(model.parameters()).device
@@ -290,3 +298,86 @@ def ratio_interval(a: torch.Tensor, b: torch.Tensor, n_boot: int = 1000, level: 
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=boot.dtype)
     low, high = torch.quantile(boot, q).tolist()
     return float(a.mean() / b.mean()), low, high
+
+
+class Change(str, enum.Enum):
+    """What the interval of a ratio (value, low, high) says (:func:`change`): clearly up or down, a small
+    change up or down, or no measurable change. A ``str``, so it prints and records as its value."""
+    UP = "up"
+    SMALL_UP = "small up"
+    NONE = "no measurable change"
+    SMALL_DOWN = "small down"
+    DOWN = "down"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: a ratio whose interval ends within this factor of 1 (its end nearest 1 in (1/SMALL_FACTOR, SMALL_FACTOR))
+#: is a small change: the data cannot rule out a change under 10%
+SMALL_FACTOR = 1.1
+
+#: the words :func:`describe_change` uses by default, for a ratio "from A to B" (B / A)
+CHANGE_WORDS = {Change.UP: "grows", Change.SMALL_UP: "grows slightly, a small effect",
+                Change.NONE: "shows no measurable change", Change.SMALL_DOWN: "shrinks slightly, a small effect",
+                Change.DOWN: "shrinks"}
+
+
+def _check_ratio_ci(ci: tuple[float, float, float]) -> tuple[float, float, float]:
+    try:
+        value, low, high = (float(v) for v in ci)
+    except (TypeError, ValueError):
+        raise ValueError(f"ci must be (value, low, high), three numbers (ratio_interval's result), "
+                         f"got {ci!r}") from None
+    if not all(math.isfinite(v) and v >= 0 for v in (value, low, high)) or low > high:
+        raise ValueError(f"ci must be (value, low, high): finite ratios >= 0 with low <= high, got {ci!r}")
+    return value, low, high
+
+
+def change(ci: tuple[float, float, float], small: float = SMALL_FACTOR) -> Change:
+    """Classify a ratio by its interval, as :func:`ratio_interval` returns it.
+
+    * the interval contains 1 (``low <= 1 <= high``): :attr:`Change.NONE`, whatever the value;
+    * it lies above 1 and the value too: :attr:`Change.UP`, or :attr:`Change.SMALL_UP` when ``low`` is
+      below ``small`` (the interval barely clears 1: it cannot rule out a change smaller than that factor);
+    * below 1, the same way round: :attr:`Change.DOWN`, or :attr:`Change.SMALL_DOWN` when ``high`` is above
+      ``1 / small``.
+
+    A value on the other side of 1 from an interval that excludes 1 (possible with a percentile bootstrap
+    of skewed data) gives no direction: :attr:`Change.NONE`.
+
+        >>> change((1.04, 1.005, 1.073))
+        <Change.SMALL_UP: 'small up'>
+
+    Args: ci: (value, low, high), ratios >= 0; small: the factor (> 1) under which a change is small
+    (default :data:`SMALL_FACTOR`, 1.1). Introduced in notebooks/01_feature_noise.ipynb.
+    """
+    value, low, high = _check_ratio_ci(ci)
+    check_number("small", small, low=1.0, low_open=True)
+    if low > 1 and value > 1:
+        return Change.SMALL_UP if low < small else Change.UP
+    if high < 1 and value < 1:
+        return Change.SMALL_DOWN if high > 1 / small else Change.DOWN
+    return Change.NONE
+
+
+def describe_change(ci: tuple[float, float, float], words: Mapping[Change, str] | None = None,
+                    small: float = SMALL_FACTOR, level: float = 0.95) -> str:
+    """The word :func:`change` picks for ``ci`` (from :data:`CHANGE_WORDS`, or ``words``, which may replace
+    some or all of them), then the ratio and its interval: "grows (1.94x, 95% interval 1.90-1.98)". The
+    interval gets a third digit when two would not show on which side of 1 it ends.
+
+    Args: ci: (value, low, high) from :func:`ratio_interval`; words: :class:`Change` -> text; small: as
+    :func:`change`; level: the interval's coverage, for the text (default 0.95).
+    Introduced in notebooks/01_feature_noise.ipynb.
+    """
+    value, low, high = _check_ratio_ci(ci)
+    check_number("level", level, low=0.0, high=1.0, low_open=True)
+    words = dict(words or {})
+    unknown = [k for k in words if k not in set(Change)]
+    if unknown:
+        raise ValueError(f"words: keys must be featlab.probe.Change members {[c.name for c in Change]}, "
+                         f"got {unknown!r}")
+    text = {**CHANGE_WORDS, **{Change(k): v for k, v in words.items()}}[change(ci, small)]
+    d = 3 if min(abs(low - 1), abs(high - 1)) < 0.005 else 2
+    return f"{text} ({value:.2f}x, {100 * level:g}% interval {low:.{d}f}-{high:.{d}f})"

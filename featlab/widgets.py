@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -33,16 +34,18 @@ def _check_models_and_data(models: Mapping[str, nn.Module], x: torch.Tensor, y: 
 
 
 class FeatureNoiseExplorer:
-    """Eps slider + tap dropdown: distortion-vs-depth curves (adversarial vs random noise, every
-    model) and the feature maps of one image at the chosen tap, recomputed on release of the
-    slider and cached per eps. Introduced in notebooks/01_feature_noise.ipynb.
+    """Eps slider + tap and model dropdowns: distortion-vs-depth curves (adversarial vs random noise, every
+    model) and the chosen model's feature maps of one image at the chosen tap, recomputed on release of the
+    slider and cached per eps. Unattended (papermill, a rendered notebook) it draws what the curves of a
+    notebook's own sections do not: every model's maps of that image side by side on one difference scale
+    (:meth:`maps_figure`). Introduced in notebooks/01_feature_noise.ipynb.
 
     Args:
         models: name -> featlab model (e.g. {"standard": m1, "PGD-AT": m2}).
         x, y: a small batch of clean images (N, C, H, W) in [0, 1] and labels (N,).
         eps_values: the slider's stops (Linf, pixel units).
         attack_steps: PGD steps (default 10).
-        image_index: which image of the batch the feature grid shows (default 0).
+        image_index: which image of the batch the feature maps show (default 0).
         dataset: writes eps as that dataset does (:func:`featlab.data.format_eps`: 8/255 on CIFAR);
             None (default): plain numbers.
     """
@@ -87,63 +90,117 @@ class FeatureNoiseExplorer:
             self._cache[eps] = res
         return self._cache[eps]
 
-    def figure(self, eps: float, tap: str):
+    def _check_view(self, tap: str, model: str | None = None) -> str:
+        if tap not in self.spatial_taps:
+            raise ValueError(f"tap must be one of the spatial taps {self.spatial_taps}, got {tap!r}")
+        name = next(iter(self.models)) if model is None else model
+        if name not in self.models:
+            raise ValueError(f"model must be one of {list(self.models)}, got {model!r}")
+        return name
+
+    def feature_maps(self, eps: float, tap: str, model: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean, adversarial) maps (C, H, W) of image ``image_index`` at ``tap`` for ``model`` (default: the
+        first), the adversarial image being PGD against that model at ``eps`` (:meth:`compute`)."""
+        name = self._check_view(tap, model)
+        m, i = self.models[name], self.image_index
+        x_adv, dev = self.compute(eps)[name]["x_adv"], model_device(m)
+        with eval_mode(m), torch.no_grad():
+            clean = m.features(self.x[i:i + 1].to(dev), [tap])[tap][0].float().cpu()
+            adv = m.features(x_adv[i:i + 1].to(dev), [tap])[tap][0].float().cpu()
+        return clean, adv
+
+    def figure(self, eps: float, tap: str, model: str | None = None):
+        """What the widget shows: left, every model's distortion curves (solid: PGD against that model,
+        dashed: sign noise); right, ``model``'s feature maps of one image (default: the first model)."""
+        name = self._check_view(tap, model)
         res = self.compute(eps)
         fig = plt.figure(figsize=(13, 4.2))
         left, right = fig.subfigures(1, 2, width_ratios=[1.0, 1.1])
         ax = left.subplots()
         curves, styles = {}, {}
-        for i, (name, r) in enumerate(res.items()):
+        for i, (n, r) in enumerate(res.items()):
             for s, d in r["distortion"].items():
-                curves[f"{name}: {s}"] = d
-                styles[f"{name}: {s}"] = {"linestyle": "-" if s == "adversarial" else "--", "color": f"C{i}"}
+                curves[f"{n}: {s}"] = d
+                styles[f"{n}: {s}"] = {"linestyle": "-" if s == "adversarial" else "--", "color": f"C{i}"}
         plot_distortion(curves, ax=ax, styles=styles, title=f"relative L2 distortion, eps = {self.eps_label(eps)}")
-        name0 = next(iter(self.models))
-        m = self.models[name0]
-        i = self.image_index
-        dev = model_device(m)
-        with eval_mode(m), torch.no_grad():
-            clean = m.features(self.x[i:i + 1].to(dev), [tap])[tap][0].cpu()
-            adv = m.features(res[name0]["x_adv"][i:i + 1].to(dev), [tap])[tap][0].cpu()
-        plot_feature_grid(clean, adv, channels=6, title=f"{name0}, tap {tap}, image {i}", fig=right)
+        clean, adv = self.feature_maps(eps, tap, name)
+        plot_feature_grid(clean, adv, channels=6, title=f"{name}, tap {tap}, image {self.image_index}", fig=right)
         return fig
 
-    def static(self, tap: str | None = None) -> None:
-        """One figure per eps value (what papermill and a rendered notebook show)."""
-        from IPython.display import display
-        tap = tap or self.spatial_taps[-1]
-        for eps in self.eps_values:
-            fig = self.figure(eps, tap)
-            display(fig)
-            plt.close(fig)
+    def maps_figure(self, eps: float, tap: str, channels: int = 6):
+        """Every model's feature maps of image ``image_index`` at ``tap``, side by side, each model under its
+        own PGD at ``eps``: rows clean / adversarial / |difference|, the ``channels`` most-changed channels of
+        each model. Clean and adversarial share a scale within a model. The difference rows share ONE scale
+        across models, the change as a fraction of that model's largest clean activation at the tap, so a model
+        whose maps barely move shows dark rows (a per-panel scale would make every model's look alike). Each
+        model's title gives the image's relative L2 distortion at the tap (:meth:`compute`)."""
+        check_number("channels", channels, low=1, integer=True)
+        self._check_view(tap)
+        res, i = self.compute(eps), self.image_index
+        maps = {name: self.feature_maps(eps, tap, name) for name in self.models}
+        rel = {name: (a - c).abs() / c.abs().max().clamp_min(1e-12) for name, (c, a) in maps.items()}
+        dmax = max(float(r.max()) for r in rel.values()) or 1.0
+        n = min(channels, *(c.shape[0] for c, _ in maps.values()))
+        fig = plt.figure(figsize=(1.35 * n * len(maps) + 1.0, 4.6), layout="constrained")
+        for sub, (name, (clean, adv)) in zip(fig.subfigures(1, len(maps), squeeze=False)[0], maps.items()):
+            order = rel[name].flatten(1).sum(1).argsort(descending=True)[:n].tolist()
+            vmax = float(torch.maximum(clean[order].max(), adv[order].max())) or 1.0
+            axes = sub.subplots(3, n, squeeze=False)
+            for j, ch in enumerate(order):
+                for r, (img, label) in enumerate(((clean, "clean"), (adv, "adversarial"), (rel[name], "|diff|"))):
+                    diff = r == 2
+                    im = axes[r][j].imshow(img[ch].numpy(), cmap="magma" if diff else "viridis", vmin=0,
+                                           vmax=dmax if diff else vmax)
+                    axes[r][j].set_xticks([]), axes[r][j].set_yticks([])
+                    axes[r][0].set_ylabel(label, fontsize=9)
+                axes[0][j].set_title(f"ch {ch}", fontsize=8)
+            d = float(res[name]["distortion"]["adversarial"].l2[tap][i])
+            sub.suptitle(f"{name}: relative L2 distortion {d:.2f}", fontsize=10)
+        sub.colorbar(im, ax=axes[2, :].tolist(), shrink=0.9, label="|diff| / largest clean\nactivation (all models)")
+        fig.suptitle(f"tap {tap}, image {i}, eps {self.eps_label(eps)}, each model under its own "
+                     f"PGD-{self.attack_steps}")
+        return fig
 
-    def widget(self):
+    def static(self, tap: str | None = None, eps: float | None = None) -> None:
+        """What papermill and a rendered notebook show: :meth:`maps_figure` at ``eps`` (default: the largest
+        of ``eps_values``) and ``tap`` (default: the deepest spatial tap). The curves are left to the live
+        widget: a notebook draws them on all its images in its own sections."""
+        from IPython.display import display
+        fig = self.maps_figure(max(self.eps_values) if eps is None else eps, tap or self.spatial_taps[-1])
+        display(fig)
+        plt.close(fig)
+
+    def widget(self, tap: str | None = None):
         import ipywidgets as w
         from IPython.display import display
         slider = w.SelectionSlider(options=[(self.eps_label(e), e) for e in self.eps_values], value=self.eps_values[0],
                                    description="eps", continuous_update=False)
-        taps = w.Dropdown(options=self.spatial_taps, value=self.spatial_taps[-1], description="tap")
+        start = tap or self.spatial_taps[-1]
+        self._check_view(start)
+        taps = w.Dropdown(options=self.spatial_taps, value=start, description="tap")
+        model = w.Dropdown(options=list(self.models), value=next(iter(self.models)), description="maps of")
         out = w.Output()
 
         def redraw(*_):
-            fig = self.figure(slider.value, taps.value)
+            fig = self.figure(slider.value, taps.value, model.value)
             with out:
                 out.clear_output(wait=True)
                 display(fig)
             plt.close(fig)
 
-        slider.observe(redraw, names="value")
-        taps.observe(redraw, names="value")
+        for control in (slider, taps, model):
+            control.observe(redraw, names="value")
         redraw()
-        return w.VBox([w.HBox([slider, taps]), out])
+        return w.VBox([w.HBox([slider, taps, model]), out])
 
-    def show(self) -> None:
-        """The live widget in a notebook frontend; static figures when run unattended."""
+    def show(self, tap: str | None = None, eps: float | None = None) -> None:
+        """The live widget in a notebook frontend (starting at ``tap``); unattended, :meth:`static`
+        (``tap``, ``eps``)."""
         from IPython.display import display
         if running_unattended():
-            self.static()
+            self.static(tap, eps)
         else:
-            display(self.widget())
+            display(self.widget(tap))
 
 
 ATTACK_CHOICES = ("FGSM", "PGD Linf", "PGD L2")
@@ -209,6 +266,36 @@ def attributions(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, target_
     return out
 
 
+def completeness_gap(model: nn.Module, x: torch.Tensor, attribution: torch.Tensor, target: int,
+                     baseline: float = 0.0) -> float:
+    """How far one IG map is from IG's completeness axiom (Sundararajan et al. 2017): the attributions of an
+    input add up to the target's score (logit) at the input minus at the baseline. Returns
+    ``|sum(attribution) - (F(x) - F(baseline))| / |F(x) - F(baseline)|`` (captum's convergence delta, relative):
+    near 0 when the path integral's ``ig_steps`` points were enough; exactly 0 for a linear model.
+
+    Args: model: the classifier the map explains; x: the input (1, C, H, W) in [0, 1]; attribution: its IG map
+    (summed over channels, as :func:`attributions` returns it; any shape, only its sum counts); target: the
+    class it explains; baseline: the baseline's pixel value (0.0 black, 0.5 grey, as :func:`attributions`).
+    """
+    if x.dim() != 4 or len(x) != 1:
+        raise ValueError(f"x must be one image of shape (1, C, H, W), got shape {tuple(x.shape)}")
+    check_number("baseline", baseline, low=0.0, high=1.0)
+    dev = model_device(model)
+    x = x.to(dev)
+    with eval_mode(model), torch.no_grad():
+        scores = model(torch.cat([x, torch.full_like(x, baseline)]))[:, int(target)].double().cpu()
+    change = float(scores[0] - scores[1])
+    return abs(float(attribution.double().sum()) - change) / max(abs(change), 1e-12)
+
+
+def attribution_similarity(res: Mapping, method: str = "ig_grey") -> float:
+    """Cosine similarity of the clean and the adversarial |attribution| maps of one :func:`explore` result
+    (``method``: "ig", "ig_grey" or "saliency"): 1 when the same pixels matter, in the same proportions."""
+    check_choice("method", method, tuple(_ATTR_NAMES))
+    a, b = (res["attributions"][f"{method}/{tag}"].abs().flatten().double() for tag in ("clean", "adv"))
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
 def feature_distortion(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, float] | None:
     """Mean relative L2 distortion ||f(x_adv) - f(x)|| / ||f(x)|| per tap, "input" (the pixels) first
     (:func:`featlab.probe.compare`).
@@ -241,7 +328,8 @@ def explore(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str = "P
         ig_steps: path points of Integrated Gradients (:func:`attributions`).
 
     Returns a dict: "x", "x_adv" (1, C, H, W) on the CPU; "p_clean", "p_adv" (K,) softmax probabilities;
-    "label", "pred_clean", "pred_adv" (class indices); "attributions" (:func:`attributions`);
+    "label", "pred_clean", "pred_adv" (class indices); "attributions" (:func:`attributions`); "ig_gap": the
+    :func:`completeness_gap` of each IG map ("ig/clean", "ig/adv", "ig_grey/clean", "ig_grey/adv");
     "distortion" (:func:`feature_distortion`; None at eps 0 or for a model without taps).
     """
     if x.dim() != 4 or len(x) != 1:
@@ -252,9 +340,12 @@ def explore(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str = "P
     with eval_mode(model), torch.no_grad():
         p_clean, p_adv = torch.softmax(model(x), 1)[0].cpu(), torch.softmax(model(x_adv), 1)[0].cpu()
     pred_clean, pred_adv = int(p_clean.argmax()), int(p_adv.argmax())
+    maps = attributions(model, x, x_adv, pred_clean, pred_adv, ig_steps)
+    gaps = {f"{method}/{tag}": completeness_gap(model, inp, maps[f"{method}/{tag}"], t, base)
+            for method, base in (("ig", 0.0), ("ig_grey", 0.5))
+            for tag, inp, t in (("clean", x, pred_clean), ("adv", x_adv, pred_adv))}
     return {"x": x.cpu(), "x_adv": x_adv.cpu(), "p_clean": p_clean, "p_adv": p_adv, "label": int(y),
-            "pred_clean": pred_clean, "pred_adv": pred_adv,
-            "attributions": attributions(model, x, x_adv, pred_clean, pred_adv, ig_steps),
+            "pred_clean": pred_clean, "pred_adv": pred_adv, "attributions": maps, "ig_gap": gaps,
             "distortion": feature_distortion(model, x, x_adv) if eps > 0 else None}
 
 
@@ -330,9 +421,31 @@ def _attribution_panel(ax, a: torch.Tensor, kind: str) -> None:
     ax.set_xticks([]), ax.set_yticks([])
 
 
+#: the top-5 panel's lowest axis limit: a probability below it is drawn at it
+P_MIN = 1e-12
+
+
+def _top5_panel(ax, res: Mapping, classes: Sequence[str]) -> None:
+    """The five most probable classes (clean + adversarial) before and after, on a log probability axis that
+    starts a decade below the smallest probability shown (at most :data:`P_MIN`): a confident model puts almost
+    all of its mass on one or two classes, so a linear axis leaves the other rows empty; the log axis shows how
+    far each class is from zero, and how far the label falls when an attack succeeds."""
+    top5 = torch.topk(res["p_clean"] + res["p_adv"], 5).indices.tolist()
+    probs = {key: [max(float(res[key][i]), P_MIN) for i in top5] for key in ("p_clean", "p_adv")}
+    low = max(10.0 ** (math.floor(math.log10(min(min(v) for v in probs.values()))) - 1), P_MIN)
+    pos = torch.arange(5)
+    for shift, key, lab in ((-0.2, "p_clean", "clean"), (0.2, "p_adv", "adversarial")):
+        ax.barh(pos + shift, [v - low for v in probs[key]], 0.4, left=low, label=lab)
+    ax.set_yticks(pos.tolist(), [classes[i] + (" (label)" if i == res["label"] else "") for i in top5], fontsize=8)
+    ax.set_xscale("log"), ax.set_xlim(low, 1), ax.invert_yaxis()
+    ax.set_xlabel("probability (log scale)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7), ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right"), ax.set_title("top-5 classes", fontsize=9)
+
+
 def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = None):
     """One explorer result (:func:`explore`) as a figure. Top: clean image, adversarial image, the
-    perturbation (amplified, grey = 0), the top-5 class probabilities before and after, the feature
+    perturbation (amplified, grey = 0), the top-5 class probabilities before and after (log axis), the feature
     distortion per tap. Bottom: IG from black and from grey, and Saliency, for the clean and the adversarial
     image, each for the class predicted on it (red: evidence for that class, blue: against)."""
     fig = plt.figure(figsize=(13, 6.2), layout="constrained")
@@ -346,14 +459,7 @@ def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = No
                        (axes[2], delta / (2 * amp) + 0.5, f"perturbation x{0.5 / amp:.1f} (grey = 0)")):
         ax.imshow(_image(t), cmap="gray", vmin=0, vmax=1)
         ax.set_title(lab, fontsize=9), ax.set_xticks([]), ax.set_yticks([])
-    ax = axes[3]
-    top5 = torch.topk(res["p_clean"] + res["p_adv"], 5).indices.tolist()
-    pos = torch.arange(5)
-    ax.barh(pos - 0.2, [float(res["p_clean"][i]) for i in top5], 0.4, label="clean")
-    ax.barh(pos + 0.2, [float(res["p_adv"][i]) for i in top5], 0.4, label="adversarial")
-    ax.set_yticks(pos.tolist(), [c[i] + (" (label)" if i == res["label"] else "") for i in top5], fontsize=8)
-    ax.invert_yaxis(), ax.set_xlim(0, 1), ax.set_xlabel("probability", fontsize=8)
-    ax.legend(fontsize=7, loc="lower right"), ax.set_title("top-5 classes", fontsize=9)
+    _top5_panel(axes[3], res, c)
     ax = axes[4]
     d = res["distortion"]
     if d:

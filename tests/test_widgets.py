@@ -233,7 +233,7 @@ def test_explorers_speak_the_dataset(trained_mnist, mnist_small):
 
 def test_figures_and_verdicts_write_eps_per_dataset():
     import matplotlib.pyplot as plt
-    from featlab import results, viz
+    from featlab import viz
     rows = [{"attack": "pgd10", "eps": e, "robust_acc": 50.0 - 100 * e} for e in (2 / 255, 4 / 255, 8 / 255)]
     ax = viz.plot_robustness(rows, dataset="cifar10")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2/255", "4/255", "8/255"]
