@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -35,6 +36,9 @@ from ._utils import check_number
 OBLIVIOUS = ("oblivious",)
 #: attacks that go around masked gradients: if one ran, a failed gradient check is settled by it
 SETTLERS = ("square", "autoattack", "bpda")
+#: a Square run with fewer queries does not settle a failed check (AutoAttack's Square uses 5,000): it may stop
+#: short of the adversarial examples that masked gradients hide, so a number it leaves high stays an upper bound
+SQUARE_MIN_QUERIES = 1000
 #: z of the tie rule: a gap within z standard errors of the difference is a tie (about 95%)
 Z = 1.96
 
@@ -75,9 +79,22 @@ class Measurement:
         return self.attack.split()[0] not in OBLIVIOUS
 
     @property
-    def settles_masking(self) -> bool:
-        """True for an attack that does not follow the defense's gradient (see :data:`SETTLERS`)."""
+    def queries(self) -> int | None:
+        """A Square run's query budget, from its spec ("square200" -> 200); None for any other attack, or a
+        Square whose name gives none (a committed "square": 5,000)."""
+        m = re.search(r"\bsquare(\d+)\b", self.attack)
+        return int(m.group(1)) if m else None
+
+    @property
+    def goes_around_gradients(self) -> bool:
+        """True for an attack that does not follow the defense's gradient (see :data:`SETTLERS`), at any budget."""
         return any(word.startswith(s) for word in self.attack.split() for s in SETTLERS)
+
+    @property
+    def settles_masking(self) -> bool:
+        """True for an attack that does not follow the defense's gradient (see :data:`SETTLERS`), run with a full
+        budget: a Square needs at least :data:`SQUARE_MIN_QUERIES` queries."""
+        return self.goes_around_gradients and (self.queries is None or self.queries >= SQUARE_MIN_QUERIES)
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -121,28 +138,45 @@ class Verdict:
 
     @property
     def gradient_only(self) -> bool:
-        """True when no attack that goes around masked gradients (:data:`SETTLERS`) saw the defense: the worst
-        case is then an upper bound from gradient attacks alone, whatever the checklist says."""
+        """True when no attack that goes around masked gradients (:data:`SETTLERS`) saw the defense at a full
+        budget: the worst case is then an upper bound, whatever the checklist says."""
         return not any(m.settles_masking for m in self.measurements if m.sees_defense)
 
     @property
+    def weak_square(self) -> Measurement | None:
+        """The strongest Square below :data:`SQUARE_MIN_QUERIES` queries, where no full-budget attack that goes
+        around gradients ran (the only gradient-free evidence there is)."""
+        weak = [m for m in self.measurements if m.sees_defense and m.queries is not None and not m.settles_masking]
+        if weak and (self.gradient_only or self.worst in weak):     # the only gradient-free evidence, or the worst case
+            return min(weak, key=lambda m: m.acc)
+        return None
+
+    @property
     def status_text(self) -> str:
-        """The status as printed: "robust (gradient attacks only)" when a (partly) robust verdict rests on
-        gradient attacks alone."""
+        """The status as printed: "robust (gradient attacks only)" when a (partly) robust verdict rests on gradient
+        attacks alone, "(upper bound: Square at 200 queries only)" when the only gradient-free attack was short."""
         text = self.status.value.upper() if self.status is Status.SUSPECT else self.status.value
-        if self.status in (Status.ROBUST, Status.PARTLY) and self.gradient_only:
-            text += " (gradient attacks only)"
+        weak = self.weak_square
+        if self.status in (Status.ROBUST, Status.PARTLY) and (self.gradient_only or weak):
+            text += f" (upper bound: Square at {weak.queries} queries only)" if weak else " (gradient attacks only)"
         return text
 
     def __str__(self) -> str:
         lo, hi = self.worst.interval
         head = (f"{self.name}: {self.status_text} at eps {self.eps_text}. Clean {self.clean}; worst case "
                 f"{self.worst} ({self.worst.attack}; 95% interval {lo:.1f}-{hi:.1f})")
+        weak = self.weak_square
+        short = (f" (Square ran with {weak.queries} queries only, under the {SQUARE_MIN_QUERIES} it takes to settle "
+                 f"masking)") if weak else ""
         if self.status is Status.SUSPECT:
             return (head + f"; the checklist failed ({'; '.join(self.failed_checks)}), the signature of gradient "
-                    f"masking, and no gradient-free attack or BPDA was run: {self.worst.acc:.1f}% is an upper bound.")
+                    f"masking, and no gradient-free attack or BPDA was run at a full budget{short}: "
+                    f"{self.worst.acc:.1f}% is an upper bound.")
         parts = [head]
-        if self.failed_checks:
+        if self.failed_checks and self.settled_by is None:      # NOT_ROBUST already: its worst case is low
+            parts.append(f"; the checklist failed ({'; '.join(self.failed_checks)}), and no full-budget attack that "
+                         f"goes around gradients ran{short}, but the worst case is already below the floor")
+        elif self.failed_checks:
             by = self.settled_by
             decided = ("and it is the worst case" if by.attack == self.worst.attack else
                        f"and the worst case, {self.worst.attack} {self.worst}, is "
@@ -150,8 +184,11 @@ class Verdict:
             parts.append(f"; the checklist failed ({'; '.join(self.failed_checks)}), but {by.attack} {by}, which "
                          f"does not follow the defense's gradient, already ran, {decided}")
         if self.status in (Status.ROBUST, Status.PARTLY) and self.gradient_only:
-            parts.append("; no gradient-free attack or BPDA ran, so this is an upper bound from gradient attacks "
-                         "alone (run Square or AutoAttack before calling it robust)")
+            parts.append(f"; no gradient-free attack or BPDA ran at a full budget{short}, so this is an upper bound "
+                         f"(run Square with {SQUARE_MIN_QUERIES}+ queries, or AutoAttack, before calling it robust)")
+        elif self.status in (Status.ROBUST, Status.PARTLY) and weak is not None:
+            parts.append(f"; its worst case comes from a {weak.queries}-query Square, under the {SQUARE_MIN_QUERIES} "
+                         f"it takes to trust a gradient-free number: a longer one may go lower, so it is an upper bound")
         elif self.status in (Status.NOT_ROBUST, Status.OBLIVIOUS_ONLY) and self.worst.acc >= self.floor:
             parts.append(f"; its interval reaches below the {self.floor:.0f}% floor of a robustness claim at this n")
         if self.status is Status.OBLIVIOUS_ONLY:

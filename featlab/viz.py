@@ -183,14 +183,15 @@ LEGEND_NAMES = {"apgd": "apgd (AutoAttack fast: APGD-CE + APGD-T)"}
 
 
 def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title: str = "", label_prefix: str = "",
-                    dataset: str | None = None, zoom: bool = False):
+                    dataset: str | None = None, zoom: bool | float = False):
     """Robust accuracy over eps, one line per ``row[by]`` (an attack, or a threat model).
 
     ``rows``: from :func:`featlab.evaluate.sweep` or :func:`featlab.evaluate.preprocessing_defense`;
     Linf rows above eps 0.5 (the checklist's "reaches ~0" point at 1.0) are left out of the plot.
     ``dataset``: the eps ticks as that dataset writes them (:func:`featlab.data.format_eps`: 2/255,
     4/255, 8/255 on CIFAR); None: plain numbers. ``zoom``: where every point lies above 40%, the y axis spans
-    only the points (at least 10 points wide, up to 100) and the axis label says so; otherwise 0-100.
+    only the points (at least 10 points wide, up to 100) and the axis label says so; otherwise 0-100. A number
+    instead of True is the bottom of the zoomed axis, so that panels side by side share one scale.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
@@ -209,8 +210,8 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
     ax.set_ylabel("accuracy under attack (%)")
     ax.set_ylim(-2, 102)
     low = min((p[1] for pts in groups.values() for p in pts), default=0.0)
-    if zoom and low > 40:
-        bottom = max(0.0, min(low - 3.0, 90.0))
+    if zoom is not False and zoom is not None and low > 40:
+        bottom = max(0.0, min(low - 3.0, 90.0)) if zoom is True else min(float(zoom), low)
         ax.set_ylim(bottom, 101)
         ax.set_ylabel(f"accuracy under attack (%)\nzoomed: {bottom:.0f}-100")
     ax.grid(alpha=0.3)

@@ -380,10 +380,12 @@ def test_05_honest_evaluation(executed):
         assert m[f"{name}/square"] <= m[f"{name}/clean"]          # Square ran on the classifier
     # the live verdicts, from the numbers with their n: the standard model falls, the AFD model holds
     assert m["verdict/mnist_resnet_standard"] == "not robust"
-    assert m["verdict/mnist_resnet_afd"] in ("robust", "partly robust"), m["verdict_text/mnist_resnet_afd"]
     # its embedding collapses on some images (notebook 03: dead input gradients on ~13%): the live checklist fails
-    # gradients-exist, as 03's does, and Square, which ran on it, settles the verdict instead of leaving it SUSPECT
-    assert m["mnist_resnet_afd/checks_passed"] is False and "already ran" in m["verdict_text/mnist_resnet_afd"]
+    # gradients-exist, as 03's does, and a Square of SQUARE_QUERIES (100 here) is too short to settle it: SUSPECT, an
+    # upper bound, where the committed evaluation (5,000 queries) says robust
+    assert m["mnist_resnet_afd/checks_passed"] is False
+    assert m["verdict/mnist_resnet_afd"] == "suspect", m["verdict_text/mnist_resnet_afd"]
+    assert "100 queries only" in m["verdict_text/mnist_resnet_afd"]
     # the committed verdict (results/: AutoAttack and Square on 1,000 images) sits beside it
     assert m["committed_verdict/mnist_resnet_afd"] == "robust", "the shipped AFD has committed records at eps 0.3"
     assert m["runs_next_to_published"] >= 5, "the shipped MNIST classifiers sit next to the published numbers"

@@ -51,9 +51,12 @@ def test_a_suspect_is_settled_by_a_gradient_free_attack_or_bpda_already_run():
     open_case = judge("planted", M("clean", 98.0, 60), [M("pgd10", 90.0, 60)], checks=FAILED)
     assert open_case.status is Status.SUSPECT and "upper bound" in str(open_case)
     assert "the checks pass" not in str(open_case)
-    settled = judge("planted", M("clean", 98.0, 60), [M("pgd10", 90.0, 60), M("square100", 0.0, 60)], checks=FAILED)
-    assert settled.status is Status.NOT_ROBUST and settled.settled_by.attack == "square100"
-    assert "upper bound" not in str(settled) and "square100 0.0% (n=60)" in str(settled)
+    settled = judge("planted", M("clean", 98.0, 60), [M("pgd10", 90.0, 60), M("square1000", 0.0, 60)], checks=FAILED)
+    assert settled.status is Status.NOT_ROBUST and settled.settled_by.attack == "square1000"
+    assert "upper bound" not in str(settled) and "square1000 0.0% (n=60)" in str(settled)
+    # a short Square that breaks the defense still shows it is not robust; it just settles nothing
+    short = judge("planted", M("clean", 98.0, 60), [M("pgd10", 90.0, 60), M("square100", 0.0, 60)], checks=FAILED)
+    assert short.status is Status.NOT_ROBUST and short.settled_by is None and "already below the floor" in str(short)
     bits4 = judge("bits4", M("clean", 97.0, 100), [M("end-to-end", 40.0, 100), M("bpda", 30.0, 100)], checks=FAILED)
     assert bits4.status is Status.PARTLY and bits4.settled_by.attack == "bpda"
 
@@ -94,11 +97,11 @@ def test_a_verdict_from_gradient_attacks_alone_says_so():
 
 def test_the_settled_sentence_names_the_attack_that_decides():
     # Square settles the failed check, but APGD-CE is lower: the sentence must name APGD-CE as the worst case
-    v = judge("den", M("clean", 98.0, 100), [M("end-to-end apgd-ce", 20.0, 100), M("end-to-end square500", 40.0, 100)],
+    v = judge("den", M("clean", 98.0, 100), [M("end-to-end apgd-ce", 20.0, 100), M("end-to-end square5000", 40.0, 100)],
               checks=FAILED)
-    assert v.worst.attack == "end-to-end apgd-ce" and v.settled_by.attack == "end-to-end square500"
+    assert v.worst.attack == "end-to-end apgd-ce" and v.settled_by.attack == "end-to-end square5000"
     assert "the worst case, end-to-end apgd-ce 20.0% (n=100), is lower still" in str(v)
-    w = judge("den", M("clean", 98.0, 100), [M("end-to-end apgd-ce", 60.0, 100), M("end-to-end square500", 40.0, 100)],
+    w = judge("den", M("clean", 98.0, 100), [M("end-to-end apgd-ce", 60.0, 100), M("end-to-end square5000", 40.0, 100)],
               checks=FAILED)
     assert "and it is the worst case" in str(w)
 
@@ -128,3 +131,20 @@ def test_the_headline_has_one_row_per_shipped_model_with_its_n():
     table = results.headline_table(recs)
     assert len(table.splitlines()) == 2 + len(rows)
     assert "| cifar_airnet_afd | cifar10 | 8/255 | 80.5 (200) | 0.0 (200) |" in table
+
+
+def test_a_short_square_settles_nothing_and_a_number_it_decides_is_an_upper_bound():
+    # notebook 05's live AFD: dead gradients fail a check; a 200-query Square on 50 images cannot settle it
+    live = judge("afd", M("clean", 99.5, 200), [M("apgd", 88.0, 50), M("square200", 94.0, 50)], checks=FAILED)
+    assert M("square200", 94.0, 50).queries == 200 and not M("square200", 94.0, 50).settles_masking
+    assert M("committed square", 92.0, 200).settles_masking and M("square5000", 1.0, 9).settles_masking
+    assert live.status is Status.SUSPECT and "200 queries only" in str(live) and "upper bound" in str(live)
+    # no check failed, but the only gradient-free attack was short: robust, as an upper bound
+    clean_checks = judge("at", M("clean", 99.5, 200), [M("apgd", 94.0, 50), M("square200", 96.0, 50)])
+    assert clean_checks.status is Status.ROBUST
+    assert clean_checks.status_text == "robust (upper bound: Square at 200 queries only)"
+    # BPDA settles a failed check, but the worst case is a short Square: the number is an upper bound
+    binar = judge("binarize", M("clean", 99.5, 200), [M("bpda pgd10", 81.5, 200), M("end-to-end square500", 63.0, 100)],
+                  checks=FAILED)
+    assert binar.settled_by.attack == "bpda pgd10" and binar.status is Status.PARTLY
+    assert "500-query Square" in str(binar) and binar.status_text.endswith("(upper bound: Square at 500 queries only)")

@@ -253,6 +253,7 @@ def test_robustness_plot_zooms_only_where_every_point_is_high_and_names_the_fast
     low = high + [{"attack": "fgsm", "eps": 0.3, "robust_acc": 30.0}]
     assert viz.plot_robustness(low, zoom=True).get_ylim() == (-2.0, 102.0)
     assert viz.plot_robustness(high).get_ylim() == (-2.0, 102.0)        # no zoom unless asked
+    assert viz.plot_robustness(high, zoom=80.0).get_ylim() == (80.0, 101.0)     # panels side by side share a bottom
     plt.close("all")
 
 
