@@ -10,8 +10,8 @@ The rules (``../shared/STYLE.md``, "A verdict is a claim about numbers"):
    (partly) robust only when the whole interval clears the floor, and robust only when it clears the share of
    clean accuracy; two tied numbers near a line therefore get the same status far more often than by their points;
 4. a failed checklist makes a number SUSPECT (gradient masking can hide a stronger attack) unless an
-   attack that goes around masked gradients was already run: a gradient-free one (Square, or
-   AutoAttack, which holds Square) or BPDA. Then the worst case already includes it, and the verdict
+   attack that goes around masked gradients was already run: a gradient-free one (Square with at least
+   :data:`SQUARE_MIN_QUERIES` queries, or AutoAttack, which holds Square) or BPDA. Then the worst case already includes it, and the verdict
    says so instead of asking for it.
 
     >>> v = judge("PGD-AT", Measurement("clean", 98.9, 1000),
