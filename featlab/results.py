@@ -166,26 +166,37 @@ def _cross_checks(recs: list[dict[str, Any]], eps: float) -> list[str]:
     return failed
 
 
-def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
-    """The checklist verdict for one eps: a failed check counts if its ``eps`` holds this eps, or is None (a check
-    about every eps, e.g. missing input gradients). Where no record's own
-    checklist fails here, all the attacks on the same images are checked together with today's checklist
-    (:func:`_cross_checks`), whichever calls ran them: a failure there reads "FAIL (checked together: <checks>)"."""
+def _failed_checks(recs: list[dict[str, Any]], eps: float) -> tuple[list[str], bool, bool]:
+    """The failed checks at one eps, by name: a record's own failed check counts if its ``eps`` holds this eps,
+    or is None (a check about every eps, e.g. missing input gradients). Where no record's own checklist fails
+    here, all the attacks on the same images are checked together with today's checklist
+    (:func:`_cross_checks`), whichever calls ran them. Returns (names, checked together, any checklist run)."""
     checked = [r for r in recs if r.get("sanity")]
-    cross = _cross_checks(recs, eps)
-    if not checked and not cross:
-        return "not run"
     here = _eps_key(eps)
+    failed: list[str] = []
     for r in checked:
         for c in r["sanity"].get("checks", []):
             # a failed check's "eps": the eps its failures concern; None: every eps (missing input gradients)
             if not c["passed"] and (c.get("eps") is None or any(_eps_key(e) == here for e in c["eps"])):
-                return "FAIL"
-        if not r["sanity"]["passed"] and not r["sanity"].get("checks"):
-            return "FAIL"
-    if cross:
-        return f"FAIL (checked together: {'; '.join(cross)})"
-    return "pass" if len(checked) == len(recs) else f"pass ({len(checked)} of {len(recs)} records checked)"
+                failed += [c["check"]] if c["check"] not in failed else []
+        if not r["sanity"]["passed"] and not r["sanity"].get("checks") and "unnamed check" not in failed:
+            failed.append("unnamed check")
+    if failed:
+        return failed, False, True
+    cross = _cross_checks(recs, eps)
+    return cross, bool(cross), bool(checked or cross)
+
+
+def _sanity_at(recs: list[dict[str, Any]], eps: float) -> str:
+    """:func:`_failed_checks` as the summary's text: "FAIL: <checks>" (a record's own checklist), "FAIL (checked
+    together: <checks>)", "pass", "pass (k of n records checked)" or "not run"."""
+    failed, together, ran = _failed_checks(recs, eps)
+    if not ran:
+        return "not run"
+    if failed:
+        return f"FAIL (checked together: {'; '.join(failed)})" if together else "FAIL: " + "; ".join(failed)
+    checked = sum(bool(r.get("sanity")) for r in recs)
+    return "pass" if checked == len(recs) else f"pass ({checked} of {len(recs)} records checked)"
 
 
 def worst_case(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -196,7 +207,8 @@ def worst_case(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Per attack, the lowest of its evaluations is kept (they may use different test images: their ``n``),
     and ``worst`` is the lowest of those. ``sanity`` is the checklist's verdict at this eps (the records' own,
     then the attacks of separate calls on the same images checked together: :func:`_sanity_at`); a
-    "FAIL" means even the worst case may be an overestimate until a stronger attack settles it."""
+    "FAIL" means even the worst case may be an overestimate until a stronger attack settles it, and
+    ``failed_checks`` names the failed checks."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         if r["threat_model"] in SEEING + ("oblivious",) and not _is_sanity_point(r):
@@ -220,7 +232,8 @@ def worst_case(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "worst": seeing[wk]["robust_acc"], "worst_attack": wk, "worst_n": seeing[wk]["n_eval"],
                     "clean": (seeing[wk]["clean_acc"], seeing[wk]["n_eval"]),
                     "attacks": {k: (r["robust_acc"], r["n_eval"]) for k, r in by_attack.items()},
-                    "sanity": _sanity_at([r for r in recs if r["threat_model"] in SEEING], eps)})
+                    "sanity": _sanity_at([r for r in recs if r["threat_model"] in SEEING], eps),
+                    "failed_checks": _failed_checks([r for r in recs if r["threat_model"] in SEEING], eps)[0]})
     return out
 
 
@@ -241,13 +254,33 @@ def headline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if w is not None:
             aa = [(acc, n) for a, (acc, n) in w["attacks"].items() if "autoattack" in a]
             row["autoattack"] = min(aa) if aa else None
-            failed = [] if not w["sanity"].startswith("FAIL") else [{"check": f"committed checklist: {w['sanity']}",
-                                                                      "passed": False}]
+            failed = [{"check": f"committed checklist: {name}", "passed": False} for name in w["failed_checks"]]
             row["verdict"] = verdicts.judge(name, verdicts.Measurement("clean", float(w["clean"][0]), int(w["clean"][1])),
                                             [verdicts.Measurement(a, float(acc), int(n)) for a, (acc, n) in w["attacks"].items()],
                                             failed, eps_text=_fmt_eps(eps, dataset, "linf"))
         rows.append(row)
     return rows
+
+
+def committed_verdicts(results_dir: str | os.PathLike | None = None, dataset: str | None = None,
+                       eps: float | None = None) -> dict[str, verdicts.Verdict]:
+    """The committed verdict of each shipped model, by its ``featlab.pretrained`` name, read from ``results_dir``
+    (default: the ``results/`` folder beside the package, present in a clone and absent on Colab or in a wheel,
+    which gives ``{}``). Only ``dataset``'s models if given; ``{}`` when ``eps`` is given and is not the dataset's
+    eps, since the committed verdicts are at that eps. A notebook puts these beside its live verdicts."""
+    rdir = Path(results_dir) if results_dir is not None else Path(__file__).resolve().parent.parent / "results"
+    if not rdir.is_dir():
+        return {}
+    if dataset is not None and eps is not None and abs(float(eps) - data.threat_defaults(dataset)["eps"]) > 1e-9:
+        return {}
+    return {r["name"]: r["verdict"] for r in headline(load(rdir))
+            if r["verdict"] is not None and (dataset is None or r["dataset"] == dataset)}
+
+
+def _attack_text(name: str) -> str:
+    """An attack's key as a reader reads it: "pgd40@0.01" (PGD-40 with a fixed step of 0.01) -> "pgd40, step 0.01"."""
+    head, _, step = str(name).partition("@")
+    return f"{head}, step {step}" if step else str(name)
 
 
 def headline_table(records: list[dict[str, Any]], dataset: str | None = None) -> str:
@@ -263,9 +296,11 @@ def headline_table(records: list[dict[str, Any]], dataset: str | None = None) ->
             lines.append(f"| {r['name']} | {r['dataset']} | {eps} | not evaluated | not run | not evaluated | none |")
             continue
         aa = f"{r['autoattack'][0]:.1f} ({r['autoattack'][1]})" if r["autoattack"] else "not run"
-        status = v.status_text + (f"; its checklist flag is settled by {v.settled_by.attack}" if v.settled_by else "")
+        flags = "; ".join(r["worst_case"]["failed_checks"])
+        status = v.status_text + (f"; its failed check ({flags}) is settled by {_attack_text(v.settled_by.attack)}"
+                                  if v.settled_by else "")
         lines.append(f"| {r['name']} | {r['dataset']} | {eps} | {v.clean.acc:.1f} ({v.clean.n}) | {aa} "
-                     f"| **{v.worst.acc:.1f}** ({v.worst.n}, {v.worst.attack}) | {status} |")
+                     f"| **{v.worst.acc:.1f}** ({v.worst.n}, {_attack_text(v.worst.attack)}) | {status} |")
     return "\n".join(lines)
 
 

@@ -182,7 +182,8 @@ def test_a_failure_named_in_the_datasets_unit_counts_at_that_eps_only():
     recs = [{**base, "eps": e2, "attack": "pgd40", "robust_acc": 50.0},
             {**base, "eps": e8, "attack": "pgd40", "robust_acc": 20.0}]
     at = {round(w["eps"] * 255): w["sanity"] for w in featlab.results.worst_case(recs)}
-    assert at == {8: "FAIL", 2: "pass"}
+    names = "; ".join(c["check"] for c in failed if not c["passed"])
+    assert at == {8: "FAIL: " + names, 2: "pass"}, "the failed check is named, at its eps only"
     assert [c["eps"] for c in failed if not c["passed"]] == [[e8]], "the failure carries its eps as a number"
     # an L2 eps of 1 is not the Linf "1/255" of a failed check
     one = {**sanity, "checks": [{"check": "c", "passed": False, "detail": "square 5.0% < pgd40 9.0% at eps 1/255",

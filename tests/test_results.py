@@ -48,7 +48,7 @@ def test_worst_case_takes_the_strongest_attack_that_sees_the_defense(tmp_path):
     assert (w035["worst"], w035["worst_attack"], w035["worst_n"]) == (11.3, "fgsm", 1000), "oblivious/none never count"
     assert w035["attacks"]["pgd40"] == (30.0, 500), "per attack, its lowest evaluation"
     assert w035["attacks"]["oblivious pgd40"] == (5.0, 1000)
-    assert w035["sanity"] == "FAIL", "the records' own checklist failed at 0.35"
+    assert w035["sanity"] == "FAIL: more PGD steps/restarts do not raise accuracy", "its own checklist failed at 0.35"
     assert w03["sanity"] == "pass", "a failure at eps 0.35 says nothing about eps 0.3"
     assert (w03["worst"], w03["worst_attack"]) == (93.0, "autoattack"), "0.3 and 0.3000001 are one eps"
     assert featlab.results.worst_case([recs[3]]) == [], "an oblivious number alone gives no worst case"
@@ -102,7 +102,7 @@ def test_attacks_of_separate_calls_on_the_same_images_are_checked_together():
                                           "not stronger than gradient attacks) |")
     # a record whose own checklist failed says so first
     failed = {"passed": False, "checks": [{"check": "c", "passed": False, "detail": "x at eps 0.35"}]}
-    assert featlab.results.worst_case([{**apgd, "sanity": failed}, square])[0]["sanity"] == "FAIL"
+    assert featlab.results.worst_case([{**apgd, "sanity": failed}, square])[0]["sanity"] == "FAIL: c", "named"
     # records without a checklist of their own are still checked together
     bare = [{k: v for k, v in r.items() if k != "sanity"} for r in (apgd, square)]
     assert featlab.results.worst_case(bare)[0]["sanity"].startswith("FAIL (checked together")

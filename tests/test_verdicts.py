@@ -133,6 +133,25 @@ def test_the_headline_has_one_row_per_shipped_model_with_its_n():
     assert "| cifar_airnet_afd | cifar10 | 8/255 | 80.5 (200) | 0.0 (200) |" in table
 
 
+def test_committed_verdicts_are_the_headlines_named_by_model_and_name_their_failed_checks(tmp_path):
+    from pathlib import Path
+
+    from featlab import results
+    rdir = Path(__file__).resolve().parent.parent / "results"
+    mnist = results.committed_verdicts(rdir, "mnist")
+    assert mnist == results.committed_verdicts(dataset="mnist"), "default: results/ beside the package"
+    assert mnist and all(name.startswith("mnist_") for name in mnist)
+    assert mnist["mnist_resnet_pgd_at"].worst.acc == 93.9 and mnist["mnist_resnet_pgd_at"].worst.n == 1000
+    # the shipped AFD's failed check is named, so a notebook can say which one the committed Square settles
+    assert mnist["mnist_resnet_afd"].failed_checks == (
+        "committed checklist: gradient-free square not stronger than gradient attacks",)
+    assert results.committed_verdicts(rdir, "mnist", eps=0.2) == {}, "the committed verdicts are at 0.3 only"
+    assert results.committed_verdicts(rdir, "mnist", eps=0.3 + 1e-12) == mnist
+    assert results.committed_verdicts(tmp_path / "absent", "mnist") == {}, "Colab: no results/ folder"
+    assert "its failed check (gradient-free square not stronger than gradient attacks) is settled by square" in \
+        results.headline_table(results.load(rdir), "mnist")
+
+
 def test_a_short_square_settles_nothing_and_a_number_it_decides_is_an_upper_bound():
     # notebook 05's live AFD: dead gradients fail a check; a 200-query Square on 50 images cannot settle it
     live = judge("afd", M("clean", 99.5, 200), [M("apgd", 88.0, 50), M("square200", 94.0, 50)], checks=FAILED)
