@@ -295,3 +295,14 @@ def git_commit(short: bool = False, cwd: str | Path | None = None) -> str:
         return commit + ("+dirty" if dirty and commit != "unknown" else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def running_unattended() -> bool:
+    """True under papermill/CI (``featlab.runner`` sets FEATLAB_NOTEBOOK_RUN=1)."""
+    return os.environ.get("FEATLAB_NOTEBOOK_RUN") == "1"
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Whether a loop shows its progress bar: ``progress`` if given, else everywhere but an unattended
+    notebook run, where the saved notebook would keep a bar's frames as its output."""
+    return (not running_unattended()) if progress is None else bool(progress)

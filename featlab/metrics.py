@@ -18,7 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
-from ._utils import check_labels, check_model_input, check_number, eval_mode, inputs_checked, model_device
+from ._utils import (check_labels, check_model_input, check_number, eval_mode, inputs_checked, model_device,
+                     show_progress)
 from .attacks import Attack, canonical_norm
 
 
@@ -52,7 +53,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500, progress: 
     local = {}
     with eval_mode(model), fp32(device), inputs_checked():        # every submodule's mode restored after
         for b in tqdm(distributed.my_batches(n_batches), desc="predict", leave=False,
-                      disable=not (progress and distributed.is_main())):
+                      disable=not (show_progress(progress) and distributed.is_main())):
             local[b] = model(x[b * batch_size:(b + 1) * batch_size].to(device)).argmax(1).cpu()
     return torch.cat(distributed.gather_batches(local, n_batches)) if n_batches else torch.zeros(0, dtype=torch.long)
 
@@ -97,7 +98,7 @@ def _same_forward(attack_model: nn.Module, model: nn.Module) -> bool:
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                    batch_size: int = 500, progress: bool = True, early_exit: bool = True, seed: int = 0,
+                    batch_size: int = 500, progress: bool | None = None, early_exit: bool = True, seed: int = 0,
                     resume: BatchStore | None = None) -> float:
     """Accuracy in percent on ``attack(x, y)``: the mean of :func:`robust_correct`."""
     ok = robust_correct(model, x, y, attack, batch_size, progress, early_exit, seed, resume=resume)
@@ -173,7 +174,7 @@ class BatchStore:
 
 def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                   batch_size: int = 500, progress: bool = True, early_exit: bool = True,
+                   batch_size: int = 500, progress: bool | None = None, early_exit: bool = True,
                    seed: int = 0, resume: BatchStore | None = None) -> torch.Tensor:
     """Per example (N,) bool: correct both clean and on ``attack(x, y)``, attacking batch by batch in
     fp32 (any autocast around the call is switched off: see :func:`fp32`).
@@ -209,7 +210,7 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     n_batches = _batch_count(len(x), batch_size)
     local: dict[int, torch.Tensor] = {}
     for b in tqdm(distributed.my_batches(n_batches), desc=f"robust acc ({name})", leave=False,
-                  disable=not (progress and distributed.is_main())):
+                  disable=not (show_progress(progress) and distributed.is_main())):
         if resume is not None and (done := resume.get(b)) is not None:
             local[b] = done
             continue

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._utils import check_choice, check_number
+from ._utils import check_choice, check_number, running_unattended  # noqa: F401 (re-exported)
 
 
 _RECORDED: dict[str, Any] = {}
@@ -113,11 +113,6 @@ def check_parameters(values: dict[str, Any], **rules: Rule) -> None:
             wrong.append(f"{name} = {values[name]!r}: must be {rule.describe()}")
     if wrong:
         raise ParameterError("notebook parameters: " + "; ".join(wrong))
-
-
-def running_unattended() -> bool:
-    """True under papermill/CI (the runner sets FEATLAB_NOTEBOOK_RUN=1)."""
-    return os.environ.get("FEATLAB_NOTEBOOK_RUN") == "1"
 
 
 #: the cell tag of a "taught" cell: the step a notebook teaches, written in plain PyTorch

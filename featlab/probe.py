@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from ._utils import check_choice, check_images, check_labels, check_model_input, check_number, eval_mode
-from ._utils import model_device
+from ._utils import model_device, show_progress
 from .models.base import L2Normalize
-from .nbtools import running_unattended
 
 INPUT_TAP = "input"
 
@@ -180,7 +179,7 @@ def sweep(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, eps
     eps_list = [float(e) for e in eps_list]
     out: dict[str, dict[float, dict[str, Distortion]]] = {}
     jobs = [(m, e) for m in models for e in eps_list]
-    show = (not running_unattended()) if progress is None else bool(progress)
+    show = show_progress(progress)
     for name, eps in tqdm(jobs, desc="probe sweep", leave=False, disable=not show):
         model = models[name]
         g = torch.Generator().manual_seed(seed)

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from . import data
-from ._utils import check_choice, check_labels, check_model_input, check_number, eval_mode, model_device
+from ._utils import (check_choice, check_labels, check_model_input, check_number, eval_mode, model_device,
+                     show_progress)
 from .attacks import FGSM, PGD, Attack
 from .metrics import predict, robust_correct
 from .models import Defended
@@ -396,7 +397,7 @@ def success_rates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: 
     source = model if attack_model is None else attack_model
     ok = predict(model, x) == y.cpu()
     xs, ys = x.cpu()[ok], y.cpu()[ok]
-    rates, show = [], (not running_unattended()) if progress is None else progress
+    rates, show = [], show_progress(progress)
     for eps in tqdm(eps_list, desc=desc, leave=False, disable=not show):
         if eps == 0 or len(xs) == 0:
             rates.append(0.0)

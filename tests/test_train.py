@@ -309,3 +309,21 @@ def test_label_smoothing_is_the_objectives_and_checked():
     assert Standard().config() == {"name": "standard"}
     with pytest.raises(ValueError, match="label_smoothing"):
         Standard(label_smoothing=-0.1)
+
+
+def test_progress_bars_show_in_a_live_session_and_not_in_an_unattended_notebook_run(monkeypatch, capsys):
+    """An executed notebook keeps a bar's frames as its output: under the runner (FEATLAB_NOTEBOOK_RUN=1) the
+    training loop and the robust-accuracy loop draw none unless asked; elsewhere they do."""
+    from featlab._utils import show_progress
+
+    torch.manual_seed(0)
+    x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 3
+    model = tiny_model()
+    attack = featlab.attacks.PGD(model, eps=0.1, steps=2)
+    for unattended, drawn in (("1", False), ("0", True)):
+        monkeypatch.setenv("FEATLAB_NOTEBOOK_RUN", unattended)
+        assert show_progress(None) is drawn and show_progress(True) and not show_progress(False)
+        Trainer(model, epochs=1, batch_size=20, device="cpu").fit(x, y)
+        featlab.metrics.robust_accuracy(model, x, y, attack, batch_size=20)
+        err = capsys.readouterr().err
+        assert ("epoch 1/1" in err and "robust acc" in err) is drawn, err[-300:]

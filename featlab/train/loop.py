@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .. import checkpoint as ckpt
 from .. import distributed
 from .._utils import (FastPath, check_choice, check_labels, check_model_input, check_number, choose_fast_path, get_device,
-                      inputs_checked)
+                      inputs_checked, show_progress)
 from ..attacks import PGD
 from ..metrics import accuracy, robust_accuracy
 from .objectives import Objective, Standard, create_objective
@@ -96,7 +96,7 @@ class Trainer:
             existing file there is loaded and training continues after its last epoch.
         seed: fixes the data order of every epoch (default 0).
         eval_attack: ``model -> attack`` used for the per-epoch robust accuracy (optional).
-        progress: show tqdm bars (default True).
+        progress: show tqdm bars (default: everywhere but an unattended notebook run, ``_utils.show_progress``).
         log_every: the logs are read (one device sync) every this many steps (default 25); with a
             ``callback`` they are read every step.
         sync_batchnorm: under torchrun on CUDA, BatchNorm statistics over the global batch
@@ -115,7 +115,7 @@ class Trainer:
                  scheduler: Any = None, scheduler_interval: str = "epoch", augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: str | torch.device | None = "auto", precision: str = "auto",
                  memory_format: str = "auto", checkpoint: str | None = None, resume: bool = True, seed: int = 0,
-                 eval_attack: Callable[[nn.Module], Callable] | None = None, progress: bool = True,
+                 eval_attack: Callable[[nn.Module], Callable] | None = None, progress: bool | None = None,
                  log_every: int = 25, sync_batchnorm: bool = False):
         check_number("epochs", epochs, low=1, integer=True)
         check_number("batch_size", batch_size, low=1, integer=True)
@@ -262,7 +262,7 @@ class Trainer:
                              f"batch; {n} images in batches of {self.batch_size} leave a last batch of {last}. "
                              f"Choose a batch_size that leaves a last batch of at least {world}")
         self._maybe_resume()
-        show = self.progress and main
+        show = show_progress(self.progress) and main
         done = 0
         with inputs_checked():                 # x was checked above: no value check per training forward
             for epoch in range(self.start_epoch, self.epochs):
@@ -327,7 +327,7 @@ class Trainer:
 def train_classifier(model_name: str, x: torch.Tensor, y: torch.Tensor, method: str = "standard", epochs: int = 1,
                      batch_size: int = 128, lr: float = 1e-3, device: str | torch.device | None = "auto",
                      eval_data: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0,
-                     checkpoint: str | None = None, progress: bool = True, num_classes: int | None = None,
+                     checkpoint: str | None = None, progress: bool | None = None, num_classes: int | None = None,
                      **objective_kwargs: Any):
     """Build a registered model and train it with one objective (Adam); returns (model, history).
 
