@@ -1,7 +1,7 @@
 """Matplotlib figures used by the notebooks."""
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -182,8 +182,31 @@ def plot_history(histories: Mapping[str, Sequence[Mapping[str, float]]], keys: S
 LEGEND_NAMES = {"apgd": "apgd (AutoAttack fast: APGD-CE + APGD-T)"}
 
 
+def _plotted(rows: Sequence[Mapping], by: str = "attack") -> dict[str, list]:
+    """{row[by]: [(eps, robust_acc)]} of the rows :func:`plot_robustness` draws (Linf rows above eps 0.5 left out)."""
+    groups: dict[str, list] = {}
+    for r in rows:
+        if r.get("norm", "linf") != "linf" or r["eps"] <= 0.5:
+            groups.setdefault(str(r[by]), []).append((r["eps"], r["robust_acc"]))
+    return groups
+
+
+def shared_zoom(panels: Iterable[Sequence[Mapping]], by: str = "attack", above: float = 40.0,
+                margin: float = 3.0) -> float:
+    """The one y-axis bottom for panels drawn side by side with :func:`plot_robustness` (its ``zoom``): the
+    lowest point of the panels whose points all lie above ``above`` percent, minus ``margin``; 0.0 when no
+    panel qualifies (every panel keeps 0-100). So two robust models are compared on one scale."""
+    lows = [min(acc for pts in g.values() for _, acc in pts) for g in (_plotted(rows, by) for rows in panels) if g]
+    zoomed = [low for low in lows if low > above]
+    return max(0.0, min(zoomed) - margin) if zoomed else 0.0
+
+
+#: markers of the lines of :func:`plot_robustness`, largest first, so a point drawn over another leaves it visible
+MARKERS = (("o", 9), ("s", 7.5), ("^", 6.5), ("D", 5), ("v", 4.5), ("P", 4), ("x", 4))
+
+
 def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title: str = "", label_prefix: str = "",
-                    dataset: str | None = None, zoom: bool | float = False):
+                    dataset: str | None = None, zoom: bool | float = False, chance: float | None = None):
     """Robust accuracy over eps, one line per ``row[by]`` (an attack, or a threat model).
 
     ``rows``: from :func:`featlab.evaluate.sweep` or :func:`featlab.evaluate.preprocessing_defense`;
@@ -191,17 +214,19 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
     ``dataset``: the eps ticks as that dataset writes them (:func:`featlab.data.format_eps`: 2/255,
     4/255, 8/255 on CIFAR); None: plain numbers. ``zoom``: where every point lies above 40%, the y axis spans
     only the points (at least 10 points wide, up to 100) and the axis label says so; otherwise 0-100. A number
-    instead of True is the bottom of the zoomed axis, so that panels side by side share one scale.
+    instead of True is the bottom of the zoomed axis, so that panels side by side share one scale
+    (:func:`shared_zoom`). Each line has its own marker, the first the largest, so points that coincide stay
+    visible. ``chance``: a dotted line at that accuracy (e.g. 10 for ten classes), labelled.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
-    groups: dict[str, list] = {}
-    for r in rows:
-        if r.get("norm", "linf") != "linf" or r["eps"] <= 0.5:
-            groups.setdefault(str(r[by]), []).append((r["eps"], r["robust_acc"]))
-    for name, pts in groups.items():
+    groups = _plotted(rows, by)
+    for (name, pts), (marker, size) in zip(groups.items(), MARKERS * (1 + len(groups) // len(MARKERS))):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label_prefix + LEGEND_NAMES.get(name, name))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, markersize=size, alpha=0.85,
+                label=label_prefix + LEGEND_NAMES.get(name, name))
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:g}%)")
     ax.set_xlabel("eps (pixel units)")
     if dataset is not None and groups:
         ticks = sorted({p[0] for pts in groups.values() for p in pts})

@@ -167,3 +167,18 @@ def test_a_short_square_settles_nothing_and_a_number_it_decides_is_an_upper_boun
                   checks=FAILED)
     assert binar.settled_by.attack == "bpda pgd10" and binar.status is Status.PARTLY
     assert "500-query Square" in str(binar) and binar.status_text.endswith("(upper bound: Square at 500 queries only)")
+
+
+def test_the_published_comparison_is_computed_from_the_committed_verdicts_with_both_n():
+    from featlab import results
+    mnist = results.published_comparison("mnist", results.committed_verdicts(dataset="mnist"))
+    trades = next(s for s in mnist if s.startswith("TRADES"))
+    assert "mnist_resnet_trades's AutoAttack 93.5% (n=1000)" in trades and "92.8% (n=10000)" in trades
+    assert "a tie" in trades, "0.7 points apart on n=1000 and n=10000 is within the noise"
+    madry_cnn = next(s for s in mnist if "mnist_cnn_pgd_at" in s)
+    assert "an upper bound: no AutoAttack committed" in madry_cnn, "a PGD-only number says what it is"
+    # a made-up verdict far below the published number is reported as below, not as a tie
+    low = judge("mnist_resnet_trades", M("clean", 99.0, 1000), [M("autoattack", 80.0, 1000)])
+    assert "is above mnist_resnet_trades's AutoAttack 80.0% (n=1000)" in \
+        results.published_comparison("mnist", {"mnist_resnet_trades": low})[0]
+    assert results.published_comparison("mnist", {}) == []

@@ -254,6 +254,15 @@ def test_robustness_plot_zooms_only_where_every_point_is_high_and_names_the_fast
     assert viz.plot_robustness(low, zoom=True).get_ylim() == (-2.0, 102.0)
     assert viz.plot_robustness(high).get_ylim() == (-2.0, 102.0)        # no zoom unless asked
     assert viz.plot_robustness(high, zoom=80.0).get_ylim() == (80.0, 101.0)     # panels side by side share a bottom
+    # the shared bottom: the lowest point of the panels that zoom (the 1.0 point is the checklist's, not drawn)
+    other = [{"attack": "pgd20", "eps": 0.3, "robust_acc": 92.0}, {"attack": "pgd20", "eps": 1.0, "robust_acc": 0.0}]
+    assert viz.shared_zoom([high, other]) == 85.0 and viz.shared_zoom([high, low, other]) == 85.0
+    assert viz.shared_zoom([low]) == 0.0 and viz.shared_zoom([]) == 0.0
+    # every line its own marker, the first the largest (coinciding points stay visible); a labelled chance line
+    ax = viz.plot_robustness(high, chance=10.0)
+    lines = ax.get_lines()
+    assert [ln.get_marker() for ln in lines[:2]] == ["o", "s"] and lines[0].get_markersize() > lines[1].get_markersize()
+    assert "chance (10%)" in [t.get_text() for t in ax.get_legend().get_texts()] and lines[-1].get_ydata()[0] == 10.0
     plt.close("all")
 
 
