@@ -72,6 +72,18 @@ def _taps(model: nn.Module, x: torch.Tensor, layers: list[str] | None, batch_siz
     return {k: torch.cat(v) for k, v in outs.items()}
 
 
+def default_taps(model: nn.Module) -> list[str]:
+    """The taps a probe measures by default: every tap of ``model.tap_names`` but the encoder's last stage
+    (a :class:`featlab.models.FeatureModel`'s ``"embedding"`` is that stage's output, the same tensor: ``fc1``
+    of the MNIST CNN, ``pool`` of cifar_airnet), so no curve shows one tensor twice. Other models: all taps."""
+    taps = list(model.tap_names)
+    encoder = getattr(model, "encoder", None)
+    stages = [n for n, _ in encoder.named_children()] if isinstance(encoder, nn.Sequential) else []
+    if stages and "embedding" in taps and stages[-1] in taps:
+        taps.remove(stages[-1])
+    return taps
+
+
 @torch.no_grad()
 def compare(model: nn.Module, x: torch.Tensor, perturbed: Mapping[str, torch.Tensor],
             layers: Iterable[str] | None = None, batch_size: int = 1000) -> dict[str, Distortion]:
@@ -81,7 +93,8 @@ def compare(model: nn.Module, x: torch.Tensor, perturbed: Mapping[str, torch.Ten
         model: a featlab model (has ``features`` and ``tap_names``).
         x: clean images (N, C, H, W) in [0, 1].
         perturbed: name -> perturbed images, each shaped like x.
-        layers: taps to measure (default: all of ``model.tap_names``).
+        layers: taps to measure (default: :func:`default_taps`, every tap but the encoder's last stage, which is
+            the same tensor as ``"embedding"``).
         batch_size: images per forward pass (memory only; results do not depend on it).
 
     Returns:
@@ -92,7 +105,7 @@ def compare(model: nn.Module, x: torch.Tensor, perturbed: Mapping[str, torch.Ten
     check_model_input(model, x, name="x")
     if not perturbed:
         raise ValueError("perturbed must map at least one name to perturbed images")
-    layers = None if layers is None else list(model._resolve(layers))
+    layers = default_taps(model) if layers is None else list(model._resolve(layers))
     for name, xp in perturbed.items():
         check_model_input(model, xp, name=f"perturbed[{name!r}]")
         if xp.shape != x.shape:

@@ -37,10 +37,11 @@ def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None,
 
 
 def plot_feature_grid(clean: torch.Tensor, perturbed: torch.Tensor, channels: int = 8,
-                      title: str = "", fig=None):
-    """Feature maps of one image: rows clean / perturbed / |difference|, ``channels`` columns.
+                      title: str = "", fig=None, label: str = "adversarial"):
+    """Feature maps of one image: rows clean / ``label`` (the perturbed maps) / |difference|, ``channels`` columns.
 
-    ``clean`` and ``perturbed`` are one tap of one image, shape (C, H, W).
+    ``clean`` and ``perturbed`` are one tap of one image, shape (C, H, W); ``label`` names the perturbation
+    (default "adversarial"; "sign noise" for noise).
     """
     if clean.dim() != 3 or clean.shape != perturbed.shape:
         raise ValueError(f"clean and perturbed must be (C, H, W) maps of equal shape, got "
@@ -53,7 +54,7 @@ def plot_feature_grid(clean: torch.Tensor, perturbed: torch.Tensor, channels: in
     vmax = float(torch.maximum(clean[order].max(), perturbed[order].max()))
     for j, c in enumerate(order.tolist()):
         dmax = float(diff[order].max()) or 1.0
-        for i, (img, label) in enumerate(((clean, "clean"), (perturbed, "perturbed"), (diff, "|diff| (own scale)"))):
+        for i, (img, label) in enumerate(((clean, "clean"), (perturbed, label), (diff, "|diff| (own scale)"))):
             ax = axes[i][j]
             ax.imshow(img[c].cpu().numpy(), cmap="magma" if i == 2 else "viridis", vmin=0, vmax=dmax if i == 2 else vmax)
             ax.set_xticks([]), ax.set_yticks([])

@@ -19,7 +19,7 @@ def linear_model():
 def test_zero_perturbation_gives_zero_distortion(tiny):
     x = torch.rand(5, 1, 8, 8)
     d = probe.distortion(tiny, x, x.clone())
-    assert d.taps == ["input"] + list(tiny.tap_names)
+    assert d.taps == ["input"] + probe.default_taps(tiny)
     for norm in ("l2", "linf"):
         assert all(v == 0.0 for v in d.mean(norm).values())
 
@@ -163,3 +163,17 @@ def test_ratio_interval_keeps_pairs_and_brackets_the_ratio():
         probe.ratio_interval(a, b, level=1.0)
     with pytest.raises(ValueError, match="mean 0"):
         probe.ratio_interval(a, torch.zeros(50))
+
+
+def test_the_probe_measures_the_embedding_once_not_also_as_the_encoders_last_stage():
+    import featlab
+    from featlab import probe
+    m = featlab.models.create("mnist_cnn")
+    assert m.tap_names[-3:] == ("fc1", "embedding", "logits")
+    assert probe.default_taps(m) == ["conv1", "pool1", "conv2", "pool2", "embedding", "logits"]
+    x = torch.rand(4, 1, 28, 28)
+    d = probe.compare(m, x, {"noise": (x + 0.1).clamp(0, 1)})["noise"]
+    assert d.taps == ["input", "conv1", "pool1", "conv2", "pool2", "embedding", "logits"]
+    # the stage still answers when asked for by name, and it is the same tensor as the embedding
+    both = probe.compare(m, x, {"noise": (x + 0.1).clamp(0, 1)}, layers=["fc1", "embedding"])["noise"]
+    assert torch.equal(both.l2["fc1"], both.l2["embedding"])
