@@ -11,6 +11,24 @@ from ._utils import eval_mode
 from .probe import Distortion
 
 
+def log_ticks(ax, axis: str = "y") -> list[float]:
+    """Plain-number ticks on a log (or symlog) axis: 1, 2, 5 x each power of ten in view, or 1-9 x where
+    that gives fewer than three (matplotlib labels only powers of ten, so an axis that spans less than a
+    decade shows one label, or labels like 4x10^-1). Returns the ticks set ([] when fewer than two fit)."""
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    lo, hi = min(lo, hi), max(lo, hi)
+    for mults in ((1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [t for e in range(-12, 7) for m in mults if lo <= (t := float(f"{m}e{e}")) <= hi]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) < 2:
+        return []
+    axis_obj = ax.yaxis if axis == "y" else ax.xaxis
+    (ax.set_yticks if axis == "y" else ax.set_xticks)(ticks, [f"{t:g}" for t in ticks])
+    axis_obj.set_minor_locator(plt.NullLocator())
+    return ticks
+
+
 def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None, title: str | None = None,
                     styles: Mapping[str, dict] | None = None, log: bool = True):
     """Relative distortion vs depth, one line per named curve: the mean, with a band from the
@@ -27,6 +45,7 @@ def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None,
         ax.set_xticks(list(xs), taps, rotation=30)
     if log:
         ax.set_yscale("log")
+        log_ticks(ax)
     ax.set_xlabel("tap (input -> deeper)")
     ax.set_ylabel(f"relative distortion ({norm})")
     ax.grid(alpha=0.3)
@@ -110,13 +129,7 @@ class LiveLoss:
             ax.plot(self.steps[-len(v):], v, label=k, lw=1)
         if self.log:
             ax.set_yscale("symlog", linthresh=1e-3)
-            # ticks at 1, 2, 5 x each power of ten in view: symlog alone labels only powers of ten (one tick
-            # where the values span less than a decade)
-            lo, hi = ax.get_ylim()
-            ticks = [m * 10.0 ** e for e in range(-3, 6) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
-            if len(ticks) >= 2:
-                ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
-                ax.yaxis.set_minor_locator(plt.NullLocator())
+            log_ticks(ax)
         ax.set_xlabel("step"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
         ax.set_title(self.title)
         return fig

@@ -19,7 +19,7 @@ from .metrics import predict, robust_correct
 from .models import Defended
 from .nbtools import running_unattended
 from .probe import INPUT_TAP, compare, random_noise
-from .viz import plot_distortion, plot_feature_grid
+from .viz import log_ticks, plot_distortion, plot_feature_grid
 
 
 def _check_models_and_data(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor) -> None:
@@ -241,7 +241,7 @@ def make_attack(model: nn.Module, attack: str, eps: float, steps: int = 10) -> A
 
 
 def attributions(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, target_clean: int, target_adv: int,
-                 ig_steps: int = 32) -> dict[str, torch.Tensor]:
+                 ig_steps: int = 64) -> dict[str, torch.Tensor]:
     """captum Integrated Gradients and Saliency maps (H, W) for one clean image x (1, C, H, W) and its
     adversarial x_adv, each for the class the model predicts on that input (``target_clean``, ``target_adv``).
 
@@ -319,7 +319,7 @@ def feature_distortion(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -
 
 
 def explore(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str = "PGD Linf", eps: float = 0.3,
-            steps: int = 10, ig_steps: int = 32) -> dict:
+            steps: int = 10, ig_steps: int = 64) -> dict:
     """Attack one image and say what happened: everything :class:`AttackExplorer` shows for one setting.
 
     Args:
@@ -449,8 +449,8 @@ def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = No
     perturbation (amplified, grey = 0), the top-5 class probabilities before and after (log axis), the feature
     distortion per tap. Bottom: IG from black and from grey, and Saliency, for the clean and the adversarial
     image, each for the class predicted on it (red: evidence for that class, blue: against)."""
-    fig = plt.figure(figsize=(13, 6.2), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.05, 1])
+    fig = plt.figure(figsize=(13, 5.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1])
     axes = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
     delta = res["x_adv"] - res["x"]
     amp = float(delta.abs().max()) or 1.0
@@ -465,7 +465,7 @@ def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = No
     d = res["distortion"]
     if d:
         ax.plot(range(len(d)), list(d.values()), marker="o")
-        ax.set_xticks(range(len(d)), list(d), rotation=60, fontsize=7), ax.set_yscale("log")
+        ax.set_xticks(range(len(d)), list(d), rotation=60, fontsize=7), ax.set_yscale("log"), log_ticks(ax)
         ax.set_xlabel("tap (input -> logits)", fontsize=8), ax.set_ylabel("relative L2 distortion", fontsize=8)
         ax.tick_params(axis="y", labelsize=7), ax.grid(alpha=0.3)
     else:
@@ -527,7 +527,7 @@ class AttackExplorer:
         eps_max: slider maximum in pixel units (default: the dataset's, 0.5 for MNIST, 16/255 for CIFAR,
             shown in /255; 0.5 without a dataset).
         cache_size: results kept (default 256).
-        ig_steps: path points of Integrated Gradients (default 32).
+        ig_steps: path points of Integrated Gradients (default 64: the completeness gap of a 32-point path reached 10-15% on some MNIST maps).
         l2_max: maximum of the L2 slider, shown for "PGD L2" (default: ``eps_max * sqrt(pixels) / 4``,
             3.5 on MNIST, 0.87 on CIFAR-10, around the usual budgets of 2 and 0.5).
         dataset: "mnist", "cifar10"...: the defaults of ``classes`` and ``eps_max``, eps written as the
@@ -540,7 +540,7 @@ class AttackExplorer:
 
     def __init__(self, models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
                  classes: Sequence[str] | None = None, eps_max: float | None = None, cache_size: int = 256,
-                 ig_steps: int = 32, l2_max: float | None = None, dataset: str | None = None):
+                 ig_steps: int = 64, l2_max: float | None = None, dataset: str | None = None):
         _check_models_and_data(models, x, y)
         if dataset is not None:
             check_choice("dataset", dataset, data.DATASETS)

@@ -276,3 +276,17 @@ def test_a_live_log_plot_labels_more_than_one_tick_within_a_decade():
     labels = [t.get_text() for t in ax.get_yticklabels()]
     assert len(labels) >= 3 and "0.1" in labels and "0.05" in labels, labels
     plt.close("all")
+
+
+def test_log_axes_within_one_decade_get_plain_number_ticks():
+    """The explorer's distortion panel spans 0.35-1.1: matplotlib alone labels it 4x10^-1 and 6x10^-1."""
+    import matplotlib.pyplot as plt
+    from featlab import viz
+    _, ax = plt.subplots()
+    ax.plot([0, 1, 2], [0.35, 0.6, 1.1]), ax.set_yscale("log")
+    assert viz.log_ticks(ax) == [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], "1-2-5 gives two ticks here, so 1-9"
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["0.4", "0.5"]
+    _, ax = plt.subplots()
+    ax.plot([0, 1], [0.01, 3.0]), ax.set_yscale("log")
+    assert viz.log_ticks(ax) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0], "two decades: 1-2-5"
+    plt.close("all")
