@@ -274,7 +274,8 @@ def _pipeline_gradient_free(r: Rows):
 
 
 @check("pipeline-ensemble-vs-pgd", "AutoAttack / APGD through the pipeline leaves more than end-to-end PGD",
-       "as ensemble-vs-pgd, through the defense", "the per-image worst case")
+       "through the defense, the ensemble holds PGD's kind of step; beating it means its step size schedule was "
+       "misled by the pipeline's gradient", "the per-image worst case")
 def _pipeline_ensemble_vs_pgd(r: Rows):
     for key, s in _through(r).items():
         if not s.kind.gradient_free:
@@ -285,7 +286,8 @@ def _pipeline_ensemble_vs_pgd(r: Rows):
 
 
 @check("pipeline-pgd-vs-ensemble-gap", "end-to-end PGD far above the ensemble through the pipeline",
-       "as pgd-vs-ensemble-gap, through the defense", "report the ensemble")
+       "through the defense, PGD's fixed steps follow a masked or shattered gradient that the adaptive ensemble "
+       "escapes", "report the ensemble")
 def _pipeline_pgd_vs_ensemble_gap(r: Rows):
     for key, s in _through(r).items():
         if not s.kind.gradient_free and s.kind.parameter_free:

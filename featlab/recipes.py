@@ -58,7 +58,7 @@ def fit_fast_cifar(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective
                    eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
                    eval_attack: Callable[[nn.Module], Callable] | None = None,
                    callback: Callable[[int, dict[str, float]], None] | None = None,
-                   progress: bool = True) -> list[dict[str, Any]]:
+                   progress: bool | None = None) -> list[dict[str, Any]]:
     """Train ``model`` (in place; e.g. ``cifar_airnet``) on CIFAR images with the fast CPU recipe; return the
     per-epoch history.
 
@@ -104,7 +104,7 @@ def fit_fast_cifar(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective
 def train_live(dataset: str, x: torch.Tensor, y: torch.Tensor, method: str = "standard", *, epochs: int = 2,
                eps: float | None = None, steps: int | None = None, device: str | torch.device | None = "auto",
                seed: int = 0, eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-               progress: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:
+               progress: bool | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Train the notebooks' classifier of ``dataset`` here; return (model, per-epoch history).
 
     ``method`` "standard" or "adversarial", at ``eps`` (default the dataset's,
@@ -216,7 +216,7 @@ def fit(dataset: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, object
         device: str | torch.device | None = "auto", seed: int = 0,
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
         eval_attack: Callable[[nn.Module], Callable] | None = None,
-        callback: Callable[[int, dict[str, float]], None] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+        callback: Callable[[int, dict[str, float]], None] | None = None, progress: bool | None = None) -> list[dict[str, Any]]:
     """Train ``model`` in place with the notebooks' recipe of ``dataset``; return the per-epoch history.
 
     * CIFAR-10: :func:`fit_fast_cifar` (SGD, per-step triangle schedule, crop + flip; ``objective`` None
