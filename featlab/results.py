@@ -262,13 +262,19 @@ def headline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def default_dir() -> Path:
+    """The committed ``results/`` folder beside the package: present in a clone of the repository, absent on
+    Colab or in an installed wheel (check ``.is_dir()``)."""
+    return Path(__file__).resolve().parent.parent / "results"
+
+
 def committed_verdicts(results_dir: str | os.PathLike | None = None, dataset: str | None = None,
                        eps: float | None = None) -> dict[str, verdicts.Verdict]:
     """The committed verdict of each shipped model, by its ``featlab.pretrained`` name, read from ``results_dir``
     (default: the ``results/`` folder beside the package, present in a clone and absent on Colab or in a wheel,
     which gives ``{}``). Only ``dataset``'s models if given; ``{}`` when ``eps`` is given and is not the dataset's
     eps, since the committed verdicts are at that eps. A notebook puts these beside its live verdicts."""
-    rdir = Path(results_dir) if results_dir is not None else Path(__file__).resolve().parent.parent / "results"
+    rdir = Path(results_dir) if results_dir is not None else default_dir()
     if not rdir.is_dir():
         return {}
     if dataset is not None and eps is not None and abs(float(eps) - data.threat_defaults(dataset)["eps"]) > 1e-9:

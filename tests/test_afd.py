@@ -242,3 +242,21 @@ def test_micro_batches_give_the_whole_batch_update():
     assert float(lp["ce_clean"]) == pytest.approx(float(lw["ce_clean"]), rel=1e-5)
     with pytest.raises(ValueError, match="micro_batch"):
         AFD(tiny_model(), micro_batch=0)
+
+
+def test_the_no_game_ablation_schedules_no_optimiser_that_never_steps():
+    """AFD(game=False) never runs E's adversarial step: a schedule on its optimiser made torch warn ("lr_scheduler.step()
+    before optimizer.step()") in notebook 03's CIFAR-10 no-game run."""
+    import warnings
+
+    from featlab.train import AFD
+    from conftest import tiny_model
+    torch.manual_seed(0)
+    for game in (True, False):
+        model = tiny_model()
+        afd = AFD(model, eps=0.1, steps=1, step_size=0.1, game=game)
+        assert ("optimizer_e" in afd.optimizers()) is game and "optimizer_d" in afd.optimizers()
+        x, y = torch.rand(32, 1, 8, 8), torch.arange(32) % 3
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)        # the scheduler's warning fails the test
+            featlab.recipes.fit_fast_cifar(model, x, y, epochs=1, batch_size=16, objective=afd, device="cpu")

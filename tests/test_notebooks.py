@@ -120,6 +120,12 @@ def check_02(m, pretrained=True):
         assert m[f"verdict/{name}"] != "robust", (name, m[f"worst/{name}"])
         assert m[f"worst/{name}"] <= m[f"{name}/end-to-end/eps0.3"]
     assert "transfer/feature loss + ResNet/oblivious" in m
+    # section 7: APGD-CE through denoiser + ResNet (first N_PIPELINE images) does at least as well as oblivious PGD (up
+    # to the noise of 40 images), and the verdict on the moved denoiser reads it, not the oblivious number
+    for label in ("ResNet alone", "feature loss + ResNet", "pixel loss + ResNet"):
+        assert m[f"transfer/{label}/end-to-end"] <= m[f"transfer/{label}/oblivious"] + 10, label
+        assert m[f"transfer/{label}/verdict"] != "robust", label
+    assert m["transfer/ResNet alone/verdict"] == "not robust"
     # 5b's sign test reads the share of images where the feature loss leaves the smaller logit distortion
     share = m["distortion/feature_below_pixel_at_logits"]
     assert (m["distortion/sign_test_z"] > 0) == (share > 0.5) or share == 0.5
@@ -131,6 +137,9 @@ def check_02(m, pretrained=True):
         # section 5b's probe: the shipped denoiser removes most of the distortion the attack causes at the logits
         assert m["distortion/feature loss"]["logits"] < 0.5 * m["distortion/no defense"]["logits"]
         assert m["transfer/feature loss + ResNet/oblivious"] > 70, "the denoiser transfers to a classifier it never saw"
+        # ... against an attacker who ignores it; one who attacks the whole pipeline wins
+        assert m["transfer/feature loss + ResNet/end-to-end"] < m["transfer/feature loss + ResNet/oblivious"] - 30
+        assert m["transfer/feature loss + ResNet/verdict"] == "robust only against an oblivious attacker"
         # the shipped denoiser trained for the ResNet itself (its own taps) removes most oblivious perturbations too
         assert m["transfer/feature loss for ResNet + ResNet/oblivious"] > 70
 
@@ -150,6 +159,8 @@ def check_02_cifar(m, pretrained):
     # 4-bit quantisation (steps of 17/255) has a zero gradient: end-to-end PGD learns nothing, BPDA does better
     assert m["bits4/bpda/eps8/255"] < m["bits4/end-to-end/eps8/255"] - 10
     assert "transfer/feature loss + airnet (seed 1)/oblivious" in m
+    other = "feature loss + airnet (seed 1)"       # APGD-CE through the whole pipeline, as on MNIST
+    assert m[f"transfer/{other}/end-to-end"] <= m[f"transfer/{other}/oblivious"] + 10
     if pretrained:
         # the shipped denoiser (all 50,000 images) removes part of an oblivious perturbation, which bit-depth reduction
         # does not; the median filter comes close at these CI sizes (PGD-5, 60 images: denoiser 50.0, median3 51.7
@@ -190,6 +201,8 @@ def check_03(m, pretrained=True):
     rows = results.ablation_rows(results.load(Path(__file__).resolve().parent.parent / "results"), "cifar10")
     assert rows and all(m[f"ablation/{r['run']}"] == r["worst"] for r in rows)
     assert rows[0]["worst"] is not None, "the reference-recipe AFD has its AutoAttack record"
+    # section 7's n counts the held-out images (a quarter of the probe's), not their clean + adversarial embeddings
+    assert m["separability_n"] == round(m["n_probe"] / 4), (m["separability_n"], m["n_probe"])
     if m["dataset"] == "cifar10":
         return check_03_cifar(m, pretrained)
     # the live AFD run learns: an AFD that does not train (or whose game is broken) fails these
@@ -207,6 +220,8 @@ def check_03(m, pretrained=True):
     # sizes: 89.8 vs 64.8, n=128)
     assert m["AFD without the game/separability"] > m["AFD/separability"] + 10
     others = ("PGD-AT (shipped)", "TRADES (shipped)") if pretrained else ("PGD-AT", "TRADES")
+    for name in others:            # TRADES as well as PGD-AT in section 6's curves and section 7's probe
+        assert f"distortion_cut/{name}" in m and f"{name}/separability" in m, name
     for name in ("AFD", "AFD without the game") + others:
         assert m[f"{name}/pgd_acc"] <= m[f"{name}/fgsm_acc"] + 5, f"{name}: PGD is at least as strong as FGSM"
     for name in ("standard", "AFD", "AFD without the game") + others:
@@ -226,6 +241,11 @@ def check_03(m, pretrained=True):
         assert m["AFD (shipped)/dead_grad"] > 1 and m["status/AFD (shipped)"] == "robust"
         assert "committed square" in m["verdict/AFD (shipped)"] and "already ran" in m["verdict/AFD (shipped)"]
         assert m["worst/AFD (shipped)"][2].startswith("committed ")
+        # section 6 puts the committed worst case beside its PGD-only numbers: the one the verdict uses
+        assert m["committed_worst/AFD (shipped)"][:2] == m["worst/AFD (shipped)"][:2]
+        # section 4 reads the budgets from the recorded commands: TRADES's training attack is not the others'
+        attack = {name: m[f"budget/{name}"]["training attack"] for name in others + ("AFD (shipped)",)}
+        assert attack["PGD-AT (shipped)"] == attack["AFD (shipped)"] != attack["TRADES (shipped)"], attack
 
 
 def check_03_cifar(m, pretrained):

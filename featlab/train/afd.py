@@ -114,7 +114,10 @@ class AFD(Objective):
         distributed.broadcast_module(self.discriminator)     # under torchrun: rank 0's D everywhere
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"optimizer_e": self.optimizer_e, "optimizer_d": self.optimizer_d}
+        """The optimisers the Trainer schedules and checkpoints besides its own: D's, and E's when the game is
+        on (with ``game=False`` E's adversarial step never runs, so its optimiser never steps: a schedule on it
+        would only warn that the scheduler stepped before the optimiser)."""
+        return ({"optimizer_e": self.optimizer_e} if self.game else {}) | {"optimizer_d": self.optimizer_d}
 
     def _autocast(self):
         trainer = getattr(self, "trainer", None)
