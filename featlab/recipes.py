@@ -29,7 +29,7 @@ LIVE_MODELS = {"mnist": "mnist_cnn", "cifar10": "cifar_airnet"}     # what train
 #: model trained here instead, so that no notebook cell branches on the dataset (:func:`lineup`)
 LINEUPS: dict[str, dict[str, Any]] = {
     "mnist": dict(standard="mnist_cnn_standard", robust="mnist_cnn_pgd_at", robust_label="PGD-AT",
-                  denoiser="mnist_denoiser_feature", denoisers=("mnist_denoiser_feature", "mnist_denoiser_pixel"),
+                  denoiser="mnist_denoiser_feature", denoisers=("mnist_denoiser_feature",),
                   compared=("mnist_resnet_standard", "mnist_resnet_pgd_at", "mnist_resnet_trades", "mnist_resnet_afd"),
                   live_epochs=2, live_at_steps=5, full_epochs=10, full_at_steps=10, feature_tap="conv2"),
     "cifar10": dict(standard="cifar_airnet_standard", robust="cifar_airnet_fast_at", robust_label="Fast-AT",
@@ -43,8 +43,8 @@ LINEUPS: dict[str, dict[str, Any]] = {
 def lineup(dataset: str) -> dict[str, Any]:
     """The notebooks' models and live-training defaults for ``dataset`` (:data:`LINEUPS`; a fresh dict):
     ``standard``, ``robust`` (and its ``robust_label``), ``denoiser``: shipped names; ``compared`` and ``denoisers``:
-    the shipped classifiers and denoisers notebook 05 evaluates (the feature-loss denoiser and, where shipped, its
-    pixel-loss twin); ``live_epochs`` / ``live_at_steps``: a model trained here instead (the
+    the shipped classifiers and denoisers notebook 05 evaluates (the feature-loss denoiser: its pixel-loss twin is
+    notebook 02's comparison, and 05 stays under its time budget without it); ``live_epochs`` / ``live_at_steps``: a model trained here instead (the
     adversarial one with that many attack steps; one step is Fast-AT); ``full_*``: the GPU schedule;
     ``feature_tap``: the tap whose feature maps notebook 01 shows."""
     check_choice("dataset", dataset, LINEUPS)
