@@ -83,8 +83,8 @@ def test_shipped_cifar_denoiser_undoes_part_of_an_oblivious_attack_and_none_thro
     x_obl = pgd(d.classifier)(x, y)                   # the attacker sees the bare classifier only
     clean, oblivious = featlab.metrics.accuracy(d, x, y), featlab.metrics.accuracy(d, x_obl, y)
     through = featlab.metrics.robust_accuracy(d, x, y, pgd(d), seed=0, progress=False)
-    # RESULTS.md, 1,000 images, PGD-20: clean 90.9, oblivious 48.4, end-to-end 0.1
-    assert clean > 85 and oblivious > 30 and through < 10, (clean, oblivious, through)
+    # RESULTS.md, 1,000 images, PGD-20: clean 90.6, oblivious 66.7, end-to-end 0.1 (the 2-epoch one it replaced: 48.4)
+    assert clean > 85 and oblivious > 55 and through < 10, (clean, oblivious, through)
     assert featlab.metrics.accuracy(d.classifier, x_obl, y) < 5, "the oblivious attack fools the bare classifier"
 
 
