@@ -489,7 +489,8 @@ def published_table(records: list[dict[str, Any]], dataset: str, eps: float | No
                     shipped_only: bool = False) -> str:
     """Our classifiers next to the published numbers of :data:`PUBLISHED` at ``dataset``'s Linf eps (default
     :func:`featlab.data.threat_defaults`: 0.3, 8/255): the published rows (clean, as reported, AutoAttack; on the
-    full test set), then every run of ours with a white-box record there: its clean accuracy, its AutoAttack
+    full test set), then every run of ours with a white-box record there: its clean accuracy (on the worst case's
+    images, as :func:`headline_table` shows it), its AutoAttack
     number with its n ("not run" when it has none), and its worst case over every attack with the checklist's
     verdict (:func:`worst_case`); a run shipped in :mod:`featlab.pretrained` says under which name. With
     ``shipped_only`` only those runs (what a reader of the notebooks met), not the experimental ones. Returns ""
@@ -515,7 +516,7 @@ def published_table(records: list[dict[str, Any]], dataset: str, eps: float | No
     for w in ours:
         aa = w["attacks"].get("autoattack")
         aa_cell = f"**{aa[0]:.2f}** ({aa[1]})" if aa else "not run"
-        n_clean, c = clean[w["run"]]
+        c, n_clean = w["clean"]          # the worst case's own images, as the headline table shows it
         clean_cell = f"{c:.2f} ({n_clean})"
         name = w["run"] + (f" (shipped: `{shipped[w['run']]}`)" if w["run"] in shipped else "")
         lines.append(f"| featlab | {name} | {clean_cell} | - | {aa_cell} | {w['worst']:.2f} "

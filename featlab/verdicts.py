@@ -137,6 +137,12 @@ class Verdict:
     floor: float = 10.0                      # judge's robust_floor
 
     @property
+    def _failed_text(self) -> str:
+        """The failed checks, each quoted: a check is named by what it expects ("input gradients exist"), so
+        unquoted, "failed (input gradients exist)" read as if the failure were that they exist."""
+        return ", ".join(f"'{c}'" for c in self.failed_checks)
+
+    @property
     def gradient_only(self) -> bool:
         """True when no attack that goes around masked gradients (:data:`SETTLERS`) saw the defense at a full
         budget: the worst case is then an upper bound, whatever the checklist says."""
@@ -169,23 +175,23 @@ class Verdict:
         short = (f" (Square ran with {weak.queries} queries only, under the {SQUARE_MIN_QUERIES} it takes to settle "
                  f"masking)") if weak else ""
         if self.status is Status.SUSPECT:
-            return (head + f"; the checklist failed ({'; '.join(self.failed_checks)}), the signature of gradient "
+            return (head + f"; these checks failed: {self._failed_text}, the signature of gradient "
                     f"masking, and no gradient-free attack or BPDA was run at a full budget{short}: "
                     f"{self.worst.acc:.1f}% is an upper bound.")
         parts = [head]
         if self.failed_checks and self.settled_by is None:      # NOT_ROBUST already: its worst case is low
-            parts.append(f"; the checklist failed ({'; '.join(self.failed_checks)}), and no full-budget attack that "
+            parts.append(f"; these checks failed: {self._failed_text}, and no full-budget attack that "
                          f"goes around gradients ran{short}, but the worst case is already below the floor")
         elif self.failed_checks:
             by = self.settled_by
             decided = ("and it is the worst case" if by.attack == self.worst.attack else
                        f"and the worst case, {self.worst.attack} {self.worst}, is "
                        + ("as low" if by.acc == self.worst.acc else "lower still"))
-            parts.append(f"; the checklist failed ({'; '.join(self.failed_checks)}), but {by.attack} {by}, which "
+            parts.append(f"; these checks failed: {self._failed_text}, but {by.attack} {by}, which "
                          f"does not follow the defense's gradient, already ran, {decided}")
         if self.status in (Status.ROBUST, Status.PARTLY) and self.gradient_only:
             parts.append(f"; no gradient-free attack or BPDA ran at a full budget{short}, so this is an upper bound "
-                         f"(run Square with {SQUARE_MIN_QUERIES}+ queries, or AutoAttack, before calling it robust)")
+                         f"that Square with {SQUARE_MIN_QUERIES}+ queries, or AutoAttack, would confirm or lower")
         elif self.status in (Status.ROBUST, Status.PARTLY) and weak is not None:
             parts.append(f"; its worst case comes from a {weak.queries}-query Square, under the {SQUARE_MIN_QUERIES} "
                          f"it takes to trust a gradient-free number: a longer one may go lower, so it is an upper bound")
@@ -239,10 +245,12 @@ def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], ch
 
 
 def rank(verdicts: Iterable[Verdict]) -> list[list[Verdict]]:
-    """Defenses ranked by their worst case, best first; a group holds verdicts tied with its first."""
+    """Defenses ranked by their worst case, best first. A verdict within binomial noise of the one ranked just above
+    it shares that one's place, so no two neighbours that tie get different places (ties chain: 5% and 0% may
+    share a place through a 1% between them, though 5% and 0% alone would not tie)."""
     groups: list[list[Verdict]] = []
     for v in sorted(verdicts, key=lambda v: -v.worst.acc):
-        if groups and tie(groups[-1][0].worst, v.worst):
+        if groups and tie(groups[-1][-1].worst, v.worst):
             groups[-1].append(v)
         else:
             groups.append([v])

@@ -239,8 +239,7 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, markersize=size, alpha=0.85,
                 label=label_prefix + LEGEND_NAMES.get(name, name))
-    if chance is not None:
-        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:g}%)")
+
     ax.set_xlabel("eps (pixel units)")
     if dataset is not None and groups:
         ticks = sorted({p[0] for pts in groups.values() for p in pts})
@@ -253,6 +252,8 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
         bottom = max(0.0, min(low - 3.0, 90.0)) if zoom is True else min(float(zoom), low)
         ax.set_ylim(bottom, 101)
         ax.set_ylabel(f"accuracy under attack (%)\nzoomed: {bottom:.0f}-100")
+    if chance is not None and ax.get_ylim()[0] < chance:      # a zoomed axis above it leaves it out of the legend too
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:g}%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:

@@ -157,7 +157,7 @@ class FeatureNoiseExplorer:
                 axes[0][j].set_title(f"ch {ch}", fontsize=8)
             d = float(res[name]["distortion"]["adversarial"].l2[tap][i])
             sub.suptitle(f"{name}: relative L2 distortion {d:.2f}", fontsize=10)
-        sub.colorbar(im, ax=axes[2, :].tolist(), shrink=0.9, label="|diff| / largest clean\nactivation (all models)")
+        sub.colorbar(im, ax=axes[2, :].tolist(), shrink=0.9, label="|diff| / its model's largest\nclean activation (one scale)")
         fig.suptitle(f"tap {tap}, image {i}, eps {self.eps_label(eps)}, each model under its own "
                      f"PGD-{self.attack_steps}")
         return fig

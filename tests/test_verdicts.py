@@ -45,6 +45,11 @@ def test_ties_share_a_rank():
     groups = rank([c, b, a])
     assert [[v.name for v in g] for g in groups] == [["A", "B"], ["C"]]
     assert ranking_text([a, b, c]).splitlines()[0].endswith("(tied: within binomial noise)")
+    # notebook 02's case: 5.0% and 0.0% do not tie, but 1.0% ties with both: neighbours that tie share a place
+    five, one, zero = (judge(n, M("clean", 99.0, 100), [M("apgd-ce", acc, k)])
+                       for n, acc, k in (("five", 5.0, 100), ("one", 1.0, 100), ("zero", 0.0, 200)))
+    assert not tie(five.worst, zero.worst) and tie(five.worst, one.worst) and tie(one.worst, zero.worst)
+    assert [[v.name for v in g] for g in rank([zero, one, five])] == [["five", "one", "zero"]]
 
 
 def test_a_suspect_is_settled_by_a_gradient_free_attack_or_bpda_already_run():

@@ -263,6 +263,8 @@ def test_robustness_plot_zooms_only_where_every_point_is_high_and_names_the_fast
     lines = ax.get_lines()
     assert [ln.get_marker() for ln in lines[:2]] == ["o", "s"] and lines[0].get_markersize() > lines[1].get_markersize()
     assert "chance (10%)" in [t.get_text() for t in ax.get_legend().get_texts()] and lines[-1].get_ydata()[0] == 10.0
+    zoomed = viz.plot_robustness(high, chance=10.0, zoom=80.0)           # the line would sit off the zoomed axis
+    assert "chance (10%)" not in [t.get_text() for t in zoomed.get_legend().get_texts()]
     plt.close("all")
 
 
