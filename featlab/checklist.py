@@ -286,8 +286,8 @@ def _pipeline_ensemble_vs_pgd(r: Rows):
 
 
 @check("pipeline-pgd-vs-ensemble-gap", "end-to-end PGD far above the ensemble through the pipeline",
-       "through the defense, PGD's fixed steps follow a masked or shattered gradient that the adaptive ensemble "
-       "escapes", "report the ensemble")
+       "through the defense, PGD's fixed steps follow a masked or shattered gradient that an adaptive attack (APGD, "
+       "alone or in AutoAttack's ensemble) escapes, or PGD's budget is too small", "report the ensemble")
 def _pipeline_pgd_vs_ensemble_gap(r: Rows):
     for key, s in _through(r).items():
         if not s.kind.gradient_free and s.kind.parameter_free:

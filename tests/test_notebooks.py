@@ -131,7 +131,7 @@ def check_02(m, pretrained=True):
     assert (m["distortion/sign_test_z"] > 0) == (share > 0.5) or share == 0.5
     # ... and at every spatial tap the feature loss is trained on (the paper's idea tested where it acts)
     words = m["distortion/sign_test_taps"]
-    assert list(words) == ["conv1", "pool1", "conv2", "pool2", "logits"], words
+    assert set(words) == {"conv1", "pool1", "conv2", "pool2", "logits"}, words     # the metrics file sorts its keys
     assert set(words.values()) <= {"a tie", "feature lower", "pixel lower"}
     assert (words["logits"] == "a tie") == (abs(m["distortion/sign_test_z"]) <= 1.96)
     if pretrained:
