@@ -417,7 +417,7 @@ def ablation_table(records: list[dict[str, Any]], dataset: str = "cifar10", eps:
 
 
 # Published robust accuracies to compare with (percent). "ours": the shipped featlab models trained with the same
-# method (another architecture and a shorter budget: a comparison of methods, not of models). MNIST rows: AutoAttack's MNIST Linf 0.3
+# method (another architecture and a shorter budget: a comparison of recipes, not of methods). MNIST rows: AutoAttack's MNIST Linf 0.3
 # table (Croce & Hein 2020, arXiv 2003.01690, and its leaderboard in the fra31/auto-attack
 # repository, which adds later entries such as Gowal et al. 2020): clean / as reported by the
 # authors / under AutoAttack. CIFAR-10 rows: RobustBench (AutoAttack).
