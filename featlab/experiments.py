@@ -459,6 +459,7 @@ def _base_record(target: Target, c: EvalConfig, n: int, device: torch.device) ->
             "train_device": config.get("device"), "device": device_description(device),
             **({"train_commit": config["commit"]} if config.get("commit") else {}),
             **({"train_resumed_at_commits": config["resumed_at_commits"]} if config.get("resumed_at_commits") else {}),
+            **({"train_objective": config["objective"]} if config.get("objective") else {}),   # what it was trained on
             "train_precision": config.get("precision", "fp32"),
             "train_memory_format": config.get("memory_format", "contiguous"),
             "precision": "fp32", "world_size": distributed.world_size(), **target.trained,

@@ -31,12 +31,16 @@ LINEUPS: dict[str, dict[str, Any]] = {
     "mnist": dict(standard="mnist_cnn_standard", robust="mnist_cnn_pgd_at", robust_label="PGD-AT",
                   denoiser="mnist_denoiser_feature", denoisers=("mnist_denoiser_feature",),
                   compared=("mnist_resnet_standard", "mnist_resnet_pgd_at", "mnist_resnet_trades", "mnist_resnet_afd"),
-                  live_epochs=2, live_at_steps=5, full_epochs=10, full_at_steps=10, feature_tap="conv2"),
+                  live_epochs=2, live_at_steps=5, full_epochs=10, full_at_steps=10, feature_tap="conv2",
+                  n_images=300, n_curve=300, n_eval=200, aa_n=50, attacks=("fgsm", "pgd10", "pgd20")),
     "cifar10": dict(standard="cifar_airnet_standard", robust="cifar_airnet_fast_at", robust_label="Fast-AT",
                     denoiser="cifar_airnet_denoiser_feature", denoisers=("cifar_airnet_denoiser_feature",),
                     compared=("cifar_airnet_standard", "cifar_airnet_fast_at", "cifar_airnet_afd", "cifar_airnet_pgd_at",
                               "cifar_airnet_l2_afd"),
-                    live_epochs=8, live_at_steps=1, full_epochs=18, full_at_steps=1, feature_tap="block1"),
+                    live_epochs=8, live_at_steps=1, full_epochs=18, full_at_steps=1, feature_tap="block1",
+                    # fewer test images than MNIST: an attack on cifar_airnet costs about 4x one on mnist_cnn (notebook
+                    # 01's probe: 210 s vs 49 s on the same 300 images, one CPU thread); the committed numbers use 1,000
+                    n_images=100, n_curve=100, n_eval=100, aa_n=20, attacks=("fgsm", "pgd10")),
 }
 
 
@@ -46,7 +50,9 @@ def lineup(dataset: str) -> dict[str, Any]:
     the shipped classifiers and denoisers notebook 05 evaluates (the feature-loss denoiser: its pixel-loss twin is
     notebook 02's comparison, and 05 stays under its time budget without it); ``live_epochs`` / ``live_at_steps``: a model trained here instead (the
     adversarial one with that many attack steps; one step is Fast-AT); ``full_*``: the GPU schedule;
-    ``feature_tap``: the tap whose feature maps notebook 01 shows."""
+    ``feature_tap``: the tap whose feature maps notebook 01 shows; the live sizes, in test images: ``n_images``
+    (notebook 01's probe), ``n_curve`` (04's success curves), ``n_eval`` and ``aa_n`` (05's sweep, and its
+    AutoAttack and Square), and ``attacks``, 05's sweep (CIFAR-10 without PGD-20, which would double its time)."""
     check_choice("dataset", dataset, LINEUPS)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in LINEUPS[dataset].items()}
 
@@ -151,16 +157,18 @@ def shipped_or_trained(name: str, train: Callable[[], nn.Module], device: str | 
 #: per dataset: notebook 02's denoiser lab, so that no notebook cell branches on the dataset (:func:`denoiser_lab`)
 DENOISER_LABS: dict[str, dict[str, Any]] = {
     "mnist": dict(controls=("binarize", "bits4", "median3"), classifier_epochs=2, full_classifier_epochs=3,
-                  n_pipeline=100,
+                  n_eval=200, n_pipeline=100,
                   # the shipped denoisers; they replace the three trained live (a short demo run still trains)
                   shipped={"feature loss": "mnist_denoiser_feature", "pixel loss": "mnist_denoiser_pixel",
-                           "separate extractor": "mnist_denoiser_feature_resnet"}, shipped_replace_live=True,
+                           "separate extractor": "mnist_denoiser_feature_resnet"},
                   other_label="ResNet", other_shipped="mnist_resnet_standard",
                   other_own_denoiser="mnist_resnet_denoiser_feature"),
-    # binarising destroys a colour image: no binarize control; the shipped feature-loss denoiser joins the three
-    # trained live as a fourth row; the other classifier is a second cifar_airnet from the next seed
-    "cifar10": dict(controls=("bits4", "median3"), classifier_epochs=8, full_classifier_epochs=18, n_pipeline=50,
-                    shipped={"feature loss (shipped)": "cifar_airnet_denoiser_feature"}, shipped_replace_live=False,
+    # binarising destroys a colour image: no binarize control; the feature- and pixel-loss denoisers are shipped
+    # (5 epochs on all 50,000 images), the separate extractor is not (with PRETRAINED it is left out); the other
+    # classifier is a second cifar_airnet from the next seed; fewer test images than MNIST (as in LINEUPS)
+    "cifar10": dict(controls=("bits4", "median3"), classifier_epochs=8, full_classifier_epochs=18, n_eval=50,
+                    n_pipeline=20,
+                    shipped={"feature loss": "cifar_airnet_denoiser_feature", "pixel loss": "cifar_airnet_denoiser_pixel"},
                     other_label="airnet (seed 1)", other_shipped=None, other_own_denoiser=None),
 }
 
@@ -168,13 +176,17 @@ DENOISER_LABS: dict[str, dict[str, Any]] = {
 #: rates, and the shipped models the notebook sets beside the live ones
 AFD_LABS: dict[str, dict[str, Any]] = {
     "mnist": dict(arch="mnist_resnet", n_train=10000, epochs=2, batch_size=64, attack_steps=5,
+                  n_eval=500, n_plot=200, n_probe=512,
                   afd_lrs={},                                   # the AFD code's MNIST rates (AFD's defaults)
                   step_sizes={40: 0.01},                        # PGD-40 at step 0.01: Madry et al.'s MNIST attack
                   standard="mnist_resnet_standard",
                   shipped={"PGD-AT (shipped)": "mnist_resnet_pgd_at", "TRADES (shipped)": "mnist_resnet_trades",
                            "AFD (shipped)": "mnist_resnet_afd"}),
     # the AFD code's MNIST rates make the cifar_airnet game diverge (chance accuracy): half of them
-    "cifar10": dict(arch="cifar_airnet", n_train=5000, epochs=4, batch_size=100, attack_steps=2,
+    # the live budget is what 4 minutes on a 2-core CPU allow: the game's mechanism, not CIFAR-10 accuracy (the
+    # shipped models carry the numbers, trained by `featlab train` on all 50,000 images)
+    "cifar10": dict(arch="cifar_airnet", n_train=2000, epochs=2, batch_size=50, attack_steps=2,
+                    n_eval=100, n_plot=100, n_probe=256,
                     afd_lrs=dict(lr_ec=0.2, lr_e=0.02, lr_d=0.05), step_sizes={},
                     standard="cifar_airnet_standard",
                     shipped={"Fast-AT (shipped)": "cifar_airnet_fast_at", "AFD (shipped)": "cifar_airnet_afd",
@@ -195,16 +207,18 @@ def denoiser_lab(dataset: str) -> dict[str, Any]:
     """Notebook 02's defaults for ``dataset`` (:data:`DENOISER_LABS`, a fresh dict) plus the threat model's
     (:func:`featlab.data.threat_defaults`: ``eps``, ``eps_list``, ``denoiser_eps_range``): ``controls``,
     the preprocessing without learning; ``classifier_epochs`` (``full_classifier_epochs`` on the GPU schedule)
-    of a classifier trained here; ``n_pipeline``, the images for the whole-pipeline attacks (Square's queries
-    through every defense are slow on a CPU); ``shipped``, label -> shipped denoiser, and
-    ``shipped_replace_live`` (True: they replace the live three; False: they join them); ``other_*``: the
+    of a classifier trained here; ``n_eval``, the test images of the threat-model sweep, and ``n_pipeline``, those
+    of the whole-pipeline attacks (Square's queries through every defense are slow on a CPU); ``shipped``, label ->
+    shipped denoiser (with PRETRAINED they replace the live ones, and a variant not listed is left out); ``other_*``: the
     second classifier (:func:`second_classifier`) and the shipped denoiser trained for it, if any."""
     return {**_lab(DENOISER_LABS, dataset), **data.threat_defaults(dataset)}
 
 
 def afd_lab(dataset: str) -> dict[str, Any]:
     """Notebook 03's defaults for ``dataset`` (:data:`AFD_LABS`, a fresh dict): ``arch`` of every model,
-    the live budget (``n_train``, ``epochs``, ``batch_size``, ``attack_steps``), ``afd_lrs`` (keyword
+    the live budget (``n_train``, ``epochs``, ``batch_size``, ``attack_steps``), the test images of its evaluation
+    (``n_eval``) and of its embedding and distortion figures (``n_plot``), the probe's training images
+    (``n_probe``), ``afd_lrs`` (keyword
     arguments of :class:`featlab.train.AFD`), ``step_sizes`` (attack steps -> a training step size that
     differs from :func:`featlab.attacks.step_size_for`), and the shipped ``standard`` and ``shipped``
     (label -> name) models."""
@@ -256,3 +270,135 @@ def second_classifier(dataset: str, x: torch.Tensor, y: torch.Tensor, *, epochs:
         lab["other_shipped"], lambda: train_classifier("mnist_resnet", x, y, epochs=1, device=device, seed=seed,
                                                        lr=3e-3)[0], device, use_shipped=use_shipped)
     return model, lab["other_label"], shipped
+
+
+# --------------------------------------------------------------------------- one setup call per notebook
+def _eps_list() -> Any:
+    from .nbtools import Number, Rule
+    return Rule("list", item=Number(0, 1), none=True)
+
+
+def _fill_01(dataset: str, v: dict[str, Any]) -> dict[str, Any]:
+    lab, threat = lineup(dataset), data.threat_defaults(dataset)
+    out = {"EPS_LIST": v["EPS_LIST"] or threat["eps_list"], "EPOCHS": v["EPOCHS"] or lab["live_epochs"],
+           "AT_STEPS": v["AT_STEPS"] or lab["live_at_steps"], "N_IMAGES": v["N_IMAGES"] or lab["n_images"]}
+    out["AT_EPOCHS"] = v["AT_EPOCHS"] or out["EPOCHS"]
+    if v["FULL_SCHEDULE"]:
+        out.update(TRAIN_LIMIT=None, EPOCHS=lab["full_epochs"], AT_EPOCHS=lab["full_epochs"], AT_STEPS=lab["full_at_steps"])
+    return out
+
+
+def _fill_02(dataset: str, v: dict[str, Any]) -> dict[str, Any]:
+    lab = denoiser_lab(dataset)
+    eps = v["EPS"] or lab["eps"]
+    out = {"EPS": eps, "EPS_LIST": sorted(set(v["EPS_LIST"] or lab["eps_list"]) | {eps}),   # the verdicts' eps is swept
+           "TRAIN_EPS": v["TRAIN_EPS"] or lab["denoiser_eps_range"][1],
+           "CONTROLS": v["CONTROLS"] if v["CONTROLS"] is not None else lab["controls"],
+           "CLASSIFIER_EPOCHS": v["CLASSIFIER_EPOCHS"] or lab["classifier_epochs"], "N_EVAL": v["N_EVAL"] or lab["n_eval"],
+           "N_PIPELINE": v["N_PIPELINE"] or lab["n_pipeline"]}
+    if v["FULL_SCHEDULE"]:
+        out.update(N_TRAIN=None, CLASSIFIER_EPOCHS=lab["full_classifier_epochs"], EPOCHS=8, ATTACK_STEPS=40, N_EVAL=1000,
+                   N_PIPELINE=1000, PIPELINE_ATTACKS=["autoattack"])
+    return out
+
+
+def _fill_03(dataset: str, v: dict[str, Any]) -> dict[str, Any]:
+    lab = afd_lab(dataset)
+    out = {k: v[k] or lab[k.lower()] for k in ("N_TRAIN", "EPOCHS", "BATCH_SIZE", "ATTACK_STEPS", "N_EVAL", "N_PLOT",
+                                                "N_PROBE")}
+    out["EPS"] = v["EPS"] or data.threat_defaults(dataset)["eps"]
+    if v["FULL_SCHEDULE"]:            # the paper's schedule (its lr drops: AFD_FULL_MILESTONES)
+        out.update(N_TRAIN=None, EPOCHS=100, ATTACK_STEPS=40, N_EVAL=10000, BATCH_SIZE=128)
+    return out
+
+
+def _fill_04(dataset: str, v: dict[str, Any]) -> dict[str, Any]:
+    lab, threat = lineup(dataset), data.threat_defaults(dataset)
+    epochs = v["EPOCHS"] or lab["live_epochs"]
+    return {"EPOCHS": epochs, "AT_EPOCHS": v["AT_EPOCHS"] or epochs, "AT_STEPS": v["AT_STEPS"] or lab["live_at_steps"],
+            "N_CURVE": v["N_CURVE"] or lab["n_curve"], "CURVE_EPS": v["CURVE_EPS"] or threat["curve_eps"],
+            "STATIC_EPS": v["STATIC_EPS"] or threat["eps_list"]}
+
+
+def _fill_05(dataset: str, v: dict[str, Any]) -> dict[str, Any]:
+    lab, threat = lineup(dataset), data.threat_defaults(dataset)
+    eps = v["EPS"] or threat["eps"]
+    out = {"N_EVAL": v["N_EVAL"] or lab["n_eval"], "AA_N": v["AA_N"] or lab["aa_n"],
+           "ATTACKS": list(v["ATTACKS"] or lab["attacks"]), "EPS": eps,
+           "EPS_LIST": sorted(set(v["EPS_LIST"] or threat["eps_list"]) | {eps})}     # the verdicts' eps is swept
+    if v["FULL_SCHEDULE"]:
+        out.update(N_EVAL=1000, AA_N=1000, AUTOATTACK="standard", SQUARE_QUERIES=5000, ATTACKS=out["ATTACKS"] + ["pgd40x5"])
+    return out
+
+
+#: notebook 03's learning-rate drops on the GPU schedule (the paper's, at epochs 50 and 80 of 100)
+AFD_FULL_MILESTONES = (50, 80)
+
+
+def _rules(notebook: str) -> dict[str, Any]:
+    """Each notebook's parameters and what each may be (featlab.nbtools rules)."""
+    from . import defenses
+    from .nbtools import BOOL, STR, Int, Number, OneOf, Rule
+    common = dict(DATASET=OneOf(*LIVE_MODELS), DEVICE=STR, SEED=Int(0))
+    eps_list, opt_int = _eps_list(), (lambda low, high=None: Int(low, high, none=True))
+    return {
+        "01_feature_noise": dict(PRETRAINED=BOOL, EPS_LIST=eps_list, N_IMAGES=opt_int(10), TRAIN_LIMIT=opt_int(100),
+                                 EPOCHS=opt_int(1), AT_EPOCHS=opt_int(1), AT_STEPS=opt_int(1), ATTACK_STEPS=Int(1),
+                                 FULL_SCHEDULE=BOOL),
+        "02_feature_loss_denoiser": dict(
+            PRETRAINED=BOOL, DEMO_TRAIN=Int(10), N_TRAIN=opt_int(100), CLASSIFIER_EPOCHS=opt_int(1), EPOCHS=Int(1),
+            EPS=Number(0, 1, none=True), TRAIN_EPS=Number(0, 1, none=True), EPS_LIST=eps_list, N_EVAL=opt_int(10),
+            ATTACK_STEPS=Int(1), PIPELINE_ATTACKS=Rule("list", item=STR), N_PIPELINE=opt_int(1),
+            ARCH=OneOf(*defenses.DENOISERS), WIDTH=Int(1), CONTROLS=Rule("list", item=OneOf(*defenses.CONTROLS), none=True),
+            FULL_SCHEDULE=BOOL),
+        "03_afd": dict(PRETRAINED=BOOL, N_TRAIN=opt_int(100), EPOCHS=opt_int(1), BATCH_SIZE=opt_int(2),
+                       EPS=Number(0, 1, none=True), ATTACK_STEPS=opt_int(1), N_EVAL=opt_int(10), EVAL_STEPS=Int(1),
+                       N_PLOT=opt_int(10), N_PROBE=opt_int(16), PROBE_STEPS=Int(1), FULL_SCHEDULE=BOOL),
+        "04_attack_explorer": dict(PRETRAINED=BOOL, TRAIN_LIMIT=opt_int(100), EPOCHS=opt_int(1), AT_EPOCHS=opt_int(1),
+                                   AT_STEPS=opt_int(1), DENOISER_EPOCHS=Int(0), N_CURVE=opt_int(10), CURVE_EPS=eps_list,
+                                   STATIC_EPS=eps_list, IMAGE=Int(0, 99), ATTRIBUTION_IMAGE=Int(0, 99),
+                                   N_ATTRIBUTION=Int(2, 100)),
+        "05_honest_evaluation": dict(RESULTS_DIR=Rule("str", none=True), N_EVAL=opt_int(10), EPS=Number(0, 1, none=True),
+                                     EPS_LIST=eps_list, ATTACKS=Rule("list", item=STR, none=True),
+                                     AUTOATTACK=OneOf("standard", "fast", none=True), AA_N=opt_int(1),
+                                     SQUARE_QUERIES=Int(1), CLASSIFIERS=Rule("list", item=STR, none=True),
+                                     DENOISERS=Rule("list", item=STR, none=True), USER_MODEL=Rule("str", none=True),
+                                     USER_WEIGHTS=Rule("str", none=True), USER_NORMALIZE=Rule("list", none=True),
+                                     FULL_SCHEDULE=BOOL),
+    }[notebook] | common
+
+
+#: each notebook's setup: its parameters' defaults for the dataset (a None filled in) and the GPU schedule's values
+NOTEBOOK_FILLS: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
+    "01_feature_noise": _fill_01, "02_feature_loss_denoiser": _fill_02, "03_afd": _fill_03,
+    "04_attack_explorer": _fill_04, "05_honest_evaluation": _fill_05}
+
+
+def setup(values: dict[str, Any], notebook: str) -> torch.device:
+    """A notebook's one setup call, right after its parameters cell: check every parameter (one
+    :class:`featlab.nbtools.ParameterError` names each wrong one and what it may be), fill each None that has a
+    default for the notebook's ``DATASET`` and, with ``FULL_SCHEDULE`` (where it has one), set the GPU schedule's values (both from
+    this module: no notebook cell branches on the dataset), print what it filled, seed everything from ``SEED``,
+    record the dataset (and ``PRETRAINED``), and return the device ``DEVICE`` names. ``values`` is the notebook's
+    ``globals()``: the filled values are written back into it.
+
+        >>> device = recipes.setup(globals(), "01_feature_noise")
+    """
+    from .nbtools import check_parameters, record
+    from ._utils import get_device
+    check_choice("notebook", notebook, NOTEBOOK_FILLS)
+    check_parameters(values, **_rules(notebook))
+    filled = NOTEBOOK_FILLS[notebook](values["DATASET"], dict(values))
+    changed = {k: v for k, v in filled.items() if values.get(k) != v}
+    values.update(filled)
+    seed_everything(values["SEED"])
+    device = get_device(values["DEVICE"])
+    record("dataset", values["DATASET"])
+    if "PRETRAINED" in values:
+        record("pretrained", values["PRETRAINED"])
+    eps = lambda e: data.format_eps(e, values["DATASET"])          # 0.3 on MNIST, 8/255 on CIFAR-10
+    show = lambda k, v: (f"[{', '.join(map(eps, v))}]" if "EPS" in k and isinstance(v, list) else
+                         eps(v) if "EPS" in k and isinstance(v, float) else repr(v))
+    print(f"{values['DATASET']}" + (", GPU schedule" if values.get("FULL_SCHEDULE") else "") + f", on {device}; set from "
+          f"featlab.recipes: " + (", ".join(f"{k} = {show(k, v)}" for k, v in changed.items()) or "nothing (every value given)"))
+    return device

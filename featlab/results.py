@@ -283,8 +283,12 @@ def committed_verdicts(results_dir: str | os.PathLike | None = None, dataset: st
             if r["verdict"] is not None and (dataset is None or r["dataset"] == dataset)}
 
 
-def _attack_text(name: str) -> str:
-    """An attack's key as a reader reads it: "pgd40@0.01" (PGD-40 with a fixed step of 0.01) -> "pgd40, step 0.01"."""
+def attack_text(name: str) -> str:
+    """An attack's key as a reader reads it: "pgd40@0.01" (PGD-40 with a fixed step of 0.01) -> "pgd40, step 0.01";
+    "worst-case" (the per-image worst over the attacks of one ``featlab eval`` call, :func:`featlab.evaluate.per_example_worst_case`)
+    -> "per-image worst of one eval's attacks", so that it does not read as the name of an attack."""
+    if name == "worst-case":
+        return "per-image worst of one eval's attacks"
     head, _, step = str(name).partition("@")
     return f"{head}, step {step}" if step else str(name)
 
@@ -303,10 +307,10 @@ def headline_table(records: list[dict[str, Any]], dataset: str | None = None) ->
             continue
         aa = f"{r['autoattack'][0]:.1f} ({r['autoattack'][1]})" if r["autoattack"] else "not run"
         flags = "; ".join(r["worst_case"]["failed_checks"])
-        status = v.status_text + (f"; its failed check ({flags}) is settled by {_attack_text(v.settled_by.attack)}"
+        status = v.status_text + (f"; its failed check ({flags}) is settled by {attack_text(v.settled_by.attack)}"
                                   if v.settled_by else "")
         lines.append(f"| {r['name']} | {r['dataset']} | {eps} | {v.clean.acc:.1f} ({v.clean.n}) | {aa} "
-                     f"| **{v.worst.acc:.1f}** ({v.worst.n}, {_attack_text(v.worst.attack)}) | {status} |")
+                     f"| **{v.worst.acc:.1f}** ({v.worst.n}, {attack_text(v.worst.attack)}) | {status} |")
     return "\n".join(lines)
 
 
@@ -372,7 +376,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
         ("AFD, one change: the raw embedding (cifar_airnet's 192-d max-pooled feature, not unit length)",
          "cifar_airnet_afd_pgd5_raw"),
         ("AFD, one change: the earlier CIFAR-10 rates (E+C 0.4, E 0.04, D 0.1)", "cifar_airnet_l2_afd_pgd5_oldrates"),
-        ("PGD-AT, the same PGD-5 attack and epochs (plain embedding, weight decay 5e-4)", "cifar_airnet_pgd5_at")]},
+        ("PGD-AT, the same PGD-5 attack and epochs (plain embedding, weight decay 5e-4)", "cifar_airnet_pgd5_at"),
+        ("PGD-AT on AFD's own network and E+C optimiser, only the objective differing from the first row (unit-length "
+         "embedding; SGD 0.1, momentum 0.9 without Nesterov, weight decay 1e-4)", "cifar_airnet_l2_pgd5_at")]},
 }
 
 

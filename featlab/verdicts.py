@@ -27,8 +27,9 @@ from __future__ import annotations
 import enum
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from ._utils import check_number
 
@@ -110,6 +111,32 @@ def tie(a: Measurement, b: Measurement, z: float = Z) -> bool:
     (independent binomials), or by at most one image of the smaller n."""
     noise = z * math.hypot(a.stderr, b.stderr)
     return abs(a.acc - b.acc) <= max(noise, 100.0 / min(a.n, b.n))
+
+
+class SignTest(NamedTuple):
+    """A paired sign test's result: ``k`` of ``n`` pairs with a < b, its ``z`` against a fair coin, the ``z_crit``
+    it must exceed (Bonferroni-corrected for the tests made together) and whether it does (``significant``)."""
+    k: int
+    n: int
+    z: float
+    z_crit: float
+    significant: bool
+
+
+def sign_test(a: Sequence[float] | Any, b: Sequence[float] | Any, tests: int = 1, alpha: float = 0.05) -> SignTest:
+    """Paired sign test of ``a < b`` (one pair per image): with no difference each pair is a fair coin, so k of n
+    is Binomial(n, 1/2), z = (k - n/2) / sqrt(n/4). Significant when |z| exceeds the two-sided normal quantile of
+    ``alpha / tests``: with ``tests`` sign tests read together (one per tap, say) the chance that any one of them
+    calls a coin a difference stays at most ``alpha`` (Bonferroni; one test at 5%: 1.96, five: 2.58)."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if len(a) != len(b) or not a:
+        raise ValueError(f"a, b: one value per pair, the same number in each and at least one; got {len(a)} and {len(b)}")
+    check_number("tests", tests, low=1, integer=True)
+    check_number("alpha", alpha, low=0.0, high=0.5, low_open=True)
+    k, n = sum(x < y for x, y in zip(a, b)), len(a)
+    z = (k - n / 2) / math.sqrt(n / 4)
+    z_crit = statistics.NormalDist().inv_cdf(1 - alpha / (2 * tests))
+    return SignTest(k, n, z, z_crit, abs(z) > z_crit)
 
 
 def compare(name_a: str, a: Measurement, name_b: str, b: Measurement, z: float = Z) -> str:
@@ -258,9 +285,12 @@ def rank(verdicts: Iterable[Verdict]) -> list[list[Verdict]]:
 
 
 def ranking_text(verdicts: Iterable[Verdict]) -> str:
-    """The ranking as lines: "1. A 91.2% (n=500) = B 90.8% (n=500)  (a tie within binomial noise)"."""
+    """The ranking as lines: "1. A 91.2% (n=500) = B 90.8% (n=500)  (a tie within binomial noise)". A SUSPECT
+    verdict's place is marked as an upper bound: its worst case may only fall, so it may belong lower."""
     lines = []
     for i, group in enumerate(rank(verdicts), 1):
-        names = " = ".join(f"{v.name} {v.worst} ({v.worst.attack})" for v in group)
+        names = " = ".join(f"{v.name} {v.worst} ({v.worst.attack}"
+                           + ("; SUSPECT: an upper bound, its place may be lower" if v.status is Status.SUSPECT else "")
+                           + ")" for v in group)
         lines.append(f"{i}. {names}" + ("  (tied: within binomial noise)" if len(group) > 1 else ""))
     return "\n".join(lines)

@@ -230,15 +230,18 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
     only the points (at least 10 points wide, up to 100) and the axis label says so; otherwise 0-100. A number
     instead of True is the bottom of the zoomed axis, so that panels side by side share one scale
     (:func:`shared_zoom`). Each line has its own marker, the first the largest, so points that coincide stay
-    visible. ``chance``: a dotted line at that accuracy (e.g. 10 for ten classes), labelled.
+    visible; a series of one point is drawn hollow and on top. ``chance``: a dotted line at that accuracy (e.g. 10 for ten classes), labelled.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     groups = _plotted(rows, by)
     for (name, pts), (marker, size) in zip(groups.items(), MARKERS * (1 + len(groups) // len(MARKERS))):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, markersize=size, alpha=0.85,
-                label=label_prefix + LEGEND_NAMES.get(name, name))
+        # a single point (an attack run at one eps only) is drawn hollow, larger and on top: a line's filled marker
+        # at the same place (e.g. "none" at 0%) would otherwise hide it
+        single = dict(markerfacecolor="none", markeredgewidth=1.8, zorder=4) if len(pts) == 1 else {}
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, markersize=size + 3 * bool(single), alpha=0.85,
+                label=label_prefix + LEGEND_NAMES.get(name, name), **single)
 
     ax.set_xlabel("eps (pixel units)")
     if dataset is not None and groups:

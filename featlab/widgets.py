@@ -416,10 +416,15 @@ def _image(t: torch.Tensor):
 
 
 def _attribution_panel(ax, a: torch.Tensor, kind: str) -> None:
+    """One attribution map on its own symmetric scale (IG signed: red adds to the class score, blue takes from it;
+    Saliency: |gradient|), with a colorbar that gives the scale, since each panel has its own."""
     lim = float(a.abs().max()) or 1.0
     signed = kind != "saliency"
-    ax.imshow(a.numpy(), cmap="RdBu_r" if signed else "hot", vmin=-lim if signed else 0, vmax=lim)
+    im = ax.imshow(a.numpy(), cmap="RdBu_r" if signed else "hot", vmin=-lim if signed else 0, vmax=lim)
     ax.set_xticks([]), ax.set_yticks([])
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[-lim, 0, lim] if signed else [0, lim])
+    bar.ax.tick_params(labelsize=6)
+    bar.ax.set_yticklabels([f"{t:.2g}" for t in ([-lim, 0, lim] if signed else [0, lim])])
 
 
 #: the top-5 panel's lowest axis limit: a probability below it is drawn at it

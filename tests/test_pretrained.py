@@ -195,7 +195,8 @@ def test_export_roundtrip(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"model": "mnist_resnet", "dataset": "mnist", "method": "standard",
-                                                 "command": "featlab train --model mnist_resnet"}))
+                                                 "command": "featlab train --model mnist_resnet --limit 500",
+                                                 "batch_size": 64, "limit": 500}))
     model = featlab.models.create("mnist_resnet")
     featlab.checkpoint.save({"model": model.state_dict(), "history": [{"epoch": 1, "time_s": 2.0}]}, run / "checkpoint.pt")
     folder = tmp_path / "pre"
@@ -216,6 +217,25 @@ def test_export_roundtrip(tmp_path):
     model.eval()
     assert torch.allclose(back(x), model(x), atol=5e-2)
     assert pretrained.info("mine", folder)["epochs"] == 1
+    # the budget is stored as fields, from the run's config (nothing parses the command)
+    assert pretrained.budget("mine", folder) == {"network": "mnist_resnet", "epochs": 1, "batch": 64, "images": 500,
+                                                 "eps": None, "training attack": "none"}
+
+
+def test_every_shipped_budget_is_read_from_fields():
+    """The manifest holds each model's batch size and subset as fields (migrated once from the recorded commands),
+    its commands name run folders relative to the repository, and budget() reads the training attack from the
+    objective: TRADES's attack raises its KL term, AFD's and PGD-AT's may be APGD-CE."""
+    for name in pretrained.available():
+        entry = pretrained.info(name)
+        assert isinstance(entry["batch_size"], int) and "limit" in entry, name
+        assert " /" not in entry["train_command"], (name, entry["train_command"])
+    assert pretrained.budget("mnist_resnet_trades") == {"network": "mnist_resnet", "epochs": 8, "batch": 128,
+                                                        "images": "all", "eps": 0.3, "training attack": "PGD-40 on its KL"}
+    assert pretrained.budget("mnist_resnet_afd")["training attack"] == "APGD-CE-40"
+    assert pretrained.budget("cifar_airnet_l2_afd")["training attack"] == "PGD-5"
+    assert pretrained.budget("cifar_airnet_fast_at")["batch"] == 500
+    assert pretrained.budget("mnist_cnn_standard")["training attack"] == "none"
 
 
 def test_export_refuses_weights_that_do_not_fit_the_config(tmp_path):

@@ -207,6 +207,21 @@ STILL_BRANCHING: set[str] = set()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_one_short_setup_call_per_notebook(path):
+    """Issue 31 item 5: one setup call (featlab.recipes.setup: checks, the dataset's defaults, seed, device) in a
+    setup cell of at most 12 lines, right after the parameters cell or after one cell of imports."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    p = next(i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", []))
+    call = f'recipes.setup(globals(), "{path.stem}")'
+    setup = [c for c in cells if call in "".join(c["source"])]
+    assert len(setup) == 1 and cells.index(setup[0]) in (p + 1, p + 2), f"{path.name}: one {call} after the parameters"
+    lines = "".join(setup[0]["source"]).splitlines()
+    body = [ln for ln in lines if not ln.startswith(("import ", "from "))]
+    assert len(body) <= 12, f"{path.name}: the setup cell has {len(body)} lines besides imports (at most 12)"
+    assert all("check_parameters" not in "".join(c["source"]) for c in cells), "recipes.setup checks the parameters"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_no_notebook_cell_branches_on_the_dataset(path):
     cells = json.loads(path.read_text())["cells"]
     branches = [line.strip() for c in cells if c["cell_type"] == "code"

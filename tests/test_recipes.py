@@ -156,3 +156,52 @@ def test_fit_on_cifar_is_the_fast_recipe_with_its_label_smoothing(tiny_cifar):
         lambda m: recipes.fit("mnist", m, xm, ym, epochs=2, batch_size=16, device="cpu", progress=False),
         lambda m: featlab.train.Trainer(m, featlab.train.Standard(), epochs=2, batch_size=16, device="cpu",
                                         progress=False).fit(xm, ym))
+
+
+def _parameters(stem):
+    """A notebook's parameters cell, executed: its default values by name."""
+    import json
+    from pathlib import Path
+    cells = json.loads((Path(__file__).resolve().parent.parent / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    values = {}
+    exec("".join(cell["source"]), values)
+    return {k: v for k, v in values.items() if k.isupper()}
+
+
+@pytest.mark.parametrize("stem", sorted(recipes.NOTEBOOK_FILLS))
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_setup_fills_each_notebooks_defaults_from_the_dataset(stem, dataset, capsys):
+    values = dict(_parameters(stem), DATASET=dataset, DEVICE="cpu")
+    given = {k for k, v in values.items() if v is not None}
+    assert str(recipes.setup(values, stem)) == "cpu"
+    filled = {k for k, v in values.items() if v is not None} - given
+    out = capsys.readouterr().out
+    assert all(f"{k} = " in out for k in filled), (filled, out)      # it says what it filled
+    n = next(k for k in ("N_IMAGES", "N_EVAL", "N_CURVE") if k in values)
+    lab = {**recipes.lineup(dataset), **(recipes.afd_lab(dataset) if stem == "03_afd" else {}),
+           **(recipes.denoiser_lab(dataset) if stem.startswith("02") else {})}
+    key = {"N_IMAGES": "n_images", "N_EVAL": "n_eval", "N_CURVE": "n_curve"}[n]
+    assert values[n] == lab[key], "the test images come from the dataset's lab"
+    if "EPS_LIST" in values:
+        assert values["EPS_LIST"] and all(0 < e <= 1 for e in values["EPS_LIST"])
+    if "EPS" in values:
+        assert values["EPS"] == featlab.data.threat_defaults(dataset)["eps"]
+    if values.get("FULL_SCHEDULE") is False:       # the GPU schedule: all data where the notebook trains
+        full = dict(_parameters(stem), DATASET=dataset, DEVICE="cpu", FULL_SCHEDULE=True)
+        recipes.setup(full, stem)
+        assert any(full[k] != values[k] for k in full), "the GPU schedule changes something"
+
+
+def test_setup_names_a_wrong_parameter_and_an_unknown_notebook():
+    values = dict(_parameters("03_afd"), EPOCHS="two")
+    with pytest.raises(featlab.nbtools.ParameterError, match="EPOCHS = 'two': must be an integer >= 1"):
+        recipes.setup(values, "03_afd")
+    with pytest.raises(ValueError, match="notebook.*01_feature_noise"):
+        recipes.setup(_parameters("03_afd"), "06_missing")
+    cifar = dict(_parameters("05_honest_evaluation"), DATASET="cifar10", DEVICE="cpu")
+    recipes.setup(cifar, "05_honest_evaluation")
+    assert cifar["ATTACKS"] == ["fgsm", "pgd10"] and cifar["EPS"] in cifar["EPS_LIST"]
+    full = dict(_parameters("05_honest_evaluation"), DEVICE="cpu", FULL_SCHEDULE=True)
+    recipes.setup(full, "05_honest_evaluation")
+    assert full["ATTACKS"][-1] == "pgd40x5" and full["N_EVAL"] == 1000

@@ -50,6 +50,11 @@ def test_ties_share_a_rank():
                        for n, acc, k in (("five", 5.0, 100), ("one", 1.0, 100), ("zero", 0.0, 200)))
     assert not tie(five.worst, zero.worst) and tie(five.worst, one.worst) and tie(one.worst, zero.worst)
     assert [[v.name for v in g] for g in rank([zero, one, five])] == [["five", "one", "zero"]]
+    # a SUSPECT's worst case is an upper bound: the ranking line says its place may be lower
+    suspect = judge("planted", M("clean", 98.0, 500), [M("pgd10", 91.0, 500)], checks=FAILED)
+    first = ranking_text([a, suspect, c]).splitlines()[0]
+    assert "planted 91.0% (n=500) (pgd10; SUSPECT: an upper bound" in first and "A 91.2%" in first
+    assert "SUSPECT" not in ranking_text([a, b, c])
 
 
 def test_a_suspect_is_settled_by_a_gradient_free_attack_or_bpda_already_run():
@@ -187,3 +192,19 @@ def test_the_published_comparison_is_computed_from_the_committed_verdicts_with_b
     assert "is above mnist_resnet_trades's AutoAttack 80.0% (n=1000)" in \
         results.published_comparison("mnist", {"mnist_resnet_trades": low})[0]
     assert results.published_comparison("mnist", {}) == []
+
+
+def test_sign_test_counts_pairs_and_corrects_for_the_number_of_tests():
+    from featlab.verdicts import sign_test
+    a, b = [0.1] * 16 + [0.9] * 4, [0.5] * 20        # 16 of 20 pairs below: z = (16 - 10) / sqrt(5) = 2.68
+    r = sign_test(a, b)
+    assert (r.k, r.n) == (16, 20) and abs(r.z - 6 / 5 ** 0.5) < 1e-12
+    assert abs(r.z_crit - 1.959964) < 1e-5 and r.significant
+    five = sign_test(a, b, tests=5)                   # Bonferroni over five taps: 2.58 to beat
+    assert abs(five.z_crit - 2.575829) < 1e-5 and five.significant
+    assert not sign_test([0.1] * 15 + [0.9] * 5, b, tests=5).significant    # z 2.24: one test yes, five no
+    assert sign_test([0.1] * 15 + [0.9] * 5, b).significant
+    assert sign_test(b, a).z < 0                      # the other direction
+    for bad in (dict(a=[1.0], b=[1.0, 2.0]), dict(a=[], b=[]), dict(a=[1.0], b=[2.0], tests=0)):
+        with pytest.raises(ValueError, match="^(a, b|tests)"):
+            sign_test(**bad)

@@ -261,8 +261,13 @@ def test_robustness_plot_zooms_only_where_every_point_is_high_and_names_the_fast
     # every line its own marker, the first the largest (coinciding points stay visible); a labelled chance line
     ax = viz.plot_robustness(high, chance=10.0)
     lines = ax.get_lines()
-    assert [ln.get_marker() for ln in lines[:2]] == ["o", "s"] and lines[0].get_markersize() > lines[1].get_markersize()
+    assert [ln.get_marker() for ln in lines[:2]] == ["o", "s"]
+    two = viz.plot_robustness(high + [{"attack": "fgsm", "eps": e, "robust_acc": 90.0} for e in (0.1, 0.3)]).get_lines()
+    assert two[0].get_markersize() > two[2].get_markersize(), "of the lines (pgd20, fgsm), the first has the largest marker"
     assert "chance (10%)" in [t.get_text() for t in ax.get_legend().get_texts()] and lines[-1].get_ydata()[0] == 10.0
+    # "apgd" ran at one eps only: hollow, larger and on top, so the line through the same point cannot hide it
+    single = next(ln for ln in lines if len(ln.get_xdata()) == 1)
+    assert single.get_markerfacecolor() == "none" and single.get_zorder() > lines[0].get_zorder()
     zoomed = viz.plot_robustness(high, chance=10.0, zoom=80.0)           # the line would sit off the zoomed axis
     assert "chance (10%)" not in [t.get_text() for t in zoomed.get_legend().get_texts()]
     plt.close("all")

@@ -110,6 +110,20 @@ def info(name: str, folder: str | os.PathLike | None = None) -> dict[str, Any]:
     return dict(_entry(name, Path(folder) if folder is not None else HERE)[1])
 
 
+def budget(name: str, folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A shipped model's training budget, read from its manifest fields: ``network``, ``epochs``, ``batch``,
+    ``images`` ("all" or the subset's size), ``eps`` (None for standard training) and ``training attack`` ("PGD-5",
+    "APGD-CE-40", "PGD-40 on its KL" for TRADES, whose attack raises its KL term; "none" for standard training)."""
+    e = info(name, folder)
+    obj = e.get("objective") or {}
+    if e["method"] in ("standard", "denoiser") or "steps" not in obj:
+        attack = "none" if e["method"] == "standard" else f"{e['method']} (its own pairs)"
+    else:
+        attack = f"{str(obj.get('attack', 'pgd')).upper()}-{obj['steps']}" + (" on its KL" if e["method"] == "trades" else "")
+    return {"network": e["model"], "epochs": e["epochs"], "batch": e["batch_size"], "images": e["limit"] or "all",
+            "eps": obj.get("eps"), "training attack": attack}
+
+
 def defended(name: str, device: str | torch.device = "cpu", folder: str | os.PathLike | None = None) -> nn.Module:
     """A pretrained denoiser in front of the classifier it was trained for (``Defended``)."""
     folder = Path(folder) if folder is not None else HERE
@@ -153,7 +167,8 @@ def export(run_dir: str | os.PathLike, name: str, folder: str | os.PathLike | No
     entry: dict[str, Any] = {
         "file": out.name, "sha256": ckpt.sha256(out), "kind": kind, "run": runs.folder_of(run).name,
         "model": config["model"], "dataset": config["dataset"], "method": config["method"],
-        **runs.train_summary(history), "train_command": config.get("command"), "train_device": config.get("device"),
+        **runs.train_summary(history), "batch_size": config.get("batch_size"), "limit": config.get("limit"),
+        "train_command": config.get("command"), "train_device": config.get("device"),
         "objective": config.get("objective"),
         "history": history, "metrics": metrics or {}}
     if kind == "denoiser":
