@@ -1,5 +1,6 @@
 """featlab.results: the RESULTS.md tables (worst case, attack table, published numbers) from result records."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,18 @@ def test_every_committed_record_reads_back_with_its_fields():
     assert not any(r["eps"] == 1.0 and r["threat_model"] == "white-box" and r.get("role") != results.LARGE_EPS_ROLE
                    and "--eps 1" not in str(r.get("command")) for r in recs), "a Linf-1 point not asked for is the role"
     assert all(pretrained.info(k).get("run") for k in pretrained.available()), "every shipped model names its run"
+
+
+def test_the_tap_screen_reads_each_runs_taps_from_its_record():
+    """bench/tap_screen.py: one row per committed screen record, its taps from the record's train_objective (no
+    command line parsed), best oblivious first, every row on the same 500 test images."""
+    import importlib.util
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("tap_screen", root / "bench" / "tap_screen.py")
+    screen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(screen)
+    rows = screen.summarise(root / "results" / "cifar_tap_screen")
+    assert {r["taps"] for r in rows} == {"stem", "block1", "block2", "block3", "block1 + block2 + block3 + stem",
+                                         "none (pixel loss)"}
+    assert {r["n_eval"] for r in rows} == {500}
+    assert [r["oblivious"] for r in rows] == sorted((r["oblivious"] for r in rows), reverse=True)
