@@ -400,5 +400,7 @@ def setup(values: dict[str, Any], notebook: str) -> torch.device:
     show = lambda k, v: (f"[{', '.join(map(eps, v))}]" if "EPS" in k and isinstance(v, list) else
                          eps(v) if "EPS" in k and isinstance(v, float) else repr(v))
     print(f"{values['DATASET']}" + (", GPU schedule" if values.get("FULL_SCHEDULE") else "") + f", on {device}; set from "
-          f"featlab.recipes: " + (", ".join(f"{k} = {show(k, v)}" for k, v in changed.items()) or "nothing (every value given)"))
+          f"featlab.recipes: " + (", ".join(f"{k} = {show(k, v)}" for k, v in changed.items()) or "nothing (every value given)")
+          + ("; the training budgets here are for what trains in this notebook, each shipped model prints its own "
+             "training command" if values.get("PRETRAINED") else ""))
     return device

@@ -214,8 +214,10 @@ class Verdict:
             decided = ("and it is the worst case" if by.attack == self.worst.attack else
                        f"and the worst case, {self.worst.attack} {self.worst}, is "
                        + ("as low" if by.acc == self.worst.acc else "lower still"))
+            how = ("includes Square, which needs no gradient" if "autoattack" in by.attack else
+                   "replaces the defense's gradient" if "bpda" in by.attack else "needs no gradient")
             parts.append(f"; these checks failed: {self._failed_text}, but {by.attack} {by}, which "
-                         f"does not follow the defense's gradient, already ran, {decided}")
+                         f"{how}, already ran, {decided}")
         if self.status in (Status.ROBUST, Status.PARTLY) and self.gradient_only:
             parts.append(f"; no gradient-free attack or BPDA ran at a full budget{short}, so this is an upper bound "
                          f"that Square with {SQUARE_MIN_QUERIES}+ queries, or AutoAttack, would confirm or lower")

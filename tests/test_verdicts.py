@@ -186,7 +186,10 @@ def test_the_published_comparison_is_computed_from_the_committed_verdicts_with_b
     assert "mnist_resnet_trades's AutoAttack 93.5% (n=1000)" in trades and "92.8% (n=10000)" in trades
     assert "a tie" in trades, "0.7 points apart on n=1000 and n=10000 is within the noise"
     madry_cnn = next(s for s in mnist if "mnist_cnn_pgd_at" in s)
-    assert "an upper bound: no AutoAttack committed" in madry_cnn, "a PGD-only number says what it is"
+    # a PGD-only number says what it is, and an upper bound above the published number is not ranked against it
+    assert "is an upper bound (no AutoAttack committed), so it cannot be ranked" in madry_cnn and "above" not in madry_cnn
+    below = judge("mnist_cnn_pgd_at", M("clean", 99.0, 1000), [M("pgd40", 70.0, 1000)])
+    assert "an upper bound, and still below" in results.published_comparison("mnist", {"mnist_cnn_pgd_at": below})[0]
     # a made-up verdict far below the published number is reported as below, not as a tie
     low = judge("mnist_resnet_trades", M("clean", 99.0, 1000), [M("autoattack", 80.0, 1000)])
     assert "is above mnist_resnet_trades's AutoAttack 80.0% (n=1000)" in \
