@@ -32,14 +32,17 @@ def log_ticks(ax, axis: str = "y") -> list[float]:
 def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None, title: str | None = None,
                     styles: Mapping[str, dict] | None = None, log: bool = True):
     """Relative distortion vs depth, one line per named curve: the mean, with a band from the
-    25th to the 75th percentile over images (robust on a log axis, unlike +-1 std)."""
+    25th to the 75th percentile over images (robust on a log axis, unlike +-1 std). Each curve has its own marker
+    (:data:`MARKERS`, the first the largest), so curves that coincide stay visible; ``styles`` may override it."""
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     for i, (name, d) in enumerate(curves.items()):
         taps, m = d.taps, d.mean(norm)
         per_image = d.l2 if norm == "l2" else d.linf
         xs = range(len(taps))
         kw = dict((styles or {}).get(name, {}))
-        line, = ax.plot(xs, [m[t] for t in taps], marker="o", label=name, **kw)
+        marker, size = MARKERS[i % len(MARKERS)]          # its own marker, the first the largest: lines that
+        kw.setdefault("marker", marker), kw.setdefault("markersize", size)     # coincide stay visible
+        line, = ax.plot(xs, [m[t] for t in taps], label=name, **kw)
         q = [torch.quantile(per_image[t].float(), torch.tensor([0.25, 0.75])).tolist() for t in taps]
         ax.fill_between(xs, [a for a, _ in q], [b for _, b in q], alpha=0.12, color=line.get_color())
         ax.set_xticks(list(xs), taps, rotation=30)

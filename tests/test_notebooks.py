@@ -76,6 +76,7 @@ def executed(tmp_path_factory, request):
 
 def check_01(m, pretrained=True):
     assert m["taught/max_abs_diff"] < 1e-6, "the notebook's PGD and featlab.attacks.PGD give the same x_adv"
+    assert m["taught/distortion_max_diff"] < 1e-5, "the notebook's relative distortion is featlab.probe's"
     cifar = m["dataset"] == "cifar10"
     robust = "Fast-AT" if cifar else "PGD-AT"
     bar = 35 if cifar and not pretrained else 85

@@ -297,3 +297,17 @@ def test_log_axes_within_one_decade_get_plain_number_ticks():
     ax.plot([0, 1], [0.01, 3.0]), ax.set_yscale("log")
     assert viz.log_ticks(ax) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0], "two decades: 1-2-5"
     plt.close("all")
+
+
+def test_distortion_curves_get_their_own_markers():
+    """Two denoisers' curves that coincide (notebook 02's feature and pixel loss) must both stay visible."""
+    import matplotlib.pyplot as plt
+    from featlab import viz
+    from featlab.probe import Distortion
+    same = {t: torch.full((4,), 0.5) for t in ("input", "conv1", "logits")}
+    ax = viz.plot_distortion({"a": Distortion(same, same), "b": Distortion(same, same)})
+    a, b = ax.get_lines()[:2]
+    assert (a.get_marker(), b.get_marker()) == ("o", "s") and a.get_markersize() > b.get_markersize()
+    styled = viz.plot_distortion({"a": Distortion(same, same)}, styles={"a": {"marker": "x"}}).get_lines()[0]
+    assert styled.get_marker() == "x", "a style given by the caller wins"
+    plt.close("all")
