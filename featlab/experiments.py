@@ -573,7 +573,8 @@ def audit_live(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
         xa, ya = x[:aa_n], y[:aa_n]
         aa = autoattack(model, eps=eps, version=autoattack_version, seed=seed)
         acc = robust_accuracy(model, xa, ya, aa, progress=False)
-        rows.append({"attack": aa.name, "eps": eps, "robust_acc": acc, "clean_acc": rows[0]["clean_acc"]})
+        rows.append({"attack": aa.name, "eps": eps, "norm": "linf",    # autoattack()'s default norm: the checks
+                     "robust_acc": acc, "clean_acc": rows[0]["clean_acc"]})   # compare it with Square (Linf) too
         pgd = strongest_pgd(list(attacks)) or list(attacks)[-1]
         pgd_same = sweep(model, xa, ya, [pgd], [eps], seed=seed, progress=False)     # PGD on AutoAttack's images
         # Square reads only the outputs: if it beats PGD on the same images, the gradients mislead PGD
