@@ -3,7 +3,8 @@
 The rules (``../shared/STYLE.md``, "A verdict is a claim about numbers"):
 
 1. every number carries the n it ran on (:class:`Measurement`);
-2. a gap within the binomial noise of its two n is a tie (:func:`compare`, :func:`tie`);
+2. a gap within the binomial noise of its two n is a tie (:func:`compare`, :func:`tie`; Wilson score intervals,
+   so that 0% and 100% keep the width their n allows);
 3. a defense is judged, and defenses are ranked, by the worst case over the attacks that see it,
    never by an oblivious number (:func:`judge`, :func:`rank`);
 3b. a status is a claim, so it is read from the worst case's 95% interval, not its point: a defense is called
@@ -99,18 +100,40 @@ class Measurement:
 
     @property
     def interval(self) -> tuple[float, float]:
-        """The 95% interval of ``acc`` in points (``acc`` +- :data:`Z` standard errors, within [0, 100])."""
-        return max(0.0, self.acc - Z * self.stderr), min(100.0, self.acc + Z * self.stderr)
+        """The 95% Wilson score interval of ``acc`` in points (:func:`wilson`). Unlike acc +- 1.96 standard errors
+        it stays inside [0, 100] by itself and keeps a width at 0% and 100%: 0 of 50 images gives 0.0-7.1."""
+        return wilson(self.acc, self.n)
 
     def __str__(self) -> str:
         return f"{self.acc:.1f}% (n={self.n})"
 
 
+def wilson(acc: float, n: int, z: float = Z) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy of ``acc`` percent on ``n`` images, in points: the p whose
+    binomial test at ``z`` would not reject the observed share. Near 0% and 100%, where acc +- z standard errors
+    collapses to a point (0 of 100 images: +-0), it keeps the width that n allows (0 of 100: 0.0-3.7)."""
+    check_number("acc", acc, low=0.0, high=100.0)
+    check_number("n", n, low=1, integer=True)
+    p, z2 = acc / 100.0, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, 100.0 * (centre - half)), min(100.0, 100.0 * (centre + half))
+
+
+def noise_band(a: Measurement, b: Measurement, z: float = Z) -> float:
+    """How far ``a`` may lie from ``b`` before the gap is more than binomial noise, in points, on the side the gap
+    lies (Newcombe's hybrid score interval for a difference of two independent proportions, built from each one's
+    Wilson interval): for a >= b, sqrt((a - lo_a)^2 + (hi_b - b)^2); for a < b the mirror image."""
+    (lo_a, hi_a), (lo_b, hi_b) = wilson(a.acc, a.n, z), wilson(b.acc, b.n, z)
+    if a.acc >= b.acc:
+        return math.hypot(a.acc - lo_a, hi_b - b.acc)
+    return math.hypot(hi_a - a.acc, b.acc - lo_b)
+
+
 def tie(a: Measurement, b: Measurement, z: float = Z) -> bool:
-    """True when ``a`` and ``b`` differ by no more than ``z`` standard errors of their difference
-    (independent binomials), or by at most one image of the smaller n."""
-    noise = z * math.hypot(a.stderr, b.stderr)
-    return abs(a.acc - b.acc) <= max(noise, 100.0 / min(a.n, b.n))
+    """True when the gap between ``a`` and ``b`` lies within the binomial noise of their n (:func:`noise_band`:
+    0 inside the 95% interval of the difference), or is at most one image of the smaller n."""
+    return abs(a.acc - b.acc) <= max(noise_band(a, b, z), 100.0 / min(a.n, b.n))
 
 
 class SignTest(NamedTuple):
@@ -141,7 +164,7 @@ def sign_test(a: Sequence[float] | Any, b: Sequence[float] | Any, tests: int = 1
 
 def compare(name_a: str, a: Measurement, name_b: str, b: Measurement, z: float = Z) -> str:
     """One sentence: which is higher, or a tie, with both n and the noise band."""
-    band = z * math.hypot(a.stderr, b.stderr)
+    band = noise_band(a, b, z)
     if tie(a, b, z):
         return (f"{name_a} {a} and {name_b} {b}: a tie (the gap, {abs(a.acc - b.acc):.1f} points, is within "
                 f"the binomial noise of +-{band:.1f})")

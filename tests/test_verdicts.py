@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from featlab.verdicts import Measurement as M, Status, compare, judge, rank, ranking_text, tie
+from featlab.verdicts import Measurement as M, Status, compare, judge, noise_band, rank, ranking_text, tie, wilson
 
 FAILED = [{"check": "end-to-end at least as strong as BPDA", "passed": False, "detail": "..."}]
 
@@ -88,9 +88,10 @@ def test_a_status_is_read_from_the_interval_so_tied_numbers_near_a_line_share_it
     a = judge("a", M("clean", 98.0, 50), [M("end-to-end", 10.0, 50)])
     b = judge("b", M("clean", 98.0, 50), [M("end-to-end", 6.0, 50)])
     assert tie(a.worst, b.worst) and a.status is b.status is Status.NOT_ROBUST
-    assert M("x", 10.0, 50).interval == pytest.approx((10.0 - 1.96 * 100 * (0.09 / 50) ** 0.5,
-                                                       10.0 + 1.96 * 100 * (0.09 / 50) ** 0.5))
-    assert M("x", 0.0, 50).interval[0] == 0.0 and M("x", 100.0, 50).interval[1] == 100.0
+    # Wilson score intervals: 5 of 50 is 4.35-21.36 (the textbook value), 0 of 50 is 0-7.13, not a point
+    assert M("x", 10.0, 50).interval == pytest.approx((4.348, 21.360), abs=1e-3)
+    assert M("x", 0.0, 50).interval == pytest.approx((0.0, 7.135), abs=1e-3)
+    assert M("x", 100.0, 50).interval == pytest.approx((92.865, 100.0), abs=1e-3)
     # ROBUST needs the whole interval above 75% of clean: 80 of 100 at clean 99 (74.25) is only partly robust
     assert judge("r", M("clean", 99.0, 100), [M("autoattack", 80.0, 100)]).status is Status.PARTLY
     assert judge("r", M("clean", 99.0, 1000), [M("autoattack", 80.0, 1000)]).status is Status.ROBUST
@@ -211,3 +212,18 @@ def test_sign_test_counts_pairs_and_corrects_for_the_number_of_tests():
     for bad in (dict(a=[1.0], b=[1.0, 2.0]), dict(a=[], b=[]), dict(a=[1.0], b=[2.0], tests=0)):
         with pytest.raises(ValueError, match="^(a, b|tests)"):
             sign_test(**bad)
+
+
+def test_the_tie_rule_is_newcombes_score_interval_and_keeps_its_width_at_zero():
+    # Newcombe (1998), Statistics in Medicine 17:873, table II, 56/70 against 48/80: the difference 0.2 has the
+    # hybrid score interval 0.0524-0.3339, so the noise on the side of the gap is 20 - 5.24 points
+    a, b = M("a", 100 * 56 / 70, 70), M("b", 100 * 48 / 80, 80)
+    assert noise_band(a, b) == pytest.approx(20.0 - 5.24, abs=0.01)
+    assert noise_band(b, a) == pytest.approx(20.0 - 5.24, abs=0.01) and not tie(a, b)
+    # at 0%, acc +- 1.96 standard errors has no width; the score interval does: 0 of 100 against 4 of 100 is
+    # within the noise (the 0% could be 3.7% by its own interval), 0 of 1,000 against 4 of 100 is not
+    assert wilson(0.0, 100) == pytest.approx((0.0, 3.70), abs=0.01)
+    assert tie(M("a", 0.0, 100), M("b", 4.0, 100)) and not tie(M("a", 0.0, 1000), M("b", 4.0, 100))
+    assert "noise +-" in compare("a", M("a", 0.0, 1000), "b", M("b", 4.0, 100))
+    with pytest.raises(ValueError, match="n"):
+        wilson(50.0, 0)
