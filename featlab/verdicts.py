@@ -258,6 +258,28 @@ class Verdict:
         return "".join(parts) + "."
 
 
+def words(robust_floor: float = 10.0, robust_share: float = 0.75) -> str:
+    """What each verdict word means, with :func:`judge`'s thresholds (its defaults unless given): the lines a
+    notebook prints before its first verdict, so the words are defined where they are used."""
+    return "\n".join([
+        "How to read a verdict (featlab.verdicts.judge; 'worst case': the lowest accuracy over the attacks that see "
+        "the whole model, each with its 95% Wilson interval):",
+        f"  {Status.ROBUST.value}: the whole interval of the worst case lies above {100 * robust_share:.0f}% of the "
+        "clean accuracy;",
+        f"  {Status.PARTLY.value}: the whole interval lies above {robust_floor:g}% (about chance for ten classes), "
+        f"but not above {100 * robust_share:.0f}% of clean;",
+        f"  {Status.NOT_ROBUST.value}: the interval reaches below {robust_floor:g}%;",
+        f"  {Status.OBLIVIOUS_ONLY.value}: the attacker who ignores the defense leaves it above {robust_floor:g}%, "
+        "the one who sees it does not;",
+        f"  {Status.SUSPECT.value.upper()}: a check of the evaluation failed (a sign that gradients mislead the "
+        f"attacks) and no attack that goes around gradients (Square with at least {SQUARE_MIN_QUERIES:,} queries, "
+        "AutoAttack, BPDA) ran: the worst case is an upper bound;",
+        "  '(gradient attacks only)' after a word: no such attack ran, so the number is an upper bound even though "
+        "every check passed;",
+        "  a tie: two numbers whose gap lies within the binomial noise of their n (the 95% interval of the "
+        "difference holds 0); tied models share a place in a ranking."])
+
+
 def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], checks: Sequence[Mapping[str, Any]] = (),
           eps_text: str = "", robust_floor: float = 10.0, robust_share: float = 0.75) -> Verdict:
     """The verdict on one defense at one eps.

@@ -227,3 +227,15 @@ def test_the_tie_rule_is_newcombes_score_interval_and_keeps_its_width_at_zero():
     assert "noise +-" in compare("a", M("a", 0.0, 1000), "b", M("b", 4.0, 100))
     with pytest.raises(ValueError, match="n"):
         wilson(50.0, 0)
+
+
+def test_the_verdict_words_are_defined_with_judges_thresholds():
+    from featlab.verdicts import words
+    text = words(robust_floor=20.0, robust_share=0.5)
+    assert all(s.value in text.lower() for s in Status)
+    assert "above 50% of the clean" in text and "below 20%" in text and "1,000 queries" in text
+    # the thresholds the text states are the ones judge applies: 21% of 2,000 clears a 20% floor, 19% does not
+    assert judge("a", M("clean", 90.0, 2000), [M("pgd", 30.0, 2000)], robust_floor=20.0,
+                 robust_share=0.5).status is Status.PARTLY
+    assert judge("a", M("clean", 90.0, 2000), [M("pgd", 19.0, 2000)], robust_floor=20.0,
+                 robust_share=0.5).status is Status.NOT_ROBUST
