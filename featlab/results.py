@@ -422,6 +422,50 @@ def ablation_table(records: list[dict[str, Any]], dataset: str = "cifar10", eps:
     return "\n".join(lines)
 
 
+def ablation_findings(records: list[dict[str, Any]], dataset: str = "cifar10", eps: float | None = None) -> dict[str, Any]:
+    """What :data:`ABLATIONS` shows, as sentences computed from its rows (:func:`ablation_rows`): each row's worst case
+    against the first row's (the reference), by :func:`featlab.verdicts.compare`; which one-at-a-time changes cost
+    the reference robustness beyond the binomial noise (``costs``), made training collapse to chance (``collapsed``:
+    clean accuracy tied with a guess) or moved nothing (``ties``); and what the PGD-AT rows say. Keys: ``lines``
+    (one per row), ``summary``, ``costs``, ``collapsed``, ``ties``, ``compared`` (run -> sentence). Empty lists and
+    an empty summary without an ablation."""
+    rows = ablation_rows(records, dataset, eps)
+    out: dict[str, Any] = {"lines": [], "summary": "", "costs": [], "collapsed": [], "ties": [], "compared": {}}
+    if not rows:
+        return out
+    ref = rows[0]
+    measured = lambda r: verdicts.Measurement(r["worst_attack"], r["worst"], r["n"])             # noqa: E731
+    short = lambda r: r["label"].split(": ", 1)[-1].split(" (")[0]                               # noqa: E731
+    guess = 100.0 / len(data.info(dataset).classes)
+    at_chance = lambda r: verdicts.tie(verdicts.Measurement("clean", r["clean"], r["n"]),         # noqa: E731
+                                       verdicts.Measurement("chance", guess, r["n"]))
+    for r in rows[1:]:
+        if r["worst"] is None or ref["worst"] is None:
+            out["lines"].append(f"{short(r)}: not evaluated on these {r['n']} images yet")
+            continue
+        said = out["compared"][r["run"]] = verdicts.compare(short(r), measured(r), "the reference AFD", measured(ref))
+        out["lines"].append(said + (f"; its clean accuracy, {r['clean']:.1f}%, is at chance: the run collapsed"
+                                    if at_chance(r) else ""))
+        if r["label"].startswith("AFD, one change"):
+            lower = r["worst"] < ref["worst"] and not verdicts.tie(measured(r), measured(ref))
+            out["collapsed" if at_chance(r) else "costs" if lower else "ties"].append(short(r))
+    out["summary"] = (f"At this budget, one change at a time: {', '.join(out['costs']) or 'none'} cost(s) the reference "
+                      f"AFD its robustness beyond the binomial noise while it still learned; "
+                      f"{', '.join(out['collapsed']) or 'none'} made training collapse to chance (no classifier is "
+                      f"left to be robust); {', '.join(out['ties']) or 'none'} did not move it beyond the noise.")
+    at = [r for r in rows if r["label"].startswith("PGD-AT") and r["worst"] is not None]
+    if len(at) == 2 and ref["worst"] is not None:     # PGD-AT on the plain network, and on AFD's network and optimiser
+        same = verdicts.tie(measured(at[0]), measured(at[1]))
+        above = at[1]["worst"] > ref["worst"] and not verdicts.tie(measured(at[1]), measured(ref))
+        out["summary"] += " The two PGD-AT rows: " + verdicts.compare(short(at[0]), measured(at[0]), short(at[1]),
+                                                                     measured(at[1])) + (
+            (": AFD's network and optimiser do not cost PGD-AT its robustness" + (
+                f", and on them PGD-AT still beats AFD, at clean {at[1]['clean']:.1f} against AFD's {ref['clean']:.1f}: "
+                "the objective is what separates the two here, a trade of clean accuracy for robustness."
+                if above else ".")) if same else ": the network and optimiser matter too.")
+    return out
+
+
 # Published robust accuracies to compare with (percent). "ours": the shipped featlab models trained with the same
 # method (another architecture and a shorter budget: a comparison of recipes, not of methods). MNIST rows: AutoAttack's MNIST Linf 0.3
 # table (Croce & Hein 2020, arXiv 2003.01690, and its leaderboard in the fra31/auto-attack

@@ -163,13 +163,16 @@ def sign_test(a: Sequence[float] | Any, b: Sequence[float] | Any, tests: int = 1
 
 
 def compare(name_a: str, a: Measurement, name_b: str, b: Measurement, z: float = Z) -> str:
-    """One sentence: which is higher, or a tie, with both n and the noise band."""
-    band = noise_band(a, b, z)
+    """One sentence: which is higher, or a tie, with both n and the noise band (the threshold :func:`tie` applies,
+    at least one image). Gap and band get a second decimal where one would print them equal."""
+    band = max(noise_band(a, b, z), 100.0 / min(a.n, b.n))
+    gap = abs(a.acc - b.acc)
+    d = 2 if f"{gap:.1f}" == f"{band:.1f}" else 1
     if tie(a, b, z):
-        return (f"{name_a} {a} and {name_b} {b}: a tie (the gap, {abs(a.acc - b.acc):.1f} points, is within "
-                f"the binomial noise of +-{band:.1f})")
+        return (f"{name_a} {a} and {name_b} {b}: a tie (the gap, {gap:.{d}f} points, is within "
+                f"the binomial noise of +-{band:.{d}f})")
     hi, lo = ((name_a, a), (name_b, b)) if a.acc > b.acc else ((name_b, b), (name_a, a))
-    return f"{hi[0]} {hi[1]} is above {lo[0]} {lo[1]} (gap {hi[1].acc - lo[1].acc:.1f} points, noise +-{band:.1f})"
+    return f"{hi[0]} {hi[1]} is above {lo[0]} {lo[1]} (gap {gap:.{d}f} points, noise +-{band:.{d}f})"
 
 
 @dataclass(frozen=True)

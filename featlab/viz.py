@@ -167,12 +167,14 @@ def afd_diagram(ax=None):
 
 @torch.no_grad()
 def plot_embeddings(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, ax=None, title: str = ""):
-    """Clean (dots) and adversarial (crosses) embeddings in the 2-D PCA plane of the clean ones, by class."""
+    """Clean (dots) and adversarial (crosses) embeddings in the 2-D PCA plane of the clean ones, by class. The axis
+    labels give each direction's share of the clean embeddings' variance; ``ax.plane_share`` holds their sum."""
     ax = ax or plt.subplots(figsize=(5, 4.5))[1]
     with eval_mode(model):
         h, ha = model.embed(x).float().cpu(), model.embed(x_adv).float().cpu()
     mean = h.mean(0, keepdim=True)
-    v = torch.linalg.svd(h - mean, full_matrices=False).Vh[:2].T      # exact: the embeddings are small
+    _, sv, vh = torch.linalg.svd(h - mean, full_matrices=False)      # exact: the embeddings are small
+    v, share = vh[:2].T, (sv[:2] ** 2 / (sv ** 2).sum()).tolist()    # each direction's share of the clean variance
     p, pa = (h - mean) @ v, (ha - mean) @ v
     for c in range(int(y.max()) + 1):
         sel = (y == c).cpu()
@@ -180,6 +182,10 @@ def plot_embeddings(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
         ax.scatter(pa[sel, 0], pa[sel, 1], s=14, color=f"C{c % 10}", marker="x", alpha=0.6)
     ax.set_title(title or "embeddings: clean (dots) vs adversarial (x)")
     ax.set_xticks([]), ax.set_yticks([])
+    # a 2-D picture of a 64- or 192-d cloud: the labels say how much of it the plane shows
+    ax.set_xlabel(f"1st principal direction ({100 * share[0]:.0f}% of the clean variance)")
+    ax.set_ylabel(f"2nd principal direction ({100 * share[1]:.0f}%)")
+    ax.plane_share = share[0] + share[1]
     return ax
 
 

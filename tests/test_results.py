@@ -179,3 +179,25 @@ def test_the_tap_screen_reads_each_runs_taps_from_its_record():
                                          "none (pixel loss)"}
     assert {r["n_eval"] for r in rows} == {500}
     assert [r["oblivious"] for r in rows] == sorted((r["oblivious"] for r in rows), reverse=True)
+
+
+def _ablation_record(run, attack, acc, clean):
+    return {"dataset": "cifar10", "model": "cifar_airnet_l2", "method": "afd", "threat_model": "white-box",
+            "norm": "linf", "eps": 8 / 255, "attack": attack, "n_eval": 500, "clean_acc": clean, "robust_acc": acc,
+            "run": run}
+
+
+def test_the_ablation_findings_sort_each_change_by_its_numbers():
+    from featlab import results
+    runs = [run for _, run in results.ABLATIONS["cifar10"]["rows"]]
+    recs = [_ablation_record(runs[0], "autoattack", 29.2, 70.6),     # the reference
+            _ablation_record(runs[1], "autoattack", 27.0, 74.0),     # within the noise of it: a tie
+            _ablation_record(runs[2], "autoattack", 0.0, 87.4),      # far below, still learned: a cost
+            _ablation_record(runs[3], "autoattack", 10.6, 11.2),     # clean at chance: a collapse
+            _ablation_record(runs[5], "autoattack", 38.4, 68.2), _ablation_record(runs[6], "autoattack", 35.0, 61.6)]
+    f = results.ablation_findings(recs, "cifar10")
+    short = lambda i: results.ABLATIONS["cifar10"]["rows"][i][0].split(": ", 1)[-1].split(" (")[0]
+    assert f["ties"] == [short(1)] and f["costs"] == [short(2)] and f["collapsed"] == [short(3)]
+    assert any("not evaluated" in line for line in f["lines"])       # the row without a record (runs[4])
+    assert "the objective is what separates the two here" in f["summary"]
+    assert results.ablation_findings(recs, "mnist")["summary"] == ""  # no ablation on MNIST

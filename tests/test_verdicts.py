@@ -239,3 +239,12 @@ def test_the_verdict_words_are_defined_with_judges_thresholds():
                  robust_share=0.5).status is Status.PARTLY
     assert judge("a", M("clean", 90.0, 2000), [M("pgd", 19.0, 2000)], robust_floor=20.0,
                  robust_share=0.5).status is Status.NOT_ROBUST
+
+
+def test_compare_prints_the_threshold_it_applies_and_never_an_equal_gap_and_band():
+    # 35.0 vs 29.2 of 500: the gap (5.80) is just beyond the band (5.79); at one decimal both read 5.8
+    text = compare("a", M("a", 35.0, 500), "b", M("b", 29.2, 500))
+    assert "is above" in text and "gap 5.80 points, noise +-5.7" in text
+    # 1 of 50 against 0 of 50 is one image: a tie, and the band printed is at least that image (2 points)
+    text = compare("a", M("a", 2.0, 50), "b", M("b", 0.0, 50))
+    assert "a tie" in text and float(text.rsplit("+-", 1)[1].rstrip(")")) >= 2.0

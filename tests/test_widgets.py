@@ -311,3 +311,22 @@ def test_distortion_curves_get_their_own_markers():
     styled = viz.plot_distortion({"a": Distortion(same, same)}, styles={"a": {"marker": "x"}}).get_lines()[0]
     assert styled.get_marker() == "x", "a style given by the caller wins"
     plt.close("all")
+
+
+def test_the_embedding_plot_says_how_much_of_the_cloud_its_plane_shows():
+    from featlab import viz
+
+    class Emb(nn.Module):            # embeddings that live on two axes, exactly: the plane shows all of them
+        embedding_dim = 4
+
+        def embed(self, x):
+            return torch.stack([3 * x[:, 0], x[:, 1], 0 * x[:, 0], 0 * x[:, 0]], 1)
+
+    x = torch.randn(64, 2)
+    ax = viz.plot_embeddings(Emb(), x, x + 0.1, torch.arange(64) % 3)
+    assert ax.plane_share == pytest.approx(1.0, abs=1e-5)
+    assert "% of the clean variance" in ax.get_xlabel() and "%" in ax.get_ylabel()
+    flat = type("Flat", (Emb,), {"embed": lambda self, x: x})      # four independent directions of equal variance
+    x4 = torch.randn(4000, 4, generator=torch.Generator().manual_seed(0))
+    ax = viz.plot_embeddings(flat(), x4, x4, torch.zeros(4000, dtype=torch.long))
+    assert ax.plane_share == pytest.approx(0.5, abs=0.05)            # the plane shows half of that cloud
