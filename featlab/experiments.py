@@ -581,7 +581,8 @@ def audit_live(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
         sq = sweep(model, xa, ya, [f"square{square_queries}"], [eps], seed=seed, progress=False)
         checks += [c for c in checklist(pgd_same + rows[-1:] + sq, n=len(xa), dataset=dataset)
                    if c["id"] in ("ensemble-vs-pgd", "pgd-vs-ensemble-gap", "gradient-free")]
-        measured += [Measurement(aa.name, acc, len(xa)), Measurement(sq[0]["attack"], sq[0]["robust_acc"], len(xa))]
+        measured += [Measurement(aa.name, acc, len(xa)), Measurement(sq[0]["attack"], sq[0]["robust_acc"], len(xa)),
+                     Measurement(pgd, pgd_same[0]["robust_acc"], len(xa))]     # every attack on the same aa_n images
         rows.append({k: v for k, v in sq[0].items() if k != "correct"})
         recorded.update({f"{pgd}_on_aa_images": pgd_same[0]["robust_acc"], "square": sq[0]["robust_acc"]})
     clean = rows[0]["clean_acc"]

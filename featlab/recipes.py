@@ -158,6 +158,7 @@ def shipped_or_trained(name: str, train: Callable[[], nn.Module], device: str | 
 DENOISER_LABS: dict[str, dict[str, Any]] = {
     "mnist": dict(controls=("binarize", "bits4", "median3"), classifier_epochs=2, full_classifier_epochs=3,
                   n_eval=100, n_pipeline=50,       # six defenses x three threat models: 4 minutes on a CPU core
+                  demo_train=5000,                 # the live demo: 40 steps of batch 128, about 25 s on a CPU core
                   # the shipped denoisers; they replace the three trained live (a short demo run still trains)
                   shipped={"feature loss": "mnist_denoiser_feature", "pixel loss": "mnist_denoiser_pixel",
                            "separate extractor": "mnist_denoiser_feature_resnet"},
@@ -167,7 +168,7 @@ DENOISER_LABS: dict[str, dict[str, Any]] = {
     # (5 epochs on all 50,000 images), the separate extractor is not (with PRETRAINED it is left out); the other
     # classifier is a second cifar_airnet from the next seed; fewer test images than MNIST (as in LINEUPS)
     "cifar10": dict(controls=("bits4", "median3"), classifier_epochs=8, full_classifier_epochs=18, n_eval=50,
-                    n_pipeline=20,
+                    n_pipeline=20, demo_train=1000,       # 8 steps: a CIFAR-10 step costs ten MNIST ones
                     shipped={"feature loss": "cifar_airnet_denoiser_feature", "pixel loss": "cifar_airnet_denoiser_pixel"},
                     other_label="airnet (seed 1)", other_shipped=None, other_own_denoiser=None),
 }
@@ -295,7 +296,7 @@ def _fill_02(dataset: str, v: dict[str, Any]) -> dict[str, Any]:
            "TRAIN_EPS": v["TRAIN_EPS"] or lab["denoiser_eps_range"][1],
            "CONTROLS": v["CONTROLS"] if v["CONTROLS"] is not None else lab["controls"],
            "CLASSIFIER_EPOCHS": v["CLASSIFIER_EPOCHS"] or lab["classifier_epochs"], "N_EVAL": v["N_EVAL"] or lab["n_eval"],
-           "N_PIPELINE": v["N_PIPELINE"] or lab["n_pipeline"]}
+           "N_PIPELINE": v["N_PIPELINE"] or lab["n_pipeline"], "DEMO_TRAIN": v["DEMO_TRAIN"] or lab["demo_train"]}
     if v["FULL_SCHEDULE"]:
         out.update(N_TRAIN=None, CLASSIFIER_EPOCHS=lab["full_classifier_epochs"], EPOCHS=8, ATTACK_STEPS=40, N_EVAL=1000,
                    N_PIPELINE=1000, PIPELINE_ATTACKS=["autoattack"])
@@ -346,7 +347,7 @@ def _rules(notebook: str) -> dict[str, Any]:
                                  EPOCHS=opt_int(1), AT_EPOCHS=opt_int(1), AT_STEPS=opt_int(1), ATTACK_STEPS=Int(1),
                                  FULL_SCHEDULE=BOOL),
         "02_feature_loss_denoiser": dict(
-            PRETRAINED=BOOL, DEMO_TRAIN=Int(10), N_TRAIN=opt_int(100), CLASSIFIER_EPOCHS=opt_int(1), EPOCHS=Int(1),
+            PRETRAINED=BOOL, DEMO_TRAIN=opt_int(10), N_TRAIN=opt_int(100), CLASSIFIER_EPOCHS=opt_int(1), EPOCHS=Int(1),
             EPS=Number(0, 1, none=True), TRAIN_EPS=Number(0, 1, none=True), EPS_LIST=eps_list, N_EVAL=opt_int(10),
             ATTACK_STEPS=Int(1), PIPELINE_ATTACKS=Rule("list", item=STR), N_PIPELINE=opt_int(1),
             ARCH=OneOf(*defenses.DENOISERS), WIDTH=Int(1), CONTROLS=Rule("list", item=OneOf(*defenses.CONTROLS), none=True),

@@ -321,6 +321,19 @@ def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], ch
     return Verdict(name, status, clean, worst, eps_text, oblivious, failed, settled_by, ms, float(robust_floor))
 
 
+def on_images(verdict: Verdict, n: int) -> Verdict:
+    """``verdict`` judged again from its measurements on exactly ``n`` images (the attacks that ran on one shared
+    subset, such as AutoAttack, Square and PGD on the first ``n``), its clean accuracy and failed checks kept: a
+    ranking of such verdicts compares every model on the same images and the same attacks. Unchanged where no
+    measurement that sees the defense has that n."""
+    check_number("n", n, low=1, integer=True)
+    same = [m for m in verdict.measurements if m.n == n]
+    if not any(m.sees_defense for m in same):
+        return verdict
+    return judge(verdict.name, verdict.clean, same, [{"check": c, "passed": False} for c in verdict.failed_checks],
+                 verdict.eps_text, robust_floor=verdict.floor)
+
+
 def rank(verdicts: Iterable[Verdict]) -> list[list[Verdict]]:
     """Defenses ranked by their worst case, best first. A verdict within binomial noise of the one ranked just above
     it shares that one's place, so no two neighbours that tie get different places (ties chain: 5% and 0% may
@@ -332,6 +345,36 @@ def rank(verdicts: Iterable[Verdict]) -> list[list[Verdict]]:
         else:
             groups.append([v])
     return groups
+
+
+def report(judged: Iterable[Verdict], checks: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> str:
+    """The verdicts as a ranked table (by the worst case; a tie within binomial noise shares a place) with clean,
+    oblivious and worst case, each with its n, the attack that decided and the status; then only the failed checks,
+    each with what its failure changes (nothing where the worst case is below the floor already; settled by the
+    attack that goes around gradients; or not settled, an upper bound); then, once per failed check id in
+    ``checks`` (defense name -> the checklist's checks), why it points at gradient masking."""
+    from .checklist import REGISTRY_OF_CHECKS
+    vs = list(judged)
+    w = max(len(v.name) for v in vs)
+    lines = [f"{'':4s}{'defense':{w}s} {'clean':>14s} {'oblivious':>14s} {'worst case':>14s}  {'by':21s} verdict"]
+    for place, group in enumerate(rank(vs), 1):
+        for v in group:
+            lines.append(f"{place:2d}. {v.name:{w}s} {str(v.clean):>14s} {str(v.oblivious or '-'):>14s} "
+                         f"{str(v.worst):>14s}  {v.worst.attack:21s} {v.status_text}")
+    failed = [v for v in vs if v.failed_checks]
+    lines.append("\nFailed checks only:" if failed else "\nEvery check passed.")
+    for v in failed:
+        how = ("changes no verdict: the worst case is below the robustness floor already, a stronger attack only "
+               "lowers it" if v.status in (Status.NOT_ROBUST, Status.OBLIVIOUS_ONLY) else
+               "not settled: the worst case is an upper bound" if v.settled_by is None else
+               f"the gradient's failure is settled by {v.settled_by.attack} {v.settled_by}, which goes around it"
+               + (f"; the worst case, a {v.weak_square.queries}-query Square, is itself an upper bound"
+                  if v.weak_square is not None else ""))
+        lines.append(f"  {v.name}: FAIL " + "; FAIL ".join(f"'{c}'" for c in v.failed_checks) + f" ({how})")
+    ids = dict.fromkeys(c["id"] for v in failed for c in (checks or {}).get(v.name, ())
+                        if not c["passed"] and c.get("id") in REGISTRY_OF_CHECKS)
+    lines += [f"  why '{cid}' points at masking: {REGISTRY_OF_CHECKS[cid].why}" for cid in ids]
+    return "\n".join(lines)
 
 
 def ranking_text(verdicts: Iterable[Verdict]) -> str:

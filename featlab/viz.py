@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import data
-from ._utils import eval_mode
+from ._utils import check_number, eval_mode
 from .probe import Distortion
 
 
@@ -112,8 +112,11 @@ class LiveLoss:
         >>> trainer.fit(x, y, callback=live)
     """
 
-    def __init__(self, keys: Sequence[str] | None = None, every: int = 25, title: str = "", log: bool = True):
+    def __init__(self, keys: Sequence[str] | None = None, every: int = 25, title: str = "", log: bool = True,
+                 smooth: int = 0):
+        check_number("smooth", smooth, low=0, integer=True)
         self.keys, self.every, self.title, self.log = list(keys) if keys else None, every, title, log
+        self.smooth = smooth      # > 1: each line faint per step, and bold as the mean of the last `smooth` steps
         self.steps: list[int] = []
         self.values: dict[str, list[float]] = {}
         self._handle = None
@@ -128,8 +131,17 @@ class LiveLoss:
 
     def figure(self):
         fig, ax = plt.subplots(figsize=(7, 3.2))
-        for k, v in self.values.items():
-            ax.plot(self.steps[-len(v):], v, label=k, lw=1)
+        for i, (k, v) in enumerate(self.values.items()):
+            steps = self.steps[-len(v):]
+            if self.smooth > 1:          # noisy steps (a fresh eps per batch, say): the running mean carries the trend
+                t = torch.tensor(v, dtype=torch.float64)
+                c = torch.cat([t.new_zeros(1), t.cumsum(0)])
+                w = torch.arange(1, len(t) + 1).clamp(max=self.smooth)
+                ax.plot(steps, v, color=f"C{i}", lw=0.8, alpha=0.35)
+                ax.plot(steps, ((c[1:] - c[torch.arange(len(t)) + 1 - w]) / w).tolist(), color=f"C{i}", lw=2,
+                        label=f"{k} (mean of the last {self.smooth} steps)")
+            else:
+                ax.plot(steps, v, label=k, lw=1)
         if self.log:
             ax.set_yscale("symlog", linthresh=1e-3)
             log_ticks(ax)

@@ -5,7 +5,7 @@ import enum
 import functools
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -366,6 +366,12 @@ def summary_line(res: Mapping, classes: Sequence[str]) -> str:
             + (" (the clean image is misclassified already)" if what == NOT_NEEDED else ""))
 
 
+class FlipPoint(NamedTuple):
+    """:meth:`AttackExplorer.flip_eps`: the largest eps seen to fail and the smallest seen to flip the image."""
+    survived: float | None
+    flipped: float | None
+
+
 @dataclass(frozen=True)
 class SuccessCurve:
     """Attack success per eps (:func:`success_rates`): ``rates[i]`` percent of the ``n`` images the model
@@ -604,6 +610,31 @@ class AttackExplorer:
                       max(steps, 1), self.ig_steps)
         self.computed += 1
         return res
+
+    def eps_grid(self, attack: str = "PGD Linf") -> list[float]:
+        """The eps values the slider of ``attack`` can take, in pixel units (Linf: steps of 1/255 on CIFAR, 0.01
+        otherwise, up to ``eps_max``; L2: steps of 0.05 up to ``l2_max``)."""
+        step, top = (0.05, self.l2_max) if attack == "PGD L2" else (1 / 255 if self.in_255 else 0.01, self.eps_max)
+        return [round(i * step, 6) for i in range(int(round(top / step)) + 1)]
+
+    def flip_eps(self, model_name: str, attack: str = "PGD Linf", steps: int = 10, index: int = 0) -> FlipPoint:
+        """Where the attack starts to flip image ``index``: bisection over the slider's grid (:meth:`eps_grid`),
+        every probe a cached :meth:`compute`, so the figures of the two eps it returns cost nothing more. Returns
+        :class:`FlipPoint` (``survived``: the largest grid eps it saw the attack fail at, ``flipped``: the smallest
+        it saw it succeed at; neighbours on the grid when the attack's success grows with eps, as it does for
+        nearly every image). ``flipped`` is None when even the slider's maximum fails; both are None when the
+        clean image is misclassified (nothing to attack)."""
+        grid = self.eps_grid(attack)
+        won = lambda i: outcome(self.compute(model_name, attack, grid[i], steps, index))      # noqa: E731
+        if won(0) is NOT_NEEDED:
+            return FlipPoint(None, None)
+        if won(len(grid) - 1) is not SUCCEEDED:
+            return FlipPoint(grid[-1], None)
+        lo, hi = 0, len(grid) - 1                  # eps 0 never flips; the maximum does
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if won(mid) is SUCCEEDED else (mid, hi)
+        return FlipPoint(grid[lo], grid[hi])
 
     def summary(self, res: Mapping) -> str:
         """:func:`summary_line` with this explorer's class names."""

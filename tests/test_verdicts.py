@@ -248,3 +248,33 @@ def test_compare_prints_the_threshold_it_applies_and_never_an_equal_gap_and_band
     # 1 of 50 against 0 of 50 is one image: a tie, and the band printed is at least that image (2 points)
     text = compare("a", M("a", 2.0, 50), "b", M("b", 0.0, 50))
     assert "a tie" in text and float(text.rsplit("+-", 1)[1].rstrip(")")) >= 2.0
+
+
+def test_a_verdict_on_a_shared_subset_keeps_only_the_attacks_that_ran_on_it():
+    from featlab.verdicts import on_images
+    v = judge("m", M("clean", 99.0, 100), [M("pgd10", 0.0, 100), M("pgd10", 2.5, 40), M("autoattack", 2.5, 40)])
+    assert v.worst.n == 100
+    w = on_images(v, 40)
+    assert w.worst.n == 40 and {m.n for m in w.measurements} == {40} and w.clean == v.clean
+    assert on_images(v, 7) is v                                      # nothing ran on 7 images: unchanged
+    failed = judge("m", M("clean", 99.0, 100), [M("pgd10", 90.0, 100), M("pgd10", 90.0, 40)],
+                   [{"check": "gradients exist", "passed": False}])
+    assert on_images(failed, 40).status is Status.SUSPECT and on_images(failed, 40).failed_checks == ("gradients exist",)
+
+
+def test_the_report_ranks_by_the_worst_case_and_explains_only_failed_checks():
+    from featlab.checklist import REGISTRY_OF_CHECKS
+    from featlab.verdicts import report
+    cid = next(iter(REGISTRY_OF_CHECKS))
+    bad = [{"id": cid, "check": "the first check", "passed": False}]
+    vs = [judge("den", M("clean", 99.0, 100), [M("oblivious", 90.0, 100), M("end-to-end", 1.0, 100)]),
+          judge("masked", M("clean", 99.0, 100), [M("pgd10", 95.0, 100)], bad),
+          judge("settled", M("clean", 99.0, 100), [M("pgd10", 96.0, 100), M("square1000", 60.0, 100)], bad)]
+    text = report(vs, {"masked": bad, "settled": bad})
+    order = [line.split()[1] for line in text.splitlines()[1:4]]
+    assert order == ["masked", "settled", "den"]                   # 95, 60, 1: by the worst case
+    assert "90.0% (n=100)" in text and "1.0% (n=100)" in text      # oblivious and worst, each with its n
+    assert "masked: FAIL 'the first check' (not settled: the worst case is an upper bound)" in text
+    assert "settled by square1000 60.0% (n=100)" in text and "den: FAIL" not in text
+    assert text.count(f"why '{cid}'") == 1                          # each failed id explained once
+    assert "Every check passed." in report(vs[:1])

@@ -330,3 +330,32 @@ def test_the_embedding_plot_says_how_much_of_the_cloud_its_plane_shows():
     x4 = torch.randn(4000, 4, generator=torch.Generator().manual_seed(0))
     ax = viz.plot_embeddings(flat(), x4, x4, torch.zeros(4000, dtype=torch.long))
     assert ax.plane_share == pytest.approx(0.5, abs=0.05)            # the plane shows half of that cloud
+
+
+def test_flip_eps_brackets_where_the_attack_starts_to_flip_the_image(explorer):
+    grid = explorer.eps_grid()
+    assert grid[0] == 0.0 and grid[1] == 0.01 and grid[-1] == 0.5       # MNIST-like: 0.01 steps to eps_max
+    i = next(i for i in range(20) if int(explorer.y[i]) ==
+             int(explorer.models["standard"](explorer.x[i:i + 1]).argmax()))    # an image classified correctly
+    point = explorer.flip_eps("standard", index=i)
+    assert point.flipped is not None and point.survived is not None     # a standard CNN falls inside 0.5
+    assert grid.index(point.flipped) == grid.index(point.survived) + 1     # neighbours on the slider's grid
+    # the two settings are in the cache, and what they show agrees with the bracket
+    before = explorer.computed
+    assert widgets.outcome(explorer.compute("standard", "PGD Linf", point.flipped, 10, i)) is widgets.SUCCEEDED
+    assert widgets.outcome(explorer.compute("standard", "PGD Linf", point.survived, 10, i)) is widgets.FAILED
+    assert explorer.computed == before
+    assert len(explorer.eps_grid("PGD L2")) == round(explorer.l2_max / 0.05) + 1
+
+
+def test_live_loss_draws_the_running_mean_of_noisy_steps():
+    from featlab import viz
+    live = viz.LiveLoss(["loss"], every=1000, log=False, smooth=4)
+    for step, v in enumerate([4.0, 0.0, 4.0, 0.0, 4.0, 0.0, 4.0, 0.0]):
+        live(step, {"loss": v})
+    raw, mean = live.figure().axes[0].lines
+    assert list(raw.get_ydata()) == live.values["loss"]
+    assert list(mean.get_ydata()) == pytest.approx([4.0, 2.0, 8 / 3, 2.0, 2.0, 2.0, 2.0, 2.0])
+    assert "mean of the last 4 steps" in mean.get_label()
+    with pytest.raises(ValueError, match="smooth"):
+        viz.LiveLoss(smooth=-1)
