@@ -352,7 +352,8 @@ def report(judged: Iterable[Verdict], checks: Mapping[str, Sequence[Mapping[str,
     oblivious and worst case, each with its n, the attack that decided and the status; then only the failed checks,
     each with what its failure changes (nothing where the worst case is below the floor already; settled by the
     attack that goes around gradients; or not settled, an upper bound); then, once per failed check id in
-    ``checks`` (defense name -> the checklist's checks), why it points at gradient masking."""
+    ``checks`` (defense name -> the checklist's checks), why it points at gradient masking. Without ``checks`` and
+    with no failed check in the verdicts, the table alone (no checklist ran, so none "passed")."""
     from .checklist import REGISTRY_OF_CHECKS
     vs = list(judged)
     w = max(len(v.name) for v in vs)
@@ -362,6 +363,8 @@ def report(judged: Iterable[Verdict], checks: Mapping[str, Sequence[Mapping[str,
             lines.append(f"{place:2d}. {v.name:{w}s} {str(v.clean):>14s} {str(v.oblivious or '-'):>14s} "
                          f"{str(v.worst):>14s}  {v.worst.attack:21s} {v.status_text}")
     failed = [v for v in vs if v.failed_checks]
+    if checks is None and not failed:          # no checklist ran: say nothing about checks
+        return "\n".join(lines)
     lines.append("\nFailed checks only:" if failed else "\nEvery check passed.")
     for v in failed:
         how = ("changes no verdict: the worst case is below the robustness floor already, a stronger attack only "
