@@ -166,11 +166,12 @@ DENOISER_LABS: dict[str, dict[str, Any]] = {
                   other_own_denoiser="mnist_resnet_denoiser_feature"),
     # binarising destroys a colour image: no binarize control; the feature- and pixel-loss denoisers are shipped
     # (5 epochs on all 50,000 images), the separate extractor is not (with PRETRAINED it is left out); the other
-    # classifier is a second cifar_airnet from the next seed; fewer test images than MNIST (as in LINEUPS)
+    # classifier is a second cifar_airnet from the next seed (shipped: 6 epochs on all images); fewer test images
+    # than MNIST (as in LINEUPS)
     "cifar10": dict(controls=("bits4", "median3"), classifier_epochs=8, full_classifier_epochs=18, n_eval=50,
                     n_pipeline=20, demo_train=1000,       # 8 steps: a CIFAR-10 step costs ten MNIST ones
                     shipped={"feature loss": "cifar_airnet_denoiser_feature", "pixel loss": "cifar_airnet_denoiser_pixel"},
-                    other_label="airnet (seed 1)", other_shipped=None, other_own_denoiser=None),
+                    other_label="airnet (seed 1)", other_shipped="cifar_airnet_standard_seed1", other_own_denoiser=None),
 }
 
 #: per dataset: notebook 03's AFD lab (:func:`afd_lab`): the architecture of every model, the live budget, AFD's

@@ -119,9 +119,14 @@ def test_fit_dispatches_on_the_dataset(tiny_cifar):
         recipes.fit("mnist", model, xm, ym, epochs=1, batch_size=16, milestones=[1], device="cpu", progress=False)
 
 
-def test_second_classifier_on_cifar_trains_from_the_next_seed(tiny_cifar):
+def test_second_classifier_on_cifar_is_shipped_or_trains_from_the_next_seed(tiny_cifar):
     x, y = tiny_cifar
-    model, label, shipped = recipes.second_classifier("cifar10", x, y, epochs=1, seed=3)
+    if "cifar_airnet_standard_seed1" in featlab.pretrained.available():     # shipped: loaded, nothing trains
+        model, label, shipped = recipes.second_classifier("cifar10", x, y, epochs=1, seed=3)
+        assert (label, shipped) == ("airnet (seed 1)", True)
+        ref = featlab.pretrained.load("cifar_airnet_standard_seed1", "cpu")
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+    model, label, shipped = recipes.second_classifier("cifar10", x, y, epochs=1, seed=3, use_shipped=False)
     again, _ = recipes.train_live("cifar10", x, y, epochs=1, device="cpu", seed=4, progress=False)
     assert (label, shipped) == ("airnet (seed 1)", False)
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
