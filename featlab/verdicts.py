@@ -280,7 +280,7 @@ def words(robust_floor: float = 10.0, robust_share: float = 0.75) -> str:
         "  '(gradient attacks only)' after a word: no such attack ran, so the number is an upper bound even though "
         "every check passed;",
         "  a tie: two numbers whose gap lies within the binomial noise of their n (the 95% interval of the "
-        "difference holds 0); tied models share a place in a ranking."])
+        "difference holds 0); in a ranking a place holds its best model and every model tied with it."])
 
 
 def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], checks: Sequence[Mapping[str, Any]] = (),
@@ -335,12 +335,13 @@ def on_images(verdict: Verdict, n: int) -> Verdict:
 
 
 def rank(verdicts: Iterable[Verdict]) -> list[list[Verdict]]:
-    """Defenses ranked by their worst case, best first. A verdict within binomial noise of the one ranked just above
-    it shares that one's place, so no two neighbours that tie get different places (ties chain: 5% and 0% may
-    share a place through a 1% between them, though 5% and 0% alone would not tie)."""
+    """Defenses ranked by their worst case, best first. A place holds the best defense not yet placed and every
+    defense within binomial noise of it (:func:`tie`); the first one below that noise opens the next place. Ties are
+    not chained: 38% and 10% never share a place through 28% and 18% between them (a defense may still tie the last
+    one of the place above; it does not tie that place's first)."""
     groups: list[list[Verdict]] = []
     for v in sorted(verdicts, key=lambda v: -v.worst.acc):
-        if groups and tie(groups[-1][-1].worst, v.worst):
+        if groups and tie(groups[-1][0].worst, v.worst):
             groups[-1].append(v)
         else:
             groups.append([v])

@@ -45,11 +45,17 @@ def test_ties_share_a_rank():
     groups = rank([c, b, a])
     assert [[v.name for v in g] for g in groups] == [["A", "B"], ["C"]]
     assert ranking_text([a, b, c]).splitlines()[0].endswith("(tied: within binomial noise)")
-    # notebook 02's case: 5.0% and 0.0% do not tie, but 1.0% ties with both: neighbours that tie share a place
+    # ties do not chain: 5.0% and 0.0% do not tie, 1.0% ties with both; a place holds what ties its best
     five, one, zero = (judge(n, M("clean", 99.0, 100), [M("apgd-ce", acc, k)])
                        for n, acc, k in (("five", 5.0, 100), ("one", 1.0, 100), ("zero", 0.0, 200)))
     assert not tie(five.worst, zero.worst) and tie(five.worst, one.worst) and tie(one.worst, zero.worst)
-    assert [[v.name for v in g] for g in rank([zero, one, five])] == [["five", "one", "zero"]]
+    assert [[v.name for v in g] for g in rank([zero, one, five])] == [["five", "one"], ["zero"]]
+    # notebook 03's CIFAR-10 case: 38.4, 35, 28, 18, 10 (n=100 but the first): no single place from 38.4 to 10
+    ladder = [judge(f"m{acc}", M("clean", 90.0, 100), [M("pgd", acc, 500 if acc == 38.4 else 100)])
+              for acc in (38.4, 35.0, 28.0, 18.0, 10.0)]
+    groups = rank(ladder)
+    assert len(groups) >= 3 and all(tie(g[0].worst, v.worst) for g in groups for v in g)
+    assert all(not tie(g[0].worst, h[0].worst) for g, h in zip(groups, groups[1:]))
     # a SUSPECT's worst case is an upper bound: the ranking line says its place may be lower
     suspect = judge("planted", M("clean", 98.0, 500), [M("pgd10", 91.0, 500)], checks=FAILED)
     first = ranking_text([a, suspect, c]).splitlines()[0]
