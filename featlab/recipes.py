@@ -32,7 +32,7 @@ LINEUPS: dict[str, dict[str, Any]] = {
                   denoiser="mnist_denoiser_feature", denoisers=("mnist_denoiser_feature",),
                   compared=("mnist_resnet_standard", "mnist_resnet_pgd_at", "mnist_resnet_trades", "mnist_resnet_afd"),
                   live_epochs=2, live_at_steps=5, full_epochs=10, full_at_steps=10, feature_tap="conv2",
-                  n_images=300, n_curve=200, n_eval=100, aa_n=40, attacks=("fgsm", "pgd10", "pgd20")),
+                  n_images=300, n_curve=200, n_eval=80, aa_n=40, attacks=("fgsm", "pgd10", "pgd20")),
     "cifar10": dict(standard="cifar_airnet_standard", robust="cifar_airnet_fast_at", robust_label="Fast-AT",
                     denoiser="cifar_airnet_denoiser_feature", denoisers=("cifar_airnet_denoiser_feature",),
                     compared=("cifar_airnet_standard", "cifar_airnet_fast_at", "cifar_airnet_afd", "cifar_airnet_pgd_at",
@@ -157,8 +157,8 @@ def shipped_or_trained(name: str, train: Callable[[], nn.Module], device: str | 
 #: per dataset: notebook 02's denoiser lab, so that no notebook cell branches on the dataset (:func:`denoiser_lab`)
 DENOISER_LABS: dict[str, dict[str, Any]] = {
     "mnist": dict(controls=("binarize", "bits4", "median3"), classifier_epochs=2, full_classifier_epochs=3,
-                  n_eval=100, n_pipeline=50,       # six defenses x three threat models: 4 minutes on a CPU core
-                  demo_train=5000,                 # the live demo: 40 steps of batch 128, about 25 s on a CPU core
+                  n_eval=100, n_pipeline=40,       # six defenses x three threat models: 4 minutes on a CPU core
+                  demo_train=4000,                 # the live demo: 32 steps of batch 128, about 20 s on a CPU core
                   # the shipped denoisers; they replace the three trained live (a short demo run still trains)
                   shipped={"feature loss": "mnist_denoiser_feature", "pixel loss": "mnist_denoiser_pixel",
                            "separate extractor": "mnist_denoiser_feature_resnet"},
