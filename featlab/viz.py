@@ -130,7 +130,7 @@ class LiveLoss:
             self.draw()
 
     def figure(self):
-        fig, ax = plt.subplots(figsize=(7, 3.2))
+        fig, ax = plt.subplots(figsize=(9.5, 3.2), layout="constrained")
         for i, (k, v) in enumerate(self.values.items()):
             steps = self.steps[-len(v):]
             if self.smooth > 1:          # noisy steps (a fresh eps per batch, say): the running mean carries the trend
@@ -145,7 +145,8 @@ class LiveLoss:
         if self.log:
             ax.set_yscale("symlog", linthresh=1e-3)
             log_ticks(ax)
-        ax.set_xlabel("step"), ax.grid(alpha=0.3), ax.legend(fontsize=8)
+        ax.set_xlabel("step"), ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))      # beside the curves, never on them
         ax.set_title(self.title)
         return fig
 
