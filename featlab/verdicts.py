@@ -43,6 +43,8 @@ SETTLERS = ("square", "autoattack", "bpda")
 SQUARE_MIN_QUERIES = 1000
 #: z of the tie rule: a gap within z standard errors of the difference is a tie (about 95%)
 Z = 1.96
+#: a gap beyond the noise band but within this factor of it is printed as "just above" (:func:`compare`)
+JUST = 1.25
 
 
 class Status(enum.Enum):
@@ -163,8 +165,9 @@ def sign_test(a: Sequence[float] | Any, b: Sequence[float] | Any, tests: int = 1
 
 
 def compare(name_a: str, a: Measurement, name_b: str, b: Measurement, z: float = Z) -> str:
-    """One sentence: which is higher, or a tie, with both n and the noise band (the threshold :func:`tie` applies,
-    at least one image). Gap and band get a second decimal where one would print them equal."""
+    """One sentence: which is higher ("just above" within :data:`JUST` times the band), or a tie, with both n and the
+    noise band (the threshold :func:`tie` applies, at least one image). Gap and band get a second decimal where one
+    would print them equal."""
     band = max(noise_band(a, b, z), 100.0 / min(a.n, b.n))
     gap = abs(a.acc - b.acc)
     d = 2 if f"{gap:.1f}" == f"{band:.1f}" else 1
@@ -172,7 +175,8 @@ def compare(name_a: str, a: Measurement, name_b: str, b: Measurement, z: float =
         return (f"{name_a} {a} and {name_b} {b}: a tie (the gap, {gap:.{d}f} points, is within "
                 f"the binomial noise of +-{band:.{d}f})")
     hi, lo = ((name_a, a), (name_b, b)) if a.acc > b.acc else ((name_b, b), (name_a, a))
-    return f"{hi[0]} {hi[1]} is above {lo[0]} {lo[1]} (gap {gap:.{d}f} points, noise +-{band:.{d}f})"
+    word = "is just above" if gap < JUST * band else "is above"      # a margin a few images could reverse
+    return f"{hi[0]} {hi[1]} {word} {lo[0]} {lo[1]} (gap {gap:.{d}f} points, noise +-{band:.{d}f})"
 
 
 @dataclass(frozen=True)
@@ -302,7 +306,9 @@ def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], ch
     seeing = [m for m in ms if m.sees_defense]
     if not seeing:
         raise ValueError("measurements: give at least one attack that sees the defense (not only 'oblivious')")
-    worst = min(seeing, key=lambda m: (m.acc, -m.n))
+    # ties in accuracy go to the larger n, then to an attack other than one-step FGSM (a PGD that reaches the same
+    # number is the one that decided it: FGSM is the weak attack that the checklist compares others with)
+    worst = min(seeing, key=lambda m: (m.acc, -m.n, m.attack.split()[-1].startswith("fgsm")))
     obl = [m for m in ms if not m.sees_defense]
     oblivious = max(obl, key=lambda m: m.acc) if obl else None
     failed = tuple(str(c["check"]) for c in checks if not c["passed"])
@@ -348,32 +354,37 @@ def rank(verdicts: Iterable[Verdict]) -> list[list[Verdict]]:
     return groups
 
 
-def report(judged: Iterable[Verdict], checks: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> str:
+def report(judged: Iterable[Verdict], checks: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+           statuses: bool = True) -> str:
     """The verdicts as a ranked table (by the worst case; a tie within binomial noise shares a place) with clean,
     oblivious and worst case, each with its n, the attack that decided and the status; then only the failed checks,
     each with what its failure changes (nothing where the worst case is below the floor already; settled by the
     attack that goes around gradients; or not settled, an upper bound); then, once per failed check id in
     ``checks`` (defense name -> the checklist's checks), why it points at gradient masking. Without ``checks`` and
-    with no failed check in the verdicts, the table alone (no checklist ran, so none "passed")."""
+    with no failed check in the verdicts, the table alone (no checklist ran, so none "passed"). ``statuses=False``
+    leaves out the verdict column (a screen whose attacks are too few to call anything robust)."""
     from .checklist import REGISTRY_OF_CHECKS
     vs = list(judged)
     w = max(len(v.name) for v in vs)
-    lines = [f"{'':4s}{'defense':{w}s} {'clean':>14s} {'oblivious':>14s} {'worst case':>14s}  {'by':21s} verdict"]
+    lines = [f"{'':4s}{'defense':{w}s} {'clean':>14s} {'oblivious':>14s} {'worst case':>14s}  {'by':21s}"
+             + (" verdict" if statuses else "")]
     for place, group in enumerate(rank(vs), 1):
         for v in group:
             lines.append(f"{place:2d}. {v.name:{w}s} {str(v.clean):>14s} {str(v.oblivious or '-'):>14s} "
-                         f"{str(v.worst):>14s}  {v.worst.attack:21s} {v.status_text}")
+                         f"{str(v.worst):>14s}  {v.worst.attack:21s}" + (f" {v.status_text}" if statuses else ""))
     failed = [v for v in vs if v.failed_checks]
     if checks is None and not failed:          # no checklist ran: say nothing about checks
         return "\n".join(lines)
     lines.append("\nFailed checks only:" if failed else "\nEvery check passed.")
     for v in failed:
+        by, worst = v.settled_by, v.worst
         how = ("changes no verdict: the worst case is below the robustness floor already, a stronger attack only "
                "lowers it" if v.status in (Status.NOT_ROBUST, Status.OBLIVIOUS_ONLY) else
-               "not settled: the worst case is an upper bound" if v.settled_by is None else
-               f"the gradient's failure is settled by {v.settled_by.attack} {v.settled_by}, which goes around it"
-               + (f"; the worst case, a {v.weak_square.queries}-query Square, is itself an upper bound"
-                  if v.weak_square is not None else ""))
+               "not settled: the worst case is an upper bound" if by is None else
+               f"{by.attack} {by}, which goes around the gradient, ran" + (
+                   "" if by.attack == worst.attack else f"; the worst case, {worst.attack} {worst}, is lower still")
+               + ("; that Square is short, so the worst case is itself an upper bound" if v.weak_square is not None
+                  else ""))
         lines.append(f"  {v.name}: FAIL " + "; FAIL ".join(f"'{c}'" for c in v.failed_checks) + f" ({how})")
     ids = dict.fromkeys(c["id"] for v in failed for c in (checks or {}).get(v.name, ())
                         if not c["passed"] and c.get("id") in REGISTRY_OF_CHECKS)

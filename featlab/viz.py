@@ -252,18 +252,27 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
     only the points (at least 10 points wide, up to 100) and the axis label says so; otherwise 0-100. A number
     instead of True is the bottom of the zoomed axis, so that panels side by side share one scale
     (:func:`shared_zoom`). Each line has its own marker, the first the largest, so points that coincide stay
-    visible; a series of one point is drawn hollow and on top. ``chance``: a dotted line at that accuracy (e.g. 10 for ten classes), labelled.
+    visible; a series of one point is drawn hollow, on top, shifted right by a step per such point and labelled
+    with its value. ``chance``: a dotted line at that accuracy (e.g. 10 for ten classes), labelled.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     groups = _plotted(rows, by)
+    xs = [p[0] for pts in groups.values() for p in pts]
+    shift, k = 0.025 * ((max(xs) - min(xs)) if xs else 0.0), 0
     for (name, pts), (marker, size) in zip(groups.items(), MARKERS * (1 + len(groups) // len(MARKERS))):
         pts.sort()
-        # a single point (an attack run at one eps only) is drawn hollow, larger and on top: a line's filled marker
-        # at the same place (e.g. "none" at 0%) would otherwise hide it
+        # a single point (an attack run at one eps only) is drawn hollow, larger, on top, a little to the right (one
+        # step per such point) and labelled with its value: a line's marker at the same place (e.g. "none" at 0%)
+        # would otherwise hide it
         single = dict(markerfacecolor="none", markeredgewidth=1.8, zorder=4) if len(pts) == 1 else {}
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, markersize=size + 3 * bool(single), alpha=0.85,
-                label=label_prefix + LEGEND_NAMES.get(name, name), **single)
+        k += bool(single)
+        x = [p[0] + k * shift * bool(single) for p in pts]
+        line, = ax.plot(x, [p[1] for p in pts], marker=marker, markersize=size + 3 * bool(single), alpha=0.85,
+                        label=label_prefix + LEGEND_NAMES.get(name, name), **single)
+        if single:
+            ax.annotate(f"{pts[0][1]:.0f}", (x[0], pts[0][1]), textcoords="offset points", xytext=(5, 4), fontsize=7,
+                        color=line.get_color(), zorder=5)
 
     ax.set_xlabel("eps (pixel units)")
     if dataset is not None and groups:

@@ -199,5 +199,6 @@ def test_the_ablation_findings_sort_each_change_by_its_numbers():
     short = lambda i: results.ABLATIONS["cifar10"]["rows"][i][0].split(": ", 1)[-1].split(" (")[0]
     assert f["ties"] == [short(1)] and f["costs"] == [short(2)] and f["collapsed"] == [short(3)]
     assert any("not evaluated" in line for line in f["lines"])       # the row without a record (runs[4])
-    assert "the objective is what separates the two here" in f["summary"]
+    assert "the objective is what separates the two here" in f["summary"] and "just beyond the noise" in f["summary"]
+    assert f"{short(2)} costs the reference AFD" in f["summary"]
     assert results.ablation_findings(recs, "mnist")["summary"] == ""  # no ablation on MNIST

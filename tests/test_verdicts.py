@@ -250,7 +250,7 @@ def test_the_verdict_words_are_defined_with_judges_thresholds():
 def test_compare_prints_the_threshold_it_applies_and_never_an_equal_gap_and_band():
     # 35.0 vs 29.2 of 500: the gap (5.80) is just beyond the band (5.79); at one decimal both read 5.8
     text = compare("a", M("a", 35.0, 500), "b", M("b", 29.2, 500))
-    assert "is above" in text and "gap 5.80 points, noise +-5.7" in text
+    assert "is just above" in text and "gap 5.80 points, noise +-5.7" in text
     # 1 of 50 against 0 of 50 is one image: a tie, and the band printed is at least that image (2 points)
     text = compare("a", M("a", 2.0, 50), "b", M("b", 0.0, 50))
     assert "a tie" in text and float(text.rsplit("+-", 1)[1].rstrip(")")) >= 2.0
@@ -281,6 +281,13 @@ def test_the_report_ranks_by_the_worst_case_and_explains_only_failed_checks():
     assert order == ["masked", "settled", "den"]                   # 95, 60, 1: by the worst case
     assert "90.0% (n=100)" in text and "1.0% (n=100)" in text      # oblivious and worst, each with its n
     assert "masked: FAIL 'the first check' (not settled: the worst case is an upper bound)" in text
-    assert "settled by square1000 60.0% (n=100)" in text and "den: FAIL" not in text
+    assert "square1000 60.0% (n=100), which goes around the gradient, ran" in text and "den: FAIL" not in text
+    assert "robust" not in report(vs, statuses=False).split("Failed")[0].replace("defense", "")
     assert text.count(f"why '{cid}'") == 1                          # each failed id explained once
     assert "Every check passed." in report(vs[:1], {}) and "check" not in report(vs[:1])    # none ran: no word
+
+
+def test_a_tied_worst_case_is_credited_to_the_stronger_attack_not_fgsm():
+    v = judge("trades", M("clean", 99.0, 100), [M("fgsm", 97.0, 100), M("pgd10", 97.0, 100), M("pgd20", 97.0, 100)])
+    assert v.worst.attack == "pgd10"
+    assert judge("t", M("clean", 99.0, 100), [M("fgsm", 96.0, 100), M("pgd10", 97.0, 100)]).worst.attack == "fgsm"

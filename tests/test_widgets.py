@@ -268,6 +268,9 @@ def test_robustness_plot_zooms_only_where_every_point_is_high_and_names_the_fast
     # "apgd" ran at one eps only: hollow, larger and on top, so the line through the same point cannot hide it
     single = next(ln for ln in lines if len(ln.get_xdata()) == 1)
     assert single.get_markerfacecolor() == "none" and single.get_zorder() > lines[0].get_zorder()
+    # ... a little right of its eps, and labelled with its value
+    apgd = next(r for r in high if r["attack"] == "apgd")
+    assert single.get_xdata()[0] > apgd["eps"] and f"{apgd['robust_acc']:.0f}" in [t.get_text() for t in ax.texts]
     zoomed = viz.plot_robustness(high, chance=10.0, zoom=80.0)           # the line would sit off the zoomed axis
     assert "chance (10%)" not in [t.get_text() for t in zoomed.get_legend().get_texts()]
     plt.close("all")
