@@ -328,7 +328,7 @@ def explore(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str = "P
         attack, eps, steps: as :func:`make_attack` (eps in pixel units).
         ig_steps: path points of Integrated Gradients (:func:`attributions`).
 
-    Returns a dict: "x", "x_adv" (1, C, H, W) on the CPU; "p_clean", "p_adv" (K,) softmax probabilities;
+    Returns a dict: "attack", "eps" (as given); "x", "x_adv" (1, C, H, W) on the CPU; "p_clean", "p_adv" (K,) softmax probabilities;
     "label", "pred_clean", "pred_adv" (class indices); "attributions" (:func:`attributions`); "ig_gap": the
     :func:`completeness_gap` of each IG map ("ig/clean", "ig/adv", "ig_grey/clean", "ig_grey/adv");
     "distortion" (:func:`feature_distortion`; None at eps 0 or for a model without taps).
@@ -345,7 +345,7 @@ def explore(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str = "P
     gaps = {f"{method}/{tag}": completeness_gap(model, inp, maps[f"{method}/{tag}"], t, base)
             for method, base in (("ig", 0.0), ("ig_grey", 0.5))
             for tag, inp, t in (("clean", x, pred_clean), ("adv", x_adv, pred_adv))}
-    return {"x": x.cpu(), "x_adv": x_adv.cpu(), "p_clean": p_clean, "p_adv": p_adv, "label": int(y),
+    return {"attack": attack, "eps": float(eps), "x": x.cpu(), "x_adv": x_adv.cpu(), "p_clean": p_clean, "p_adv": p_adv, "label": int(y),
             "pred_clean": pred_clean, "pred_adv": pred_adv, "attributions": maps, "ig_gap": gaps,
             "distortion": feature_distortion(model, x, x_adv) if eps > 0 else None}
 
@@ -455,20 +455,22 @@ def _top5_panel(ax, res: Mapping, classes: Sequence[str]) -> None:
     ax.legend(fontsize=7, loc="lower right"), ax.set_title("top-5 classes", fontsize=9)
 
 
-def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = None):
+def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = None, amp: float | None = None):
     """One explorer result (:func:`explore`) as a figure. Top: clean image, adversarial image, the
     perturbation (amplified, grey = 0), the top-5 class probabilities before and after (log axis), the feature
     distortion per tap. Bottom: IG from black and from grey, and Saliency, for the clean and the adversarial
-    image, each for the class predicted on it (red: evidence for that class, blue: against)."""
+    image, each for the class predicted on it (red: evidence for that class, blue: against). ``amp``: the pixel
+    change drawn as full white (+) or black (-); None: this perturbation's largest. A fixed ``amp`` (and the fixed
+    distortion axis, 0.01 to 3 unless a value lies beyond) keeps figures at several eps comparable."""
     fig = plt.figure(figsize=(13, 5.6), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1])
     axes = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
     delta = res["x_adv"] - res["x"]
-    amp = float(delta.abs().max()) or 1.0
+    amp = amp or float(delta.abs().max()) or 1.0
     c = classes
     for ax, t, lab in ((axes[0], res["x"], f"clean: {c[res['pred_clean']]}"),
                        (axes[1], res["x_adv"], f"adversarial: {c[res['pred_adv']]}"),
-                       (axes[2], delta / (2 * amp) + 0.5, f"perturbation x{0.5 / amp:.1f} (grey = 0)")):
+                       (axes[2], (delta / (2 * amp) + 0.5).clamp(0, 1), f"perturbation x{0.5 / amp:.1f} (grey = 0, white +)")):
         ax.imshow(_image(t), cmap="gray", vmin=0, vmax=1)
         ax.set_title(lab, fontsize=9), ax.set_xticks([]), ax.set_yticks([])
     _top5_panel(axes[3], res, c)
@@ -476,7 +478,8 @@ def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = No
     d = res["distortion"]
     if d:
         ax.plot(range(len(d)), list(d.values()), marker="o")
-        ax.set_xticks(range(len(d)), list(d), rotation=60, fontsize=7), ax.set_yscale("log"), log_ticks(ax)
+        ax.set_xticks(range(len(d)), list(d), rotation=60, fontsize=7), ax.set_yscale("log")
+        ax.set_ylim(min(0.01, 0.8 * min(d.values())), max(3.0, 1.25 * max(d.values()))), log_ticks(ax)
         ax.set_xlabel("tap (input -> logits)", fontsize=8), ax.set_ylabel("relative L2 distortion", fontsize=8)
         ax.tick_params(axis="y", labelsize=7), ax.grid(alpha=0.3)
     else:
@@ -643,7 +646,9 @@ class AttackExplorer:
     def figure(self, res: Mapping, title: str | None = ""):
         """:func:`explorer_figure`; ``title`` "" puts the summary line on top, None no title (the live
         widget prints the summary above the figure)."""
-        return explorer_figure(res, self.classes, title=self.summary(res) if title == "" else title)
+        linf = res["attack"] != "PGD L2"      # one scale for every Linf figure: the slider's top
+        return explorer_figure(res, self.classes, title=self.summary(res) if title == "" else title,
+                               amp=self.eps_max if linf else None)
 
     def success_curves(self, eps_list: Sequence[float], attack: str = "PGD Linf", steps: int = 10,
                        n: int | None = None) -> dict[str, list[float]]:

@@ -362,3 +362,15 @@ def test_live_loss_draws_the_running_mean_of_noisy_steps():
     assert "mean of the last 4 steps" in mean.get_label()
     with pytest.raises(ValueError, match="smooth"):
         viz.LiveLoss(smooth=-1)
+
+
+def test_explorer_figures_at_several_eps_share_one_perturbation_scale(explorer):
+    import matplotlib.pyplot as plt
+    titles = []
+    for eps in (0.05, 0.2):
+        fig = explorer.figure(explorer.compute("standard", "PGD Linf", eps, 5, 0))
+        titles.append(next(a.get_title() for a in fig.axes if a.get_title().startswith("perturbation")))
+        dist = next(a for a in fig.axes if a.get_title() == "feature distortion")
+        assert dist.get_ylim()[0] <= 0.01 and dist.get_ylim()[1] >= 3.0
+    assert titles[0] == titles[1] == f"perturbation x{0.5 / explorer.eps_max:.1f} (grey = 0, white +)"
+    plt.close("all")
