@@ -40,7 +40,8 @@ LINEUPS: dict[str, dict[str, Any]] = {
                     live_epochs=8, live_at_steps=1, full_epochs=18, full_at_steps=1, feature_tap="block1",
                     # fewer test images than MNIST: an attack on cifar_airnet costs about 4x one on mnist_cnn (notebook
                     # 01's probe: 210 s vs 49 s on the same 300 images, one CPU thread); the committed numbers use 1,000
-                    n_images=100, n_curve=100, n_eval=60, aa_n=20, attacks=("fgsm", "pgd10")),
+                    n_images=100, n_curve=100, n_eval=60, aa_n=20, attacks=("fgsm", "pgd10"),
+                    eval_eps_list=(2 / 255, 8 / 255)),    # 05's sweep: the small and the usual budget
 }
 
 
@@ -330,7 +331,7 @@ def _fill_05(dataset: str, v: dict[str, Any]) -> dict[str, Any]:
     eps = v["EPS"] or threat["eps"]
     out = {"N_EVAL": v["N_EVAL"] or lab["n_eval"], "AA_N": v["AA_N"] or lab["aa_n"],
            "ATTACKS": list(v["ATTACKS"] or lab["attacks"]), "EPS": eps,
-           "EPS_LIST": sorted(set(v["EPS_LIST"] or threat["eps_list"]) | {eps})}     # the verdicts' eps is swept
+           "EPS_LIST": sorted(set(v["EPS_LIST"] or lab.get("eval_eps_list") or threat["eps_list"]) | {eps})}  # + the verdicts' eps
     if v["FULL_SCHEDULE"]:
         out.update(N_EVAL=1000, AA_N=1000, AUTOATTACK="standard", SQUARE_QUERIES=5000, ATTACKS=out["ATTACKS"] + ["pgd40x5"])
     return out
