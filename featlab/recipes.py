@@ -178,7 +178,7 @@ DENOISER_LABS: dict[str, dict[str, Any]] = {
 #: per dataset: notebook 03's AFD lab (:func:`afd_lab`): the architecture of every model, the live budget, AFD's
 #: rates, and the shipped models the notebook sets beside the live ones
 AFD_LABS: dict[str, dict[str, Any]] = {
-    "mnist": dict(arch="mnist_resnet", n_train=10000, epochs=2, batch_size=64, attack_steps=5,
+    "mnist": dict(arch="mnist_resnet", n_train=7500, epochs=2, batch_size=64, attack_steps=5,
                   n_eval=300, n_plot=200, n_probe=512,
                   afd_lrs={},                                   # the AFD code's MNIST rates (AFD's defaults)
                   step_sizes={40: 0.01},                        # PGD-40 at step 0.01: Madry et al.'s MNIST attack

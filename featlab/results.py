@@ -378,7 +378,11 @@ ABLATIONS: dict[str, dict[str, Any]] = {
         ("AFD, one change: the earlier CIFAR-10 rates (E+C 0.4, E 0.04, D 0.1)", "cifar_airnet_l2_afd_pgd5_oldrates"),
         ("PGD-AT, the same PGD-5 attack and epochs (plain embedding, weight decay 5e-4)", "cifar_airnet_pgd5_at"),
         ("PGD-AT on AFD's own network and E+C optimiser, only the objective differing from the first row (unit-length "
-         "embedding; SGD 0.1, momentum 0.9 without Nesterov, weight decay 1e-4)", "cifar_airnet_l2_pgd5_at")]},
+         "embedding; SGD 0.1, momentum 0.9 without Nesterov, weight decay 1e-4)", "cifar_airnet_l2_pgd5_at"),
+        ("AFD, one change: twice the budget (12 epochs instead of 6, the same one-cycle schedule stretched)",
+         "cifar_airnet_l2_afd_pgd5_e12"),
+        ("PGD-AT on AFD's own network and E+C optimiser, 12 epochs (the control of the row above)",
+         "cifar_airnet_l2_pgd5_at_e12")]},
 }
 
 
@@ -426,11 +430,13 @@ def ablation_findings(records: list[dict[str, Any]], dataset: str = "cifar10", e
     """What :data:`ABLATIONS` shows, as sentences computed from its rows (:func:`ablation_rows`): each row's worst case
     against the first row's (the reference), by :func:`featlab.verdicts.compare`; which one-at-a-time changes cost
     the reference robustness beyond the binomial noise (``costs``), made training collapse to chance (``collapsed``:
-    clean accuracy tied with a guess) or moved nothing (``ties``); and what the PGD-AT rows say. Keys: ``lines``
-    (one per row), ``summary``, ``costs``, ``collapsed``, ``ties``, ``compared`` (run -> sentence). Empty lists and
+    clean accuracy tied with a guess), moved nothing (``ties``) or raised it (``gains``); and what the 6-epoch PGD-AT
+    rows say. Keys: ``lines`` (one per row), ``summary``, ``costs``, ``collapsed``, ``ties``, ``gains``, ``compared``
+    (run -> sentence). Empty lists and
     an empty summary without an ablation."""
     rows = ablation_rows(records, dataset, eps)
-    out: dict[str, Any] = {"lines": [], "summary": "", "costs": [], "collapsed": [], "ties": [], "compared": {}}
+    out: dict[str, Any] = {"lines": [], "summary": "", "costs": [], "collapsed": [], "ties": [], "gains": [],
+                           "compared": {}}
     if not rows:
         return out
     ref = rows[0]
@@ -445,17 +451,22 @@ def ablation_findings(records: list[dict[str, Any]], dataset: str = "cifar10", e
             continue
         said = out["compared"][r["run"]] = verdicts.compare(short(r), measured(r), "the reference AFD", measured(ref))
         out["lines"].append(said + (f"; its clean accuracy, {r['clean']:.1f}%, is at chance: the run collapsed"
-                                    if at_chance(r) else ""))
+                                    if at_chance(r) else "")
+                            + (f" (its worst case is {r['worst_attack']}'s, the reference's {ref['worst_attack']}'s: not "
+                               f"the same attacks yet, an upper bound against a full evaluation)"
+                               if r["worst_attack"] != ref["worst_attack"] else ""))
         if r["label"].startswith("AFD, one change"):
-            lower = r["worst"] < ref["worst"] and not verdicts.tie(measured(r), measured(ref))
-            out["collapsed" if at_chance(r) else "costs" if lower else "ties"].append(short(r))
+            apart = not verdicts.tie(measured(r), measured(ref))
+            out["collapsed" if at_chance(r) else "ties" if not apart else "costs" if r["worst"] < ref["worst"]
+                else "gains"].append(short(r))
     costs = out["costs"]
-    out["summary"] = (f"At this budget, one change at a time: {', '.join(costs) or 'no change'} "
+    out["summary"] = (f"One change at a time (6 epochs, unless the change is the budget): {', '.join(costs) or 'no change'} "
                       f"{'costs' if len(costs) == 1 else 'cost'} the reference AFD its robustness beyond the binomial "
                       f"noise while it still learned; "
                       f"{', '.join(out['collapsed']) or 'none'} made training collapse to chance (no classifier is "
-                      f"left to be robust); {', '.join(out['ties']) or 'none'} did not move it beyond the noise.")
-    at = [r for r in rows if r["label"].startswith("PGD-AT") and r["worst"] is not None]
+                      f"left to be robust); {', '.join(out['ties']) or 'none'} did not move it beyond the noise"
+                      + (f"; {', '.join(out['gains'])} raised it beyond the noise." if out["gains"] else "."))
+    at = [r for r in rows if r["label"].startswith("PGD-AT") and "12 epochs" not in r["label"] and r["worst"] is not None]
     if len(at) == 2 and ref["worst"] is not None:     # PGD-AT on the plain network, and on AFD's network and optimiser
         same = verdicts.tie(measured(at[0]), measured(at[1]))
         above = at[1]["worst"] > ref["worst"] and not verdicts.tie(measured(at[1]), measured(ref))
@@ -621,9 +632,10 @@ def render(records: list[dict[str, Any]], title: str = "featlab results") -> str
                       "no AutoAttack record yet, so compare the worst case only as an upper bound.", "", table, ""]
         table = ablation_table(records, dataset)
         if table:
-            lines += [f"## {dataset}: the AFD ablation at one budget, on the same {ABLATIONS[dataset]['n']} test images",
+            lines += [f"## {dataset}: the AFD ablation, on the same {ABLATIONS[dataset]['n']} test images",
                       "", "One factor changed at a time from the reference-recipe AFD (each run: 6 epochs, batch 128, "
-                      "one-cycle LR, on one CPU thread; its command is in its table below).", "", table, ""]
+                      "one-cycle LR, on one CPU thread, except the two 12-epoch rows, whose change is the budget; its "
+                      "command is in its table below).", "", table, ""]
         table = attack_table(records, dataset, eps, n)
         if table:
             lines += [f"## {dataset}: every attack on the same {n} test images at eps {_fmt_eps(eps, dataset, 'linf')}", "",

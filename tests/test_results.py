@@ -197,7 +197,9 @@ def test_the_ablation_findings_sort_each_change_by_its_numbers():
             _ablation_record(runs[5], "autoattack", 38.4, 68.2), _ablation_record(runs[6], "autoattack", 35.0, 61.6)]
     f = results.ablation_findings(recs, "cifar10")
     short = lambda i: results.ABLATIONS["cifar10"]["rows"][i][0].split(": ", 1)[-1].split(" (")[0]
-    assert f["ties"] == [short(1)] and f["costs"] == [short(2)] and f["collapsed"] == [short(3)]
+    assert f["ties"] == [short(1)] and f["costs"] == [short(2)] and f["collapsed"] == [short(3)] and f["gains"] == []
+    more = results.ablation_findings(recs + [_ablation_record(runs[7], "autoattack", 40.0, 78.0)], "cifar10")
+    assert more["gains"] == [short(7)] and "raised it beyond the noise" in more["summary"]
     assert any("not evaluated" in line for line in f["lines"])       # the row without a record (runs[4])
     assert "the objective is what separates the two here" in f["summary"] and "just beyond the noise" in f["summary"]
     assert f"{short(2)} costs the reference AFD" in f["summary"]
