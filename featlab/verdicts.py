@@ -366,12 +366,12 @@ def report(judged: Iterable[Verdict], checks: Mapping[str, Sequence[Mapping[str,
     from .checklist import REGISTRY_OF_CHECKS
     vs = list(judged)
     w = max(len(v.name) for v in vs)
-    lines = [f"{'':4s}{'defense':{w}s} {'clean':>14s} {'oblivious':>14s} {'worst case':>14s}  {'by':21s}"
-             + (" verdict" if statuses else "")]
+    lines = [(f"{'':4s}{'defense':{w}s} {'clean':>14s} {'oblivious':>14s} {'worst case':>14s}  {'by':21s}"
+              + (" verdict" if statuses else "")).rstrip()]
     for place, group in enumerate(rank(vs), 1):
         for v in group:
-            lines.append(f"{place:2d}. {v.name:{w}s} {str(v.clean):>14s} {str(v.oblivious or '-'):>14s} "
-                         f"{str(v.worst):>14s}  {v.worst.attack:21s}" + (f" {v.status_text}" if statuses else ""))
+            lines.append((f"{place:2d}. {v.name:{w}s} {str(v.clean):>14s} {str(v.oblivious or '-'):>14s} "
+                          f"{str(v.worst):>14s}  {v.worst.attack:21s}" + (f" {v.status_text}" if statuses else "")).rstrip())
     failed = [v for v in vs if v.failed_checks]
     if checks is None and not failed:          # no checklist ran: say nothing about checks
         return "\n".join(lines)
