@@ -284,7 +284,7 @@ def words(robust_floor: float = 10.0, robust_share: float = 0.75) -> str:
         "  '(gradient attacks only)' after a word: no such attack ran, so the number is an upper bound even though "
         "every check passed;",
         "  a tie: two numbers whose gap lies within the binomial noise of their n (the 95% interval of the "
-        "difference holds 0); in a ranking a place holds its best model and every model tied with it."])
+        "difference holds 0), or is one image; in a ranking a place holds its best model and every model tied with it."])
 
 
 def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], checks: Sequence[Mapping[str, Any]] = (),

@@ -461,7 +461,8 @@ def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = No
     distortion per tap. Bottom: IG from black and from grey, and Saliency, for the clean and the adversarial
     image, each for the class predicted on it (red: evidence for that class, blue: against). ``amp``: the pixel
     change drawn as full white (+) or black (-); None: this perturbation's largest. A fixed ``amp`` (and the fixed
-    distortion axis, 0.01 to 3 unless a value lies beyond) keeps figures at several eps comparable."""
+    distortion axis, 0.01 to 3 unless a value lies beyond) keeps figures at several eps comparable (a change beyond
+    ``amp`` is drawn at full black or white)."""
     fig = plt.figure(figsize=(13, 5.6), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1])
     axes = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
@@ -646,9 +647,9 @@ class AttackExplorer:
     def figure(self, res: Mapping, title: str | None = ""):
         """:func:`explorer_figure`; ``title`` "" puts the summary line on top, None no title (the live
         widget prints the summary above the figure)."""
-        linf = res["attack"] != "PGD L2"      # one scale for every Linf figure: the slider's top
+        linf = res["attack"] != "PGD L2"      # one scale for every Linf figure: the usual budget is full white
         return explorer_figure(res, self.classes, title=self.summary(res) if title == "" else title,
-                               amp=self.eps_max if linf else None)
+                               amp=self.eps_default if linf else None)
 
     def success_curves(self, eps_list: Sequence[float], attack: str = "PGD Linf", steps: int = 10,
                        n: int | None = None) -> dict[str, list[float]]:

@@ -372,5 +372,5 @@ def test_explorer_figures_at_several_eps_share_one_perturbation_scale(explorer):
         titles.append(next(a.get_title() for a in fig.axes if a.get_title().startswith("perturbation")))
         dist = next(a for a in fig.axes if a.get_title() == "feature distortion")
         assert dist.get_ylim()[0] <= 0.01 and dist.get_ylim()[1] >= 3.0
-    assert titles[0] == titles[1] == f"perturbation x{0.5 / explorer.eps_max:.1f} (grey = 0, white +)"
+    assert titles[0] == titles[1] == f"perturbation x{0.5 / explorer.eps_default:.1f} (grey = 0, white +)"
     plt.close("all")
