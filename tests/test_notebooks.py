@@ -300,10 +300,15 @@ def check_04(m, pretrained=True):
     den = "denoiser + standard"
     std = m["success/standard"]
     assert std[0] == 0 and std[-1] >= std[1] and std[-1] > 50, "success grows with eps on the standard model"
-    # where PGD-10 starts to flip the explorer's image: a bracket one slider step wide, higher for the robust model
+    # where PGD-10 starts to flip the explorer's image: a bracket one slider step wide (None, None where the model
+    # misclassifies the image, as a briefly trained live model may), higher for the shipped robust model
     survived, flipped = m["flip/standard"]
-    assert survived is not None and flipped is not None and 0 < flipped - survived < 0.011, m["flip/standard"]
-    assert m[f"flip/{robust}"][1] is None or m[f"flip/{robust}"][1] > flipped, m[f"flip/{robust}"]
+    if flipped is not None:
+        assert survived is not None and 0 < flipped - survived < 0.011, m["flip/standard"]
+        if pretrained:
+            assert m[f"flip/{robust}"][1] is None or m[f"flip/{robust}"][1] > flipped, m[f"flip/{robust}"]
+    else:
+        assert survived is None or survived >= 0.06, m["flip/standard"]      # misclassified, or never flipped
     assert set(m) >= {f"success/{robust}", f"success/{den}", f"success/{den} (oblivious)",
                       "success/random noise on standard", "ig_grey_similarity/standard"}
     for name in ("standard", robust, den):     # every rate carries its n: the images the model classified correctly
