@@ -366,28 +366,34 @@ def attack_table(records: list[dict[str, Any]], dataset: str, eps: float, n_eval
 
 #: one-factor ablations, each row a run folder; every row is trained at one budget and evaluated on the same n test
 #: images (issue 32: which factor decides AFD's robustness on CIFAR-10)
+#: per dataset: the AFD ablation's runs on the same ``n`` test images, each (label, run, role). The role says how
+#: :func:`ablation_findings` reads a row: "reference" (the first), "change" (the reference with one thing changed),
+#: "control" (PGD-AT of the reference's budget) or "budget control" (PGD-AT of a changed budget)
 ABLATIONS: dict[str, dict[str, Any]] = {
     "cifar10": {"n": 500, "rows": [
         ("AFD, reference recipe: PGD-5 training attack, unit-length embedding, rates E+C 0.1 / E 0.5 / D 0.1",
-         "cifar_airnet_l2_afd_pgd5"),
+         "cifar_airnet_l2_afd_pgd5", "reference"),
         ("AFD, one change: the training attack one step (FGSM from a random start, step 10/255)",
-         "cifar_airnet_l2_afd_fgsm"),
-        ("AFD, one change: the game off (no encoder step against the discriminator)", "cifar_airnet_l2_afd_pgd5_nogame"),
+         "cifar_airnet_l2_afd_fgsm", "change"),
+        ("AFD, one change: the game off (no encoder step against the discriminator)", "cifar_airnet_l2_afd_pgd5_nogame",
+         "change"),
         ("AFD, one change: the raw embedding (cifar_airnet's 192-d max-pooled feature, not unit length)",
-         "cifar_airnet_afd_pgd5_raw"),
-        ("AFD, one change: the earlier CIFAR-10 rates (E+C 0.4, E 0.04, D 0.1)", "cifar_airnet_l2_afd_pgd5_oldrates"),
-        ("PGD-AT, the same PGD-5 attack and epochs (plain embedding, weight decay 5e-4)", "cifar_airnet_pgd5_at"),
+         "cifar_airnet_afd_pgd5_raw", "change"),
+        ("AFD, one change: the earlier CIFAR-10 rates (E+C 0.4, E 0.04, D 0.1)", "cifar_airnet_l2_afd_pgd5_oldrates",
+         "change"),
+        ("PGD-AT, the same PGD-5 attack and epochs (plain embedding, weight decay 5e-4)", "cifar_airnet_pgd5_at",
+         "control"),
         ("PGD-AT on AFD's own network and E+C optimiser, only the objective differing from the first row (unit-length "
-         "embedding; SGD 0.1, momentum 0.9 without Nesterov, weight decay 1e-4)", "cifar_airnet_l2_pgd5_at"),
+         "embedding; SGD 0.1, momentum 0.9 without Nesterov, weight decay 1e-4)", "cifar_airnet_l2_pgd5_at", "control"),
         ("AFD, one change: twice the budget (12 epochs instead of 6, the same one-cycle schedule stretched)",
-         "cifar_airnet_l2_afd_pgd5_e12"),
+         "cifar_airnet_l2_afd_pgd5_e12", "change"),
         ("PGD-AT on AFD's own network and E+C optimiser, 12 epochs (the control of the row above)",
-         "cifar_airnet_l2_pgd5_at_e12")]},
+         "cifar_airnet_l2_pgd5_at_e12", "budget control")]},
 }
 
 
 def ablation_rows(records: list[dict[str, Any]], dataset: str = "cifar10", eps: float | None = None) -> list[dict[str, Any]]:
-    """:data:`ABLATIONS` of ``dataset`` at its eps (default the dataset's), one dict per row: ``label``, ``run``, ``n``
+    """:data:`ABLATIONS` of ``dataset`` at its eps (default the dataset's), one dict per row: ``label``, ``run``, ``role``, ``n``
     and, from its white-box records on those n test images (None where there is none yet), ``clean``, ``pgd20``,
     ``autoattack``, the ``worst`` with its ``worst_attack``, and the checklist's ``sanity``. [] without an ablation."""
     if dataset not in ABLATIONS:
@@ -395,14 +401,14 @@ def ablation_rows(records: list[dict[str, Any]], dataset: str = "cifar10", eps: 
     spec = ABLATIONS[dataset]
     eps = float(data.threat_defaults(dataset)["eps"] if eps is None else eps)
     out = []
-    for label, run in spec["rows"]:
+    for label, run, role in spec["rows"]:
         by: dict[str, dict[str, Any]] = {}
         for r in records:
             if (r.get("run") == run and r["dataset"] == dataset and r["threat_model"] == "white-box"
                     and r["n_eval"] == spec["n"] and _eps_key(r["eps"]) == _eps_key(eps) and not _is_sanity_point(r)):
                 _keep_lowest(by, r)
         worst = min(by.values(), key=lambda r: r["robust_acc"]) if by else None
-        out.append({"label": label, "run": run, "n": spec["n"], "eps": eps,
+        out.append({"label": label, "run": run, "role": role, "n": spec["n"], "eps": eps,
                     "clean": next(iter(by.values()))["clean_acc"] if by else None,
                     "pgd20": by["pgd20"]["robust_acc"] if "pgd20" in by else None,
                     "autoattack": by["autoattack"]["robust_acc"] if "autoattack" in by else None,
@@ -455,7 +461,7 @@ def ablation_findings(records: list[dict[str, Any]], dataset: str = "cifar10", e
                             + (f" (its worst case is {r['worst_attack']}'s, the reference's {ref['worst_attack']}'s: not "
                                f"the same attacks yet, an upper bound against a full evaluation)"
                                if r["worst_attack"] != ref["worst_attack"] else ""))
-        if r["label"].startswith("AFD, one change"):
+        if r["role"] == "change":
             apart = not verdicts.tie(measured(r), measured(ref))
             out["collapsed" if at_chance(r) else "ties" if not apart else "costs" if r["worst"] < ref["worst"]
                 else "gains"].append(short(r))
@@ -466,7 +472,7 @@ def ablation_findings(records: list[dict[str, Any]], dataset: str = "cifar10", e
                       f"{', '.join(out['collapsed']) or 'none'} made training collapse to chance (no classifier is "
                       f"left to be robust); {', '.join(out['ties']) or 'none'} did not move it beyond the noise"
                       + (f"; {', '.join(out['gains'])} raised it beyond the noise." if out["gains"] else "."))
-    at = [r for r in rows if r["label"].startswith("PGD-AT") and "12 epochs" not in r["label"] and r["worst"] is not None]
+    at = [r for r in rows if r["role"] == "control" and r["worst"] is not None]
     if len(at) == 2 and ref["worst"] is not None:     # PGD-AT on the plain network, and on AFD's network and optimiser
         same = verdicts.tie(measured(at[0]), measured(at[1]))
         above = at[1]["worst"] > ref["worst"] and not verdicts.tie(measured(at[1]), measured(ref))

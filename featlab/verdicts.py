@@ -71,13 +71,6 @@ class Measurement:
             raise ValueError(f"attack: a non-empty name (an attack spec or threat model), got {self.attack!r}")
 
     @property
-    def stderr(self) -> float:
-        """The binomial standard error of ``acc`` in points (at least one image's worth / 2, so a
-        measured 0% or 100% still carries its resolution)."""
-        p = self.acc / 100.0
-        return max(100.0 * math.sqrt(p * (1 - p) / self.n), 50.0 / self.n)
-
-    @property
     def sees_defense(self) -> bool:
         """False for a threat model that ignores the defense ("oblivious", "oblivious pgd40")."""
         return self.attack.split()[0] not in OBLIVIOUS

@@ -189,7 +189,7 @@ def _ablation_record(run, attack, acc, clean):
 
 def test_the_ablation_findings_sort_each_change_by_its_numbers():
     from featlab import results
-    runs = [run for _, run in results.ABLATIONS["cifar10"]["rows"]]
+    runs = [run for _, run, _ in results.ABLATIONS["cifar10"]["rows"]]
     recs = [_ablation_record(runs[0], "autoattack", 29.2, 70.6),     # the reference
             _ablation_record(runs[1], "autoattack", 27.0, 74.0),     # within the noise of it: a tie
             _ablation_record(runs[2], "autoattack", 0.0, 87.4),      # far below, still learned: a cost
