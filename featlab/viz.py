@@ -106,16 +106,20 @@ def show_images(rows: Sequence[torch.Tensor], labels: Sequence[str], n: int = 8,
 
 
 class LiveLoss:
-    """A Trainer callback that plots chosen logs per step, redrawn in place every ``every`` steps.
+    """A Trainer callback that plots chosen logs per step, redrawn in place every ``every`` steps. ``keys`` may map
+    each log key to its legend words; ``smooth`` > 1 draws running means over that many steps; ``chance`` draws a
+    dotted line at that value on a 0-100 axis (an accuracy).
 
         >>> live = LiveLoss(["loss", "feat/conv1"])
         >>> trainer.fit(x, y, callback=live)
     """
 
-    def __init__(self, keys: Sequence[str] | None = None, every: int = 25, title: str = "", log: bool = True,
-                 smooth: int = 0):
+    def __init__(self, keys: Sequence[str] | Mapping[str, str] | None = None, every: int = 25, title: str = "",
+                 log: bool = True, smooth: int = 0, ylabel: str = "", chance: float | None = None):
         check_number("smooth", smooth, low=0, integer=True)
         self.keys, self.every, self.title, self.log = list(keys) if keys else None, every, title, log
+        self.labels = dict(keys) if isinstance(keys, Mapping) else {}      # log key -> the legend's words
+        self.ylabel, self.chance = ylabel, chance        # chance: a dotted line there, the axis 0-100 (an accuracy)
         self.smooth = smooth      # > 1: each line faint per step, and bold as the mean of the last `smooth` steps
         self.steps: list[int] = []
         self.values: dict[str, list[float]] = {}
@@ -131,8 +135,8 @@ class LiveLoss:
 
     def figure(self):
         fig, ax = plt.subplots(figsize=(9.5, 3.2), layout="constrained")
-        for i, (k, v) in enumerate(self.values.items()):
-            steps = self.steps[-len(v):]
+        for i, (key, v) in enumerate(self.values.items()):
+            steps, k = self.steps[-len(v):], self.labels.get(key, key)
             if self.smooth > 1:          # noisy steps (a fresh eps per batch, say): the running mean carries the trend
                 t = torch.tensor(v, dtype=torch.float64)
                 c = torch.cat([t.new_zeros(1), t.cumsum(0)])
@@ -145,7 +149,10 @@ class LiveLoss:
         if self.log:
             ax.set_yscale("symlog", linthresh=1e-3)
             log_ticks(ax)
-        ax.set_xlabel("step"), ax.grid(alpha=0.3)
+        if self.chance is not None:
+            ax.axhline(self.chance, color="k", ls=":", lw=1.5, label=f"chance ({self.chance:g}%)")
+            ax.set_ylim(0, 100)
+        ax.set_xlabel("step"), ax.set_ylabel(self.ylabel), ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))      # beside the curves, never on them
         ax.set_title(self.title)
         return fig

@@ -615,10 +615,14 @@ class AttackExplorer:
         self.computed += 1
         return res
 
+    def _eps_step(self, attack: str) -> tuple[float, float]:
+        """(step, top) of ``attack``'s eps slider in pixel units: Linf in steps of 1/255 on CIFAR, 0.01 otherwise, up
+        to ``eps_max``; L2 in steps of 0.05 up to ``l2_max``."""
+        return (0.05, self.l2_max) if attack == "PGD L2" else (1 / 255 if self.in_255 else 0.01, self.eps_max)
+
     def eps_grid(self, attack: str = "PGD Linf") -> list[float]:
-        """The eps values the slider of ``attack`` can take, in pixel units (Linf: steps of 1/255 on CIFAR, 0.01
-        otherwise, up to ``eps_max``; L2: steps of 0.05 up to ``l2_max``)."""
-        step, top = (0.05, self.l2_max) if attack == "PGD L2" else (1 / 255 if self.in_255 else 0.01, self.eps_max)
+        """The eps values the slider of ``attack`` can take, in pixel units (:meth:`_eps_step`)."""
+        step, top = self._eps_step(attack)
         return [round(i * step, 6) for i in range(int(round(top / step)) + 1)]
 
     def flip_eps(self, model_name: str, attack: str = "PGD Linf", steps: int = 10, index: int = 0) -> FlipPoint:
@@ -667,11 +671,12 @@ class AttackExplorer:
         self.w_model = w.Dropdown(options=list(self.models), description="model")
         self.w_attack = w.Dropdown(options=list(ATTACK_CHOICES), value="PGD Linf", description="attack")
         self.w_eps = w.FloatSlider(value=round(min(self.eps_default, self.eps_max) * scale, 3),
-                                   min=0.0, max=self.eps_max * scale, step=(1.0 if self.in_255 else 0.01),
+                                   min=0.0, max=self.eps_max * scale, step=self._eps_step("PGD Linf")[0] * scale,
                                    description="eps" + (" (/255)" if self.in_255 else ""), continuous_update=False)
         self.w_eps.add_class("featlab-eps")
         # L2 budgets are another unit: sqrt(pixels) times larger for the same per-pixel change
-        self.w_eps_l2 = w.FloatSlider(value=round(self.l2_max / 2, 2), min=0.0, max=self.l2_max, step=0.05,
+        self.w_eps_l2 = w.FloatSlider(value=round(self.l2_max / 2, 2), min=0.0, max=self.l2_max,
+                                      step=self._eps_step("PGD L2")[0],
                                       description="eps (L2)", continuous_update=False)
         self.w_eps_l2.add_class("featlab-eps-l2")
         self.w_steps = w.IntSlider(value=10, min=1, max=50, description="steps", continuous_update=False)

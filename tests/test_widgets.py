@@ -360,6 +360,11 @@ def test_live_loss_draws_the_running_mean_of_noisy_steps():
     assert list(raw.get_ydata()) == live.values["loss"]
     assert list(mean.get_ydata()) == pytest.approx([4.0, 2.0, 8 / 3, 2.0, 2.0, 2.0, 2.0, 2.0])
     assert "mean of the last 4 steps" in mean.get_label()
+    named = viz.LiveLoss({"acc": "D right"}, every=1000, log=False, ylabel="accuracy (%)", chance=50)
+    named(0, {"acc": 60.0})
+    ax = named.figure().axes[0]
+    assert [ln.get_label() for ln in ax.lines] == ["D right", "chance (50%)"] and ax.get_ylim() == (0, 100)
+    assert ax.get_ylabel() == "accuracy (%)"
     with pytest.raises(ValueError, match="smooth"):
         viz.LiveLoss(smooth=-1)
 
