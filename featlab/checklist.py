@@ -345,6 +345,19 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
             for c in REGISTRY_OF_CHECKS.values() for name, passed, detail, eps in c.run(r)]
 
 
+def thresholds(n: int | None = None, tol: float = 1.0, zero_tol: float = 5.0, dead_tol: float = 1.0,
+               gap_tol: float = 10.0) -> str:
+    """The slack :func:`checklist` allows with these arguments on ``n`` images, as one sentence: why a gap of 10
+    points passes where one of 15 fails, and why one image of 80 (1.25%) is inside the 1% rules."""
+    if n:
+        tol, dead_tol = max(tol, 100.0 / n), max(dead_tol, 100.0 / n)
+    on = f" on n={n} images (one image is {100.0 / n:.3g} points)" if n else ""
+    return (f"the checks' slack{on}: a comparison fails when it is off by more than {tol:.3g} point{'s' if tol != 1 else ''}; PGD may sit up "
+            f"to {gap_tol:g} points above an ensemble (more fails pgd-vs-ensemble-gap); at most {dead_tol:.3g}% of "
+            f"the images may have no input gradient; at the huge eps the strongest attack must leave at most "
+            f"{zero_tol:g}%")
+
+
 def page() -> str:
     """The checklist as a Markdown page, generated from the registry (``docs/checklist.md``)."""
     lines = ["# The evaluation checklist", "",
@@ -356,16 +369,29 @@ def page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def ran(checks: list[dict[str, Any]]) -> str:
+    """Which checks these are, by id with how many of each (one per attack, norm or defense it compares):
+    "monotone x3, iterative-vs-fgsm, ...", in the registry's order. Why two models get different counts: each
+    check runs only where the attacks that ran can decide it."""
+    counts: dict[str, int] = {}
+    for c in checks:
+        counts[c.get("id", c["check"])] = counts.get(c.get("id", c["check"]), 0) + 1
+    order = list(REGISTRY_OF_CHECKS)
+    return ", ".join(f"{k} x{v}" if v > 1 else k
+                     for k, v in sorted(counts.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
 def summary(checks: list[dict[str, Any]], label: str = "", warn: bool = True) -> str:
     """Only what failed, one "FAIL <check>: <detail>" line each, or one line saying that all the checks
-    passed (and how many): what a notebook prints instead of every PASS line."""
+    passed: what a notebook prints instead of every PASS line. Either way it says which checks ran
+    (:func:`ran`), so that two models' counts can be told apart."""
     failed = [c for c in checks if not c["passed"]]
     if not checks:
         return f"{label + ': ' if label else ''}no check could be decided from these attacks"
     if not failed:
-        return f"{label + ': ' if label else ''}all {len(checks)} checks pass"
+        return f"{label + ': ' if label else ''}all {len(checks)} checks pass ({ran(checks)})"
     report_checks(failed, label=label, warn=warn)
-    return "\n".join([f"{label + ': ' if label else ''}{len(failed)} of {len(checks)} checks FAIL"]
+    return "\n".join([f"{label + ': ' if label else ''}{len(failed)} of {len(checks)} checks FAIL (ran: {ran(checks)})"]
                      + [f"  FAIL  {c['check']}: {c['detail']}" for c in failed])
 
 

@@ -89,10 +89,15 @@ def plot_feature_grid(clean: torch.Tensor, perturbed: torch.Tensor, channels: in
 
 
 def show_images(rows: Sequence[torch.Tensor], labels: Sequence[str], n: int = 8, fig=None,
-                titles: Sequence[str] | None = None):
+                titles: Sequence[str] | None = None, captions: Sequence[Sequence[str] | None] | None = None):
     """A grid of images, one row per tensor (N, C, H, W) in [0, 1] (grey or RGB); ``labels`` name the
-    rows, ``titles`` (optional) the first ``n`` columns, e.g. the class names of the images."""
-    fig = fig or plt.figure(figsize=(1.3 * n, 1.4 * len(rows) + (0.2 if titles is not None else 0)))
+    rows, ``titles`` (optional) the first ``n`` columns, e.g. the class names of the images. ``captions``
+    (optional, one entry per row, None for none) writes a word over each image of that row, e.g. the class a
+    model reads in the adversarial row; red where it is not ``titles``' word for that column."""
+    if captions is not None and len(captions) != len(rows):
+        raise ValueError(f"captions must have one entry per row ({len(rows)}), got {len(captions)}")
+    titled = [i for i in range(len(rows)) if (i == 0 and titles is not None) or (captions and captions[i] is not None)]
+    fig = fig or plt.figure(figsize=(1.3 * n, 1.4 * len(rows) + 0.2 * len(titled)))
     axes = fig.subplots(len(rows), n, squeeze=False)
     for i, (imgs, lab) in enumerate(zip(rows, labels)):
         for j in range(n):
@@ -101,6 +106,10 @@ def show_images(rows: Sequence[torch.Tensor], labels: Sequence[str], n: int = 8,
             axes[i][j].set_xticks([]), axes[i][j].set_yticks([])
             if i == 0 and titles is not None and j < len(titles):
                 axes[i][j].set_title(str(titles[j]), fontsize=8)
+            elif captions and captions[i] is not None and j < len(captions[i]):
+                word = str(captions[i][j])
+                differs = titles is not None and j < len(titles) and word != str(titles[j])
+                axes[i][j].set_title(word, fontsize=8, color="C3" if differs else "black")
         axes[i][0].set_ylabel(lab)
     return fig
 
@@ -278,8 +287,11 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
         line, = ax.plot(x, [p[1] for p in pts], marker=marker, markersize=size + 3 * bool(single), alpha=0.85,
                         label=label_prefix + LEGEND_NAMES.get(name, name), **single)
         if single:
-            ax.annotate(f"{pts[0][1]:.0f}", (x[0], pts[0][1]), textcoords="offset points", xytext=(5, 4), fontsize=7,
-                        color=line.get_color(), zorder=5)
+            ax.annotate(f"{pts[0][1]:.1f}".rstrip("0").rstrip("."), (x[0], pts[0][1]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7, color=line.get_color(), zorder=5)    # 97.5 stays 97.5, 100.0 is 100
+    if k and shift:          # room right of the shifted points for their labels
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo, max(hi, max(xs) + (k + 3) * shift))
 
     ax.set_xlabel("eps (pixel units)")
     if dataset is not None and groups:

@@ -130,7 +130,8 @@ class FeatureNoiseExplorer:
 
     def maps_figure(self, eps: float, tap: str, channels: int = 6):
         """Every model's feature maps of image ``image_index`` at ``tap``, side by side, each model under its
-        own PGD at ``eps``: rows clean / adversarial / |difference|, the ``channels`` most-changed channels of
+        own PGD at ``eps``: rows clean / adversarial / |difference|, first the input image itself (its third row
+        the pixel change |x_adv - x| / eps, white = the whole budget), then the ``channels`` most-changed channels of
         each model. Clean and adversarial share a scale within a model. The difference rows share ONE scale
         across models, the change as a fraction of that model's largest clean activation at the tap, so a model
         whose maps barely move shows dark rows (a per-panel scale would make every model's look alike). Each
@@ -142,12 +143,21 @@ class FeatureNoiseExplorer:
         rel = {name: (a - c).abs() / c.abs().max().clamp_min(1e-12) for name, (c, a) in maps.items()}
         dmax = max(float(r.max()) for r in rel.values()) or 1.0
         n = min(channels, *(c.shape[0] for c, _ in maps.values()))
-        fig = plt.figure(figsize=(1.35 * n * len(maps) + 1.0, 4.6), layout="constrained")
+        fig = plt.figure(figsize=(1.35 * (n + 1) * len(maps) + 1.0, 4.6), layout="constrained")
+        x = self.x[i].detach().cpu().float()
         for sub, (name, (clean, adv)) in zip(fig.subfigures(1, len(maps), squeeze=False)[0], maps.items()):
             order = rel[name].flatten(1).sum(1).argsort(descending=True)[:n].tolist()
             vmax = float(torch.maximum(clean[order].max(), adv[order].max())) or 1.0
-            axes = sub.subplots(3, n, squeeze=False)
-            for j, ch in enumerate(order):
+            axes = sub.subplots(3, n + 1, squeeze=False)
+            # column 0: the input itself, clean and under this model's attack, and |x_adv - x| / eps in grey
+            x_adv = res[name]["x_adv"][i].float()
+            pixels = (x, x_adv, (x_adv - x).abs().amax(0, keepdim=True) / max(eps, 1e-12))
+            for r, img in enumerate(pixels):
+                axes[r][0].imshow(img.clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+                axes[r][0].set_xticks([]), axes[r][0].set_yticks([])
+            axes[0][0].set_title("input", fontsize=8)
+            axes[2][0].set_title("|x_adv - x| / eps", fontsize=7)
+            for j, ch in enumerate(order, start=1):
                 for r, (img, label) in enumerate(((clean, "clean"), (adv, "adversarial"), (rel[name], "|diff|"))):
                     diff = r == 2
                     im = axes[r][j].imshow(img[ch].numpy(), cmap="magma" if diff else "viridis", vmin=0,
@@ -157,7 +167,7 @@ class FeatureNoiseExplorer:
                 axes[0][j].set_title(f"ch {ch}", fontsize=8)
             d = float(res[name]["distortion"]["adversarial"].l2[tap][i])
             sub.suptitle(f"{name}: relative L2 distortion {d:.2f}", fontsize=10)
-        sub.colorbar(im, ax=axes[2, :].tolist(), shrink=0.9, label="|diff| / its model's largest\nclean activation (one scale)")
+        sub.colorbar(im, ax=axes[2, 1:].tolist(), shrink=0.9, label="|diff| / its model's largest\nclean activation (one scale)")
         fig.suptitle(f"tap {tap}, image {i}, eps {self.eps_label(eps)}, each model under its own "
                      f"PGD-{self.attack_steps}")
         return fig

@@ -179,6 +179,10 @@ def test_a_discriminator_at_chance_for_a_whole_epoch_is_reported():
         h = Trainer(m, afd, epochs=1, batch_size=32, optimizer=afd.optimizer_ec, device="cpu",
                     progress=False).fit(x, y)
     assert {"d_acc_epoch_mean", "d_acc_epoch_best", "input_grad_norm"} <= set(h[-1])
+    # each step logs D's balanced accuracy (the mean of its two accuracies), and the epoch's mean is theirs
+    logs = afd.train_step(x[:32], y[:32])
+    assert float(logs["d_acc"]) == pytest.approx(float(logs["d_acc_clean"] + logs["d_acc_adv"]) / 2)
+    assert h[-1]["d_acc_epoch_mean"] == pytest.approx(h[-1]["d_acc"], abs=1e-4)
 
 
 def test_reference_mnist_encoder_has_two_blocks_per_stage():

@@ -242,3 +242,22 @@ def test_one_images_slack_survives_float32_accuracies():
     assert c["passed"], c
     rows[1]["robust_acc"] = 92.5                   # two images below: a failure
     assert not next(c for c in checklist(rows, n=40) if c["id"] == "gradient-free")["passed"]
+
+
+def test_summary_names_the_checks_that_ran_and_thresholds_state_the_slack_checklist_applies():
+    from featlab.checklist import ran, summary, thresholds
+    rows = [{"attack": a, "eps": e, "robust_acc": acc} for a, e, acc in
+            [("fgsm", 0.1, 90.0), ("fgsm", 0.3, 60.0), ("pgd20", 0.1, 85.0), ("pgd20", 0.3, 40.0),
+             ("apgd", 0.3, 29.0)]]
+    checks = checklist(rows, n=80)
+    assert ran(checks) == ", ".join(
+        f"{k} x{v}" if v > 1 else k for k, v in
+        {i: sum(c["id"] == i for c in checks) for i in dict.fromkeys(c["id"] for c in checks)}.items())
+    assert ran(checks).startswith("monotone x2")           # one per curve of two eps or more: fgsm, pgd20
+    assert summary(checks, "m", warn=False).startswith(f"m: 1 of {len(checks)} checks FAIL (ran: monotone x2")   # 40 vs 29: 11 points
+    text = thresholds(80)
+    assert "more than 1.25 points" in text and "up to 10 points" in text and "at most 1.25% of the images" in text
+    # the sentence is what checklist applies: 1.25 points of slack pass on n=80, 1.3 do not
+    edge = [{"attack": "pgd20", "eps": 0.1, "robust_acc": 50.0}, {"attack": "pgd20", "eps": 0.3, "robust_acc": 51.25}]
+    assert checklist(edge, n=80)[0]["passed"] and not checklist(edge[:1] + [dict(edge[1], robust_acc=51.3)], n=80)[0]["passed"]
+    assert "more than 1 point;" in thresholds()

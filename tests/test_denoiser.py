@@ -256,3 +256,20 @@ def test_controls_by_name(name):
         assert len(torch.unique(out)) <= levels
     with pytest.raises(ValueError, match="name: unknown control 'jpeg'; allowed"):
         create_control("jpeg")
+
+
+def test_denoiser_objective_logs_the_share_of_the_loss_it_leaves():
+    """"left" = loss(D(x_adv), x) / loss(x_adv, x): exactly 1 for the identity, below 1 for a D that removes some of
+    the attack, above 1 for one that adds to it."""
+    clf = tiny_model().eval()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    obj = DenoiserObjective(clf, FeatureLoss(clf, taps={"conv": 1.0}, pixel_weight=1.0), eps_range=(0.1, 0.2), pgd_steps=2)
+    x_adv, _, _ = obj.make_pairs(x, y)
+    obj.make_pairs = lambda xb, yb: (x_adv, 0.1, "pgd")          # this pair every time
+
+    def left(fn):
+        return float(obj.loss(fn, x, y)[2]["left"])
+
+    assert left(torch.nn.Identity()) == pytest.approx(1.0, abs=1e-6)
+    assert left(lambda z: x + 0.5 * (z - x)) < 0.9               # halfway back to the clean images
+    assert left(lambda z: (x + 2.0 * (z - x)).clamp(0, 1)) > 1.2      # the perturbation doubled (in [0, 1])

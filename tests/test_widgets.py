@@ -270,7 +270,10 @@ def test_robustness_plot_zooms_only_where_every_point_is_high_and_names_the_fast
     assert single.get_markerfacecolor() == "none" and single.get_zorder() > lines[0].get_zorder()
     # ... a little right of its eps, and labelled with its value
     apgd = next(r for r in high if r["attack"] == "apgd")
-    assert single.get_xdata()[0] > apgd["eps"] and f"{apgd['robust_acc']:.0f}" in [t.get_text() for t in ax.texts]
+    assert single.get_xdata()[0] > apgd["eps"] and f"{apgd['robust_acc']:g}" in [t.get_text() for t in ax.texts]
+    assert ax.get_xlim()[1] > single.get_xdata()[0]                  # with room for its label inside the axes
+    half = viz.plot_robustness([dict(r, robust_acc=97.5) if r is apgd else r for r in high])
+    assert "97.5" in [t.get_text() for t in half.texts]               # not rounded to 98
     zoomed = viz.plot_robustness(high, chance=10.0, zoom=80.0)           # the line would sit off the zoomed axis
     assert "chance (10%)" not in [t.get_text() for t in zoomed.get_legend().get_texts()]
     plt.close("all")
@@ -379,3 +382,16 @@ def test_explorer_figures_at_several_eps_share_one_perturbation_scale(explorer):
         assert dist.get_ylim()[0] <= 0.01 and dist.get_ylim()[1] >= 3.0
     assert titles[0] == titles[1] == f"perturbation x{0.5 / explorer.eps_default:.1f} (grey = 0, white +)"
     plt.close("all")
+
+
+def test_show_images_captions_a_row_and_marks_the_words_that_differ_from_the_titles():
+    from featlab import viz
+    x = torch.rand(3, 1, 8, 8)
+    fig = viz.show_images([x, x], ["clean", "adversarial"], n=3, titles=["7", "2", "1"], captions=[None, ["7", "3", "1"]])
+    row = [a for a in fig.axes[3:]]
+    assert [a.get_title() for a in fig.axes[:3]] == ["7", "2", "1"]
+    assert [a.get_title() for a in row] == ["7", "3", "1"]
+    red = [a.title.get_color() != "black" for a in row]
+    assert red == [False, True, False]                   # only the image read as another class
+    with pytest.raises(ValueError, match="captions must have one entry per row"):
+        viz.show_images([x, x], ["a", "b"], n=3, captions=[None])

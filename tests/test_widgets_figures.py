@@ -111,10 +111,16 @@ def test_maps_figure_puts_every_models_differences_on_one_scale(two_models):
         title = next(t for t in (s._suptitle.get_text() for s in fig.subfigs) if t.startswith(f"{name}:"))
         assert title == f"{name}: relative L2 distortion {d:.2f}"
     assert rel["a"] != pytest.approx(rel["b"]), "the two models' own scales differ: the test can tell them apart"
-    for sub in fig.subfigs:          # rows clean, adversarial, |diff|, 3 channels each: the |diff| row is axes 6-8
-        assert sub.axes[6].get_ylabel() == "|diff|"
-        for ax in sub.axes[6:9]:
+    for name, sub in zip(models, fig.subfigs):
+        # rows clean, adversarial, |diff|; columns: the input image, then 3 channels: the |diff| row is axes 8-11
+        assert sub.axes[8].get_ylabel() == "|diff|"
+        for ax in sub.axes[9:12]:
             assert ax.images[0].get_clim() == pytest.approx((0.0, max(rel.values())))
+        x_adv = fx.compute(0.3)[name]["x_adv"][2]
+        shown = [torch.as_tensor(sub.axes[k].images[0].get_array().data) for k in (0, 4, 8)]
+        torch.testing.assert_close(shown[0], x[2, 0])                  # the clean input
+        torch.testing.assert_close(shown[1], x_adv[0])                 # under this model's own attack
+        assert float(shown[2].max()) == pytest.approx(1.0, abs=1e-5)   # the pixel change: the whole budget is white
     with pytest.raises(ValueError, match="tap must be one of the spatial taps"):
         fx.maps_figure(0.3, "logits")
     plt.close("all")

@@ -312,8 +312,9 @@ class AFD(Objective):
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         logs = self.step(x, y)
+        logs["d_acc"] = (logs["d_acc_clean"] + logs["d_acc_adv"]) / 2      # D's balanced accuracy on the batch
         if hasattr(self, "_epoch_d_acc"):
-            self._epoch_d_acc.append((logs["d_acc_clean"] + logs["d_acc_adv"]) / 2)
+            self._epoch_d_acc.append(logs["d_acc"])
         return logs
 
     def epoch_logs(self) -> dict[str, float]:

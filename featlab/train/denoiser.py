@@ -68,6 +68,7 @@ class DenoiserObjective(Objective):
         denoised = model(x_adv)
         terms = self.loss_fn.terms(denoised, x)
         total = torch.stack(list(terms.values())).sum()
+        adv_loss = total.detach()
         logs = {k: v.detach() for k, v in terms.items()}
         if self.clean_weight > 0:
             clean_loss = self.loss_fn(model(x), x)
@@ -75,6 +76,11 @@ class DenoiserObjective(Objective):
             logs["clean_term"] = clean_loss.detach()
         with torch.no_grad(), borrowed(self.classifier):
             logits = self.classifier(denoised)
+            # "left": the share of the attack's loss that D leaves, loss(D(x_adv), x) / loss(x_adv, x): 1 for a
+            # denoiser at the identity (and where the attack moved nothing), 0 where D removes it all. Unlike the
+            # loss it does not jump with the eps each batch draws (no host sync: logged every step on every rank)
+            untouched = torch.stack(list(self.loss_fn.terms(x_adv, x).values())).sum()
+            logs["left"] = torch.where(untouched > 0, adv_loss / untouched, torch.ones_like(adv_loss))
         logs.update(eps=eps, pgd=float(kind == "pgd"))
         return total, logits, logs
 
