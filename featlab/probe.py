@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -275,9 +275,42 @@ def embedding_activity(model: nn.Module, x: torch.Tensor, batch_size: int = 500)
             "none_active": 100.0 * (active == 0).float().mean().item(), "normalised": float(normalised)}
 
 
+def bootstrap_interval(stat: Callable[..., torch.Tensor], *per_image: torch.Tensor, n_boot: int = 1000,
+                       level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``stat`` of the per-image means and its percentile bootstrap interval, the images resampled with
+    replacement, one draw of indices for every array, so that measurements on the same images stay paired.
+
+    ``stat`` takes one mean per array (each a tensor: a batch of resampled means, or the full-sample mean) and
+    returns the statistic, e.g. ``lambda a, b: a / b`` (:func:`ratio_interval`), or notebook 01's edge ratio
+    ``lambda sa, sr, ra, rr: (sa / sr) / (ra / rr)`` of two models' adversarial and noise distortions.
+
+    Args:
+        per_image: arrays of shape (N,), N >= 2, all on the same N images.
+        n_boot: resamplings (default 1000); level: the interval's coverage in (0, 1) (default 0.95);
+        seed: the resampling's generator (the same call repeats exactly).
+    Returns: (value, low, high). Introduced in notebooks/01_feature_noise.ipynb.
+    """
+    arrays = [torch.as_tensor(a).detach().double().cpu() for a in per_image]
+    if not arrays or any(a.dim() != 1 for a in arrays) or len({len(a) for a in arrays}) != 1 or len(arrays[0]) < 2:
+        raise ValueError(f"per_image must be per-image values of one length N >= 2 (shape (N,)), got shapes "
+                         f"{[tuple(a.shape) for a in arrays]}")
+    check_number("n_boot", n_boot, low=1, integer=True)
+    check_number("level", level, low=0.0, high=1.0, low_open=True)
+    if level == 1.0:
+        raise ValueError("level must be > 0 and < 1 (the interval's coverage), got 1.0")
+    check_number("seed", seed, low=0, integer=True)
+    n = len(arrays[0])
+    idx = torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+    boot = torch.as_tensor(stat(*(a[idx].mean(1) for a in arrays)), dtype=torch.float64)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=boot.dtype)
+    low, high = torch.quantile(boot, q).tolist()
+    return float(stat(*(a.mean() for a in arrays))), low, high
+
+
 def ratio_interval(a: torch.Tensor, b: torch.Tensor, n_boot: int = 1000, level: float = 0.95,
                    seed: int = 0) -> tuple[float, float, float]:
-    """``mean(a) / mean(b)`` and its percentile bootstrap interval, the images resampled in pairs.
+    """``mean(a) / mean(b)`` and its percentile bootstrap interval, the images resampled in pairs
+    (:func:`bootstrap_interval` of the ratio).
 
     For two per-image measurements on the same images (e.g. two models' relative distortion at a tap,
     each of shape (N,) from :class:`Distortion`), the ratio of their means and the ``level`` interval
@@ -298,18 +331,9 @@ def ratio_interval(a: torch.Tensor, b: torch.Tensor, n_boot: int = 1000, level: 
     if a.dim() != 1 or b.dim() != 1 or len(a) != len(b) or len(a) < 2:
         raise ValueError(f"a and b must be per-image values of the same length N >= 2 (shape (N,)), got shapes "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
-    check_number("n_boot", n_boot, low=1, integer=True)
-    check_number("level", level, low=0.0, high=1.0, low_open=True)
-    if level == 1.0:
-        raise ValueError("level must be > 0 and < 1 (the interval's coverage), got 1.0")
-    check_number("seed", seed, low=0, integer=True)
     if float(b.mean()) == 0.0:
         raise ValueError("b has mean 0: the ratio mean(a) / mean(b) is undefined")
-    idx = torch.randint(0, len(a), (n_boot, len(a)), generator=torch.Generator().manual_seed(seed))
-    boot = a[idx].mean(1) / b[idx].mean(1)
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=boot.dtype)
-    low, high = torch.quantile(boot, q).tolist()
-    return float(a.mean() / b.mean()), low, high
+    return bootstrap_interval(lambda p, q: p / q, a, b, n_boot=n_boot, level=level, seed=seed)
 
 
 class Change(str, enum.Enum):

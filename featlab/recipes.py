@@ -323,7 +323,9 @@ def _fill_04(dataset: str, v: dict[str, Any]) -> dict[str, Any]:
     epochs = v["EPOCHS"] or lab["live_epochs"]
     return {"EPOCHS": epochs, "AT_EPOCHS": v["AT_EPOCHS"] or epochs, "AT_STEPS": v["AT_STEPS"] or lab["live_at_steps"],
             "N_CURVE": v["N_CURVE"] or lab["n_curve"], "CURVE_EPS": v["CURVE_EPS"] or threat["curve_eps"],
-            "STATIC_EPS": v["STATIC_EPS"] or threat["eps_list"]}
+            # one static figure at the usual eps: the flip section adds the eps where the attack fails, and the
+            # robust model's figure the model where it fails; more eps of one model give figures that look alike
+            "STATIC_EPS": v["STATIC_EPS"] or [threat["eps"]]}
 
 
 def _fill_05(dataset: str, v: dict[str, Any]) -> dict[str, Any]:

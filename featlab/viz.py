@@ -1,6 +1,7 @@
 """Matplotlib figures used by the notebooks."""
 from __future__ import annotations
 
+import math
 from typing import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -33,7 +34,8 @@ def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None,
                     styles: Mapping[str, dict] | None = None, log: bool = True):
     """Relative distortion vs depth, one line per named curve: the mean, with a band from the
     25th to the 75th percentile over images (robust on a log axis, unlike +-1 std). Each curve has its own marker
-    (:data:`MARKERS`, the first the largest), so curves that coincide stay visible; ``styles`` may override it."""
+    (:data:`MARKERS`, the first the largest), so curves that coincide stay visible; ``styles`` may override it.
+    On the log axis the bottom sits a factor 3 below the lowest mean: a band reaching further is cut there."""
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     for i, (name, d) in enumerate(curves.items()):
         taps, m = d.taps, d.mean(norm)
@@ -48,6 +50,13 @@ def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None,
         ax.set_xticks(list(xs), taps, rotation=30)
     if log:
         ax.set_yscale("log")
+        # the axis spans every mean line with a factor 3 to spare; a band reaching far below (the images a
+        # dead-gradient model keeps still, say) runs off the bottom instead of squeezing the lines together
+        means = [v for d in curves.values() for v in d.mean(norm).values() if v > 0]
+        if means:
+            low = min(means) / 3
+            if ax.get_ylim()[0] < low:
+                ax.set_ylim(bottom=low)
         log_ticks(ax)
     ax.set_xlabel("tap (input -> deeper)")
     ax.set_ylabel(f"relative distortion ({norm})")
@@ -117,19 +126,21 @@ def show_images(rows: Sequence[torch.Tensor], labels: Sequence[str], n: int = 8,
 class LiveLoss:
     """A Trainer callback that plots chosen logs per step, redrawn in place every ``every`` steps. ``keys`` may map
     each log key to its legend words; ``smooth`` > 1 draws running means over that many steps; ``chance`` draws a
-    dotted line at that value on a 0-100 axis (an accuracy).
+    dotted line at that value on a 0-100 axis (an accuracy); ``ylim`` fixes the y range (widened to fit the values).
 
         >>> live = LiveLoss(["loss", "feat/conv1"])
         >>> trainer.fit(x, y, callback=live)
     """
 
     def __init__(self, keys: Sequence[str] | Mapping[str, str] | None = None, every: int = 25, title: str = "",
-                 log: bool = True, smooth: int = 0, ylabel: str = "", chance: float | None = None):
+                 log: bool = True, smooth: int = 0, ylabel: str = "", chance: float | None = None,
+                 ylim: tuple[float, float] | None = None):
         check_number("smooth", smooth, low=0, integer=True)
         self.keys, self.every, self.title, self.log = list(keys) if keys else None, every, title, log
         self.labels = dict(keys) if isinstance(keys, Mapping) else {}      # log key -> the legend's words
         self.ylabel, self.chance = ylabel, chance        # chance: a dotted line there, the axis 0-100 (an accuracy)
         self.smooth = smooth      # > 1: each line faint per step, and bold as the mean of the last `smooth` steps
+        self.ylim = ylim          # a fixed y range (a share from 0 to 1, say), widened where a value leaves it
         self.steps: list[int] = []
         self.values: dict[str, list[float]] = {}
         self._handle = None
@@ -161,6 +172,9 @@ class LiveLoss:
         if self.chance is not None:
             ax.axhline(self.chance, color="k", ls=":", lw=1.5, label=f"chance ({self.chance:g}%)")
             ax.set_ylim(0, 100)
+        if self.ylim is not None:
+            seen = [x for v in self.values.values() for x in v if math.isfinite(x)]
+            ax.set_ylim(min([self.ylim[0], *seen]), max([self.ylim[1], *seen]))
         ax.set_xlabel("step"), ax.set_ylabel(self.ylabel), ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))      # beside the curves, never on them
         ax.set_title(self.title)

@@ -165,6 +165,22 @@ def test_ratio_interval_keeps_pairs_and_brackets_the_ratio():
         probe.ratio_interval(a, torch.zeros(50))
 
 
+def test_bootstrap_interval_of_any_statistic_keeps_every_array_paired():
+    g = torch.Generator().manual_seed(1)
+    sa, sr = 1 + torch.rand(40, generator=g, dtype=torch.float64), 1 + torch.rand(40, generator=g, dtype=torch.float64)
+    # notebook 01's edge ratio of two models: the second moves exactly half as far under both perturbations, image by
+    # image, so every paired resampling gives exactly 1 (an unpaired one would scatter)
+    edge = lambda a, b, c, d: (a / b) / (c / d)
+    value, low, high = probe.bootstrap_interval(edge, sa, sr, sa / 2, sr / 2)
+    assert value == pytest.approx(1.0, abs=1e-12) and low == pytest.approx(1.0, abs=1e-12) and high == pytest.approx(1.0, abs=1e-12)
+    # the ratio is this function on two arrays, draw for draw
+    assert probe.ratio_interval(sa, sr, seed=4) == probe.bootstrap_interval(lambda a, b: a / b, sa, sr, seed=4)
+    with pytest.raises(ValueError, match="one length N >= 2"):
+        probe.bootstrap_interval(edge, sa, sr[:5], sa, sr)
+    with pytest.raises(ValueError, match="n_boot"):
+        probe.bootstrap_interval(edge, sa, sr, sa, sr, n_boot=0)
+
+
 def test_the_probe_measures_the_embedding_once_not_also_as_the_encoders_last_stage():
     import featlab
     from featlab import probe

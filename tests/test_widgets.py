@@ -316,6 +316,11 @@ def test_distortion_curves_get_their_own_markers():
     assert (a.get_marker(), b.get_marker()) == ("o", "s") and a.get_markersize() > b.get_markersize()
     styled = viz.plot_distortion({"a": Distortion(same, same)}, styles={"a": {"marker": "x"}}).get_lines()[0]
     assert styled.get_marker() == "x", "a style given by the caller wins"
+    # a model that leaves most images still (a dead gradient): its band reaches 1e-5, its mean 0.1; the axis keeps
+    # the mean lines readable and lets that band run off the bottom
+    still = {t: torch.tensor([1e-5, 1e-5, 1e-5, 0.4]) for t in ("input", "conv1", "logits")}
+    ax = viz.plot_distortion({"a": Distortion(same, same), "dead": Distortion(still, still)})
+    assert ax.get_ylim()[0] == pytest.approx(0.1 / 3, rel=1e-3)
     plt.close("all")
 
 
@@ -368,6 +373,12 @@ def test_live_loss_draws_the_running_mean_of_noisy_steps():
     ax = named.figure().axes[0]
     assert [ln.get_label() for ln in ax.lines] == ["D right", "chance (50%)"] and ax.get_ylim() == (0, 100)
     assert ax.get_ylabel() == "accuracy (%)"
+    share = viz.LiveLoss({"left": "share"}, every=1000, log=False, ylim=(0.0, 1.05))
+    for step, v in enumerate([0.73, 0.72]):
+        share(step, {"left": v})
+    assert share.figure().axes[0].get_ylim() == (0.0, 1.05)          # a fixed scale, not zoomed on 0.72-0.73
+    share(2, {"left": 1.2})
+    assert share.figure().axes[0].get_ylim() == (0.0, 1.2)           # widened to show a value above it
     with pytest.raises(ValueError, match="smooth"):
         viz.LiveLoss(smooth=-1)
 
