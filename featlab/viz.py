@@ -301,8 +301,10 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
         line, = ax.plot(x, [p[1] for p in pts], marker=marker, markersize=size + 3 * bool(single), alpha=0.85,
                         label=label_prefix + LEGEND_NAMES.get(name, name), **single)
         if single:
+            # 97.5 stays 97.5, 100.0 is 100; every other label below its point, so that two single points at
+            # one value (AutoAttack and Square both at 97.5) do not write their labels over each other
             ax.annotate(f"{pts[0][1]:.1f}".rstrip("0").rstrip("."), (x[0], pts[0][1]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7, color=line.get_color(), zorder=5)    # 97.5 stays 97.5, 100.0 is 100
+                        xytext=(5, 4 if k % 2 else -11), fontsize=7, color=line.get_color(), zorder=5)
     if k and shift:          # room right of the shifted points for their labels
         lo, hi = ax.get_xlim()
         ax.set_xlim(lo, max(hi, max(xs) + (k + 3) * shift))
