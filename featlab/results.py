@@ -432,6 +432,13 @@ def ablation_table(records: list[dict[str, Any]], dataset: str = "cifar10", eps:
     return "\n".join(lines)
 
 
+def _how(on_pgd: bool, just: bool) -> str:
+    """What qualifies a change's place in the ablation summary: compared on PGD-20 only, or by a margin within
+    :data:`featlab.verdicts.JUST` noise bands."""
+    words = (["on PGD-20"] if on_pgd else []) + (["by a margin just beyond the noise"] if just else [])
+    return f" ({'; '.join(words)})" if words else ""
+
+
 def ablation_findings(records: list[dict[str, Any]], dataset: str = "cifar10", eps: float | None = None) -> dict[str, Any]:
     """What :data:`ABLATIONS` shows, as sentences computed from its rows (:func:`ablation_rows`): each row's worst case
     against the first row's (the reference), by :func:`featlab.verdicts.compare`; which one-at-a-time changes cost
@@ -455,16 +462,25 @@ def ablation_findings(records: list[dict[str, Any]], dataset: str = "cifar10", e
         if r["worst"] is None or ref["worst"] is None:
             out["lines"].append(f"{short(r)}: not evaluated on these {r['n']} images yet")
             continue
-        said = out["compared"][r["run"]] = verdicts.compare(short(r), measured(r), "the reference AFD", measured(ref))
+        mine, theirs, note, on_pgd = measured(r), measured(ref), "", False
+        if r["worst_attack"] != ref["worst_attack"]:        # not the same attacks yet: compare like for like
+            if r["pgd20"] is not None and ref["pgd20"] is not None:
+                on_pgd = True
+                mine = verdicts.Measurement("pgd20", r["pgd20"], r["n"])
+                theirs = verdicts.Measurement("pgd20", ref["pgd20"], ref["n"])
+                note = (f" (on PGD-20, the attack both ran: its worst case so far is {r['worst_attack']}'s "
+                        f"{r['worst']:.1f}, the reference's {ref['worst_attack']}'s {ref['worst']:.1f})")
+            else:
+                note = (f" (its worst case is {r['worst_attack']}'s, the reference's {ref['worst_attack']}'s: not "
+                        f"the same attacks yet, an upper bound against a full evaluation)")
+        said = out["compared"][r["run"]] = verdicts.compare(short(r), mine, "the reference AFD", theirs)
         out["lines"].append(said + (f"; its clean accuracy, {r['clean']:.1f}%, is at chance: the run collapsed"
-                                    if at_chance(r) else "")
-                            + (f" (its worst case is {r['worst_attack']}'s, the reference's {ref['worst_attack']}'s: not "
-                               f"the same attacks yet, an upper bound against a full evaluation)"
-                               if r["worst_attack"] != ref["worst_attack"] else ""))
+                                    if at_chance(r) else "") + note)
         if r["role"] == "change":
-            apart = not verdicts.tie(measured(r), measured(ref))
-            out["collapsed" if at_chance(r) else "ties" if not apart else "costs" if r["worst"] < ref["worst"]
-                else "gains"].append(short(r))
+            apart = not verdicts.tie(mine, theirs)
+            out["collapsed" if at_chance(r) else "ties" if not apart else "costs" if mine.acc < theirs.acc
+                else "gains"].append(short(r) + _how(on_pgd, apart and abs(mine.acc - theirs.acc) < verdicts.JUST
+                                                      * verdicts.noise_band(mine, theirs)))
     costs = out["costs"]
     out["summary"] = (f"One change at a time (6 epochs, unless the change is the budget): {', '.join(costs) or 'no change'} "
                       f"{'costs' if len(costs) == 1 else 'cost'} the reference AFD its robustness beyond the binomial "

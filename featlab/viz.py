@@ -37,6 +37,7 @@ def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None,
     (:data:`MARKERS`, the first the largest), so curves that coincide stay visible; ``styles`` may override it.
     On the log axis the bottom sits a factor 3 below the lowest mean: a band reaching further is cut there."""
     ax = ax or plt.subplots(figsize=(7, 4))[1]
+    uppers: list[float] = []
     for i, (name, d) in enumerate(curves.items()):
         taps, m = d.taps, d.mean(norm)
         per_image = d.l2 if norm == "l2" else d.linf
@@ -47,16 +48,19 @@ def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None,
         line, = ax.plot(xs, [m[t] for t in taps], label=name, **kw)
         q = [torch.quantile(per_image[t].float(), torch.tensor([0.25, 0.75])).tolist() for t in taps]
         ax.fill_between(xs, [a for a, _ in q], [b for _, b in q], alpha=0.12, color=line.get_color())
+        uppers += [b for _, b in q if b > 0]
         ax.set_xticks(list(xs), taps, rotation=30)
     if log:
         ax.set_yscale("log")
         # the axis spans every mean line with a factor 3 to spare; a band reaching far below (the images a
         # dead-gradient model keeps still, say) runs off the bottom instead of squeezing the lines together
+        # on axes shared with a panel drawn before (sharey), whose limits an earlier call fixed, the limits grow to
+        # hold this panel's lines and upper bands too
         means = [v for d in curves.values() for v in d.mean(norm).values() if v > 0]
         if means:
-            low = min(means) / 3
-            if ax.get_ylim()[0] < low:
-                ax.set_ylim(bottom=low)
+            low, high = min(means) / 3, max(means + uppers) * 1.5
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(max(lo, low), hi) if ax.get_autoscaley_on() else ax.set_ylim(min(lo, low), max(hi, high))
         log_ticks(ax)
     ax.set_xlabel("tap (input -> deeper)")
     ax.set_ylabel(f"relative distortion ({norm})")

@@ -204,3 +204,14 @@ def test_the_ablation_findings_sort_each_change_by_its_numbers():
     assert "the objective is what separates the two here" in f["summary"] and "just beyond the noise" in f["summary"]
     assert f"{short(2)} costs the reference AFD" in f["summary"]
     assert results.ablation_findings(recs, "mnist")["summary"] == ""  # no ablation on MNIST
+    # a change with PGD-20 only, against the reference's AutoAttack: compared on PGD-20, the attack both ran
+    # (38.4 against 32.2 on 500: just beyond the noise), never its PGD-20 against the reference's AutoAttack
+    pgd = recs + [_ablation_record(runs[0], "pgd20", 32.2, 70.6), _ablation_record(runs[7], "pgd20", 38.4, 78.8)]
+    g = results.ablation_findings(pgd, "cifar10")
+    line = next(x for x in g["lines"] if x.startswith(short(7)))
+    assert "38.4% (n=500)" in line and "32.2% (n=500)" in line and "on PGD-20, the attack both ran" in line
+    assert "29.2" in line                                  # the reference's AutoAttack, named as its worst case
+    assert g["gains"] == [short(7) + " (on PGD-20; by a margin just beyond the noise)"]
+    flat = results.ablation_findings(recs + [_ablation_record(runs[0], "pgd20", 36.0, 70.6),
+                                             _ablation_record(runs[7], "pgd20", 38.4, 78.8)], "cifar10")
+    assert flat["ties"] == [short(1), short(7) + " (on PGD-20)"]      # 38.4 vs 36.0: within the noise

@@ -321,6 +321,12 @@ def test_distortion_curves_get_their_own_markers():
     still = {t: torch.tensor([1e-5, 1e-5, 1e-5, 0.4]) for t in ("input", "conv1", "logits")}
     ax = viz.plot_distortion({"a": Distortion(same, same), "dead": Distortion(still, still)})
     assert ax.get_ylim()[0] == pytest.approx(0.1 / 3, rel=1e-3)
+    # two panels sharing y (notebook 03): the second's higher lines are not cut by the limits the first one set
+    _, (left, right) = plt.subplots(1, 2, sharey=True)
+    viz.plot_distortion({"dead": Distortion(still, still)}, ax=left)
+    high = {t: torch.full((4,), 8.0) for t in ("input", "conv1", "logits")}
+    viz.plot_distortion({"a": Distortion(high, high), "dead": Distortion(still, still)}, ax=right)
+    assert right.get_ylim()[1] >= 8.0 and left.get_ylim() == right.get_ylim()
     plt.close("all")
 
 
