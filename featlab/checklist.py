@@ -315,6 +315,14 @@ def _gradients_exist(r: Rows):
 CHECK_IDS: dict[str, tuple[str, str, str]] = {c.id: (c.symptom, c.why, c.next) for c in REGISTRY_OF_CHECKS.values()}
 
 
+def slack(n: int | None, tol: float = 1.0) -> float:
+    """The slack, in points, a check with tolerance ``tol`` allows on ``n`` images: ``tol``, but never less than one
+    image's worth (100 / ``n``), so one flipped image is not a failure. ``n`` None or 0: ``tol``."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"n must be a non-negative int (the number of evaluated images) or None, got {n!r}")
+    return max(float(tol), 100.0 / n) if n else float(tol)
+
+
 def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | None = None,
               large_eps: float | None = None, tol: float = 1.0, zero_tol: float = 5.0,
               dead_tol: float = 1.0, n: int | None = None, gap_tol: float = 10.0,
@@ -337,8 +345,7 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
     """
     if dataset is not None:
         check_choice("dataset", dataset, DATASETS)
-    if n:
-        tol, dead_tol = max(tol, 100.0 / n), max(dead_tol, 100.0 / n)
+    tol, dead_tol = slack(n, tol), slack(n, dead_tol)
     r = Rows.of(rows, gradient_stats=gradient_stats, large_eps=large_eps, tol=tol, zero_tol=zero_tol,
                 dead_tol=dead_tol, gap_tol=gap_tol, dataset=dataset)
     return [{"id": c.id, "check": name, "passed": bool(passed), "detail": detail, "eps": eps}
@@ -349,8 +356,7 @@ def thresholds(n: int | None = None, tol: float = 1.0, zero_tol: float = 5.0, de
                gap_tol: float = 10.0) -> str:
     """The slack :func:`checklist` allows with these arguments on ``n`` images, as one sentence: why a gap of 10
     points passes where one of 15 fails, and why one image of 80 (1.25%) is inside the 1% rules."""
-    if n:
-        tol, dead_tol = max(tol, 100.0 / n), max(dead_tol, 100.0 / n)
+    tol, dead_tol = slack(n, tol), slack(n, dead_tol)
     on = f" on n={n} images (one image is {100.0 / n:.3g} points)" if n else ""
     return (f"the checks' slack{on}: a comparison fails when it is off by more than {tol:.3g} point{'s' if tol != 1 else ''}; PGD may sit up "
             f"to {gap_tol:g} points above an ensemble (more fails pgd-vs-ensemble-gap); at most {dead_tol:.3g}% of "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -261,6 +261,24 @@ def _plotted(rows: Sequence[Mapping], by: str = "attack") -> dict[str, list]:
     return groups
 
 
+def legend_below(fig, axes, ncol: int = 4, fontsize: float = 9) -> float:
+    """One legend under panels side by side, in place of theirs: each label of ``axes`` once, in the order first
+    seen (a panel's own legend covers half of a zoomed axis). Returns the share of the figure's height the legend
+    takes at the bottom, for ``plt.tight_layout(rect=(0, bottom, 1, 1))``."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if not handles:
+        return 0.0
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(ncol, len(handles)),
+               fontsize=fontsize)
+    rows = -(-len(handles) // ncol)
+    return min(0.5, (rows * 1.5 * fontsize + 8) / (72 * fig.get_figheight()))
+
+
 def shared_zoom(panels: Iterable[Sequence[Mapping]], by: str = "attack", above: float = 40.0,
                 margin: float = 3.0) -> float:
     """The one y-axis bottom for panels drawn side by side with :func:`plot_robustness` (its ``zoom``): the
@@ -319,11 +337,12 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
         ax.set_xticks(ticks, [data.format_eps(t, dataset) for t in ticks])
         ax.set_xlabel("eps (Linf)")
     ax.set_ylabel("accuracy under attack (%)")
-    ax.set_ylim(-2, 102)
+    room = 0.07 if k else 0.0    # headroom (share of the span) for a value label above a point at 100%, inside the frame
+    ax.set_ylim(-2, 102 + room * 104)
     low = min((p[1] for pts in groups.values() for p in pts), default=0.0)
     if zoom is not False and zoom is not None and low > 40:
         bottom = max(0.0, min(low - 3.0, 90.0)) if zoom is True else min(float(zoom), low)
-        ax.set_ylim(bottom, 101)
+        ax.set_ylim(bottom, 101 + room * (101 - bottom))
         ax.set_ylabel(f"accuracy under attack (%)\nzoomed: {bottom:.0f}-100")
     if chance is not None and ax.get_ylim()[0] < chance:      # a zoomed axis above it leaves it out of the legend too
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:g}%)")

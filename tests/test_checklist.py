@@ -261,3 +261,17 @@ def test_summary_names_the_checks_that_ran_and_thresholds_state_the_slack_checkl
     edge = [{"attack": "pgd20", "eps": 0.1, "robust_acc": 50.0}, {"attack": "pgd20", "eps": 0.3, "robust_acc": 51.25}]
     assert checklist(edge, n=80)[0]["passed"] and not checklist(edge[:1] + [dict(edge[1], robust_acc=51.3)], n=80)[0]["passed"]
     assert "more than 1 point;" in thresholds()
+
+
+def test_slack_is_the_rule_checklist_and_thresholds_apply():
+    from featlab.checklist import slack, thresholds
+    assert slack(None) == slack(0) == 1.0 and slack(200) == 1.0 and slack(80) == 1.25 and slack(80, 2.0) == 2.0
+    assert f"more than {slack(40):.3g} points" in thresholds(40)
+    # a gradient check on 40 images: 2.5% dead (one image) passes, 5% (two) fails
+    rows = [{"attack": "pgd20", "eps": 0.3, "robust_acc": 50.0}]
+    dead = lambda f: next(c for c in checklist(rows, {"dead_fraction": f, "median_grad_norm": 1.0}, n=40)
+                          if c["id"] == "gradients-exist")["passed"]
+    assert dead(slack(40)) and not dead(5.0)
+    for bad in (-1, 2.5, "80", True):
+        with pytest.raises(ValueError, match="n must be"):
+            slack(bad)

@@ -248,12 +248,15 @@ def test_robustness_plot_zooms_only_where_every_point_is_high_and_names_the_fast
     high = [{"attack": a, "eps": e, "robust_acc": acc} for a, e, acc in
             [("pgd20", 0.1, 99.0), ("pgd20", 0.3, 95.0), ("apgd", 0.3, 88.0)]]
     ax = viz.plot_robustness(high, dataset="mnist", zoom=True)
-    assert ax.get_ylim() == (85.0, 101.0) and "zoomed" in ax.get_ylabel()
+    # apgd ran at one eps: its value label gets 7% of the span above 100, inside the frame
+    assert ax.get_ylim() == pytest.approx((85.0, 101.0 + 0.07 * 16)) and "zoomed" in ax.get_ylabel()
     assert "apgd (AutoAttack fast: APGD-CE + APGD-T)" in [t.get_text() for t in ax.get_legend().get_texts()]
     low = high + [{"attack": "fgsm", "eps": 0.3, "robust_acc": 30.0}]
-    assert viz.plot_robustness(low, zoom=True).get_ylim() == (-2.0, 102.0)
-    assert viz.plot_robustness(high).get_ylim() == (-2.0, 102.0)        # no zoom unless asked
-    assert viz.plot_robustness(high, zoom=80.0).get_ylim() == (80.0, 101.0)     # panels side by side share a bottom
+    assert viz.plot_robustness(low, zoom=True).get_ylim() == pytest.approx((-2.0, 102.0 + 0.07 * 104))
+    assert viz.plot_robustness(high).get_ylim() == pytest.approx((-2.0, 102.0 + 0.07 * 104))   # no zoom unless asked
+    assert viz.plot_robustness(high, zoom=80.0).get_ylim() == pytest.approx((80.0, 101.0 + 0.07 * 21))   # a shared bottom
+    lines_only = [r for r in high if r["attack"] != "apgd"]              # no value label: no headroom
+    assert viz.plot_robustness(lines_only).get_ylim() == (-2.0, 102.0)
     # the shared bottom: the lowest point of the panels that zoom (the 1.0 point is the checklist's, not drawn)
     other = [{"attack": "pgd20", "eps": 0.3, "robust_acc": 92.0}, {"attack": "pgd20", "eps": 1.0, "robust_acc": 0.0}]
     assert viz.shared_zoom([high, other]) == 85.0 and viz.shared_zoom([high, low, other]) == 85.0
@@ -412,3 +415,17 @@ def test_show_images_captions_a_row_and_marks_the_words_that_differ_from_the_tit
     assert red == [False, True, False]                   # only the image read as another class
     with pytest.raises(ValueError, match="captions must have one entry per row"):
         viz.show_images([x, x], ["a", "b"], n=3, captions=[None])
+
+
+def test_legend_below_puts_each_label_once_under_the_panels():
+    import matplotlib.pyplot as plt
+    from featlab import viz
+    rows = lambda acc: [{"attack": a, "eps": e, "robust_acc": acc} for a in ("fgsm", "pgd20") for e in (0.1, 0.3)]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    viz.plot_robustness(rows(20.0), ax=axes[0], chance=10.0)         # the chance line on the unzoomed panel only
+    viz.plot_robustness(rows(95.0), ax=axes[1], chance=10.0, zoom=True)
+    bottom = viz.legend_below(fig, axes, ncol=2)
+    assert all(ax.get_legend() is None for ax in axes), "the panels' own legends are gone"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["fgsm", "pgd20", "chance (10%)"]
+    assert 0 < bottom < 0.5
+    plt.close("all")
