@@ -298,6 +298,7 @@ def check_04(m, pretrained=True):
     cifar = m["dataset"] == "cifar10"
     robust = "Fast-AT" if cifar else "PGD-AT"
     den = "denoiser + standard"
+    assert m["taught/ig_max_diff"] < 1e-4, "the notebook's Integrated Gradients is captum's (the explorer's map)"
     std = m["success/standard"]
     assert std[0] == 0 and std[-1] >= std[1] and std[-1] > 50, "success grows with eps on the standard model"
     # where PGD-10 starts to flip the explorer's image: a bracket one slider step wide (None, None where the model
