@@ -143,9 +143,11 @@ class FeatureNoiseExplorer:
         rel = {name: (a - c).abs() / c.abs().max().clamp_min(1e-12) for name, (c, a) in maps.items()}
         dmax = max(float(r.max()) for r in rel.values()) or 1.0
         n = min(channels, *(c.shape[0] for c, _ in maps.values()))
-        fig = plt.figure(figsize=(1.35 * (n + 1) * len(maps) + 1.0, 4.6), layout="constrained")
+        # one band of three rows per model, stacked: side by side, two models of seven columns made a figure 20
+        # inches wide, shrunk on the page until its labels could not be read
+        fig = plt.figure(figsize=(1.3 * (n + 1) + 1.8, 3.5 * len(maps) + 0.5), layout="constrained")
         x = self.x[i].detach().cpu().float()
-        for sub, (name, (clean, adv)) in zip(fig.subfigures(1, len(maps), squeeze=False)[0], maps.items()):
+        for sub, (name, (clean, adv)) in zip(fig.subfigures(len(maps), 1, squeeze=False)[:, 0], maps.items()):
             order = rel[name].flatten(1).sum(1).argsort(descending=True)[:n].tolist()
             vmax = float(torch.maximum(clean[order].max(), adv[order].max())) or 1.0
             axes = sub.subplots(3, n + 1, squeeze=False)
@@ -155,8 +157,8 @@ class FeatureNoiseExplorer:
             for r, img in enumerate(pixels):
                 axes[r][0].imshow(img.clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
                 axes[r][0].set_xticks([]), axes[r][0].set_yticks([])
-            axes[0][0].set_title("input", fontsize=8)
-            axes[2][0].set_title("|x_adv - x| / eps", fontsize=7)
+            axes[0][0].set_title("input", fontsize=9)
+            axes[2][0].set_title("|x_adv - x| / eps", fontsize=8)
             for j, ch in enumerate(order, start=1):
                 for r, (img, label) in enumerate(((clean, "clean"), (adv, "adversarial"), (rel[name], "|diff|"))):
                     diff = r == 2
@@ -164,10 +166,10 @@ class FeatureNoiseExplorer:
                                            vmax=dmax if diff else vmax)
                     axes[r][j].set_xticks([]), axes[r][j].set_yticks([])
                     axes[r][0].set_ylabel(label, fontsize=9)
-                axes[0][j].set_title(f"ch {ch}", fontsize=8)
+                axes[0][j].set_title(f"ch {ch}", fontsize=9)
             d = float(res[name]["distortion"]["adversarial"].l2[tap][i])
-            sub.suptitle(f"{name}: relative L2 distortion {d:.2f}", fontsize=10)
-        sub.colorbar(im, ax=axes[2, 1:].tolist(), shrink=0.9, label="|diff| / its model's largest\nclean activation (one scale)")
+            sub.suptitle(f"{name}: relative L2 distortion {d:.2f}", fontsize=11)
+            sub.colorbar(im, ax=axes[2, 1:].tolist(), shrink=0.9, label="|diff| / largest clean\nactivation (one scale)")
         fig.suptitle(f"tap {tap}, image {i}, eps {self.eps_label(eps)}, each model under its own "
                      f"PGD-{self.attack_steps}")
         return fig
