@@ -425,6 +425,21 @@ def success_rates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: 
     return SuccessCurve(tuple(float(e) for e in eps_list), tuple(rates), int(ok.sum()))
 
 
+def noise_rates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], kind: str = "sign",
+                seed: int = 0) -> SuccessCurve:
+    """The control of :func:`success_rates`: how often random noise of the same size (:func:`featlab.probe.random_noise`,
+    ``kind`` "sign": every pixel moved by +eps or -eps, a corner of the Linf ball the attack searches) moves an image
+    ``model`` classifies correctly off its label, per eps. One generator seeded with ``seed`` draws the noise for
+    every eps in turn, so the curve is reproducible. Shapes: x (N, C, H, W) in [0, 1], y (N,)."""
+    for e in eps_list:
+        check_number("eps_list[...]", e, low=0.0, high=1.0)
+    ok = predict(model, x) == y.cpu()
+    xs, ys, g = x.cpu()[ok], y.cpu()[ok], torch.Generator().manual_seed(seed)
+    rates = [100.0 * float((predict(model, random_noise(xs, e, kind, generator=g)) != ys).float().mean())
+             if len(xs) else 0.0 for e in eps_list]
+    return SuccessCurve(tuple(float(e) for e in eps_list), tuple(rates), int(ok.sum()))
+
+
 # -- figures of explorer results ------------------------------------------------------------------------------
 _ATTR_NAMES = {"ig": "IG, black baseline", "ig_grey": "IG, grey baseline", "saliency": "Saliency"}
 

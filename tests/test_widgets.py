@@ -153,6 +153,17 @@ def test_success_rates_count_the_correct_images_and_use_the_attack_model(trained
     assert moved.n == own.n and moved.rates[1] < own.rates[1] - 30, (moved.rates, own.rates)
     # the explorer's success_curves is success_rates for every model: the same seed, the same numbers
     assert AttackExplorer({"m": trained_mnist}, x, y).success_curves([0.0, 0.3])["m"] == list(own.rates)
+    # the control: random sign noise of the same size, on the same images, flips far fewer; seeded, reproducible
+    noise = widgets.noise_rates(trained_mnist, x, y, [0.0, 0.1, 0.3], seed=3)
+    assert noise.n == own.n and noise.rates[0] == 0.0 and noise.rates[-1] < own.rates[1] - 50, noise
+    assert widgets.noise_rates(trained_mnist, x, y, [0.0, 0.1, 0.3], seed=3) == noise
+    g = torch.Generator().manual_seed(3)
+    ok = featlab.metrics.predict(trained_mnist, x) == y
+    by_hand = [100 * float((featlab.metrics.predict(trained_mnist, featlab.probe.random_noise(x[ok], e, generator=g))
+                            != y[ok]).float().mean()) for e in (0.0, 0.1, 0.3)]
+    assert list(noise.rates) == by_hand
+    with pytest.raises(ValueError, match="eps_list"):
+        widgets.noise_rates(trained_mnist, x, y, [-0.1])
 
 
 def test_feature_noise_explorer_static_and_widget(trained_mnist, mnist_small):
