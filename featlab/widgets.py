@@ -456,27 +456,31 @@ def _attribution_panel(ax, a: torch.Tensor, kind: str) -> None:
     im = ax.imshow(a.numpy(), cmap="RdBu_r" if signed else "hot", vmin=-lim if signed else 0, vmax=lim)
     ax.set_xticks([]), ax.set_yticks([])
     bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[-lim, 0, lim] if signed else [0, lim])
-    bar.ax.tick_params(labelsize=6)
+    bar.ax.tick_params(labelsize=7)
     bar.ax.set_yticklabels([f"{t:.2g}" for t in ([-lim, 0, lim] if signed else [0, lim])])
 
 
-#: the top-5 panel's lowest axis limit: a probability below it is drawn at it
+#: the top-5 panel's axis starts here in every figure, so that figures side by side compare; a probability below it
+#: gets no bar and a "<1e-12" mark
 P_MIN = 1e-12
 
 
 def _top5_panel(ax, res: Mapping, classes: Sequence[str]) -> None:
-    """The five most probable classes (clean + adversarial) before and after, on a log probability axis that
-    starts a decade below the smallest probability shown (at most :data:`P_MIN`): a confident model puts almost
-    all of its mass on one or two classes, so a linear axis leaves the other rows empty; the log axis shows how
-    far each class is from zero, and how far the label falls when an attack succeeds."""
+    """The five most probable classes (clean + adversarial) before and after, on a log probability axis from
+    :data:`P_MIN` to 1, the same in every figure: a confident model puts almost all of its mass on one or two
+    classes, so a linear axis leaves the other rows empty; the log axis shows how far each class is from zero, and
+    how far the label falls when an attack succeeds."""
     top5 = torch.topk(res["p_clean"] + res["p_adv"], 5).indices.tolist()
-    probs = {key: [max(float(res[key][i]), P_MIN) for i in top5] for key in ("p_clean", "p_adv")}
-    low = max(10.0 ** (math.floor(math.log10(min(min(v) for v in probs.values()))) - 1), P_MIN)
     pos = torch.arange(5)
     for shift, key, lab in ((-0.2, "p_clean", "clean"), (0.2, "p_adv", "adversarial")):
-        ax.barh(pos + shift, [v - low for v in probs[key]], 0.4, left=low, label=lab)
+        probs = [float(res[key][i]) for i in top5]
+        bars = ax.barh(pos + shift, [max(v, P_MIN) - P_MIN for v in probs], 0.4, left=P_MIN, label=lab)
+        for y, v in zip((pos + shift).tolist(), probs):
+            if v < P_MIN:          # below the axis: said, not drawn as if it were P_MIN
+                ax.text(P_MIN * 1.5, y, f"<{P_MIN:.0e}", va="center", fontsize=6, color=bars.patches[0].get_facecolor())
     ax.set_yticks(pos.tolist(), [classes[i] + (" (label)" if i == res["label"] else "") for i in top5], fontsize=8)
-    ax.set_xscale("log"), ax.set_xlim(low, 1), ax.invert_yaxis()
+    ax.set_xscale("log"), ax.set_xlim(P_MIN, 1), ax.invert_yaxis()
+    ax.set_xticks([1e-12, 1e-9, 1e-6, 1e-3, 1])
     ax.set_xlabel("probability (log scale)", fontsize=8)
     ax.tick_params(axis="x", labelsize=7), ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right"), ax.set_title("top-5 classes", fontsize=9)

@@ -26,25 +26,27 @@ def _result(p_clean, p_adv, label=0):
 
 def test_the_top5_panel_draws_every_class_on_a_log_axis():
     """A confident model: two classes share the mass, three sit at 1e-5 to 1e-9. On a linear axis from 0 to 1 those
-    three rows are empty; on the log axis every bar has a length, its right end at the class's probability."""
+    three rows are empty; on the log axis every bar has a length, its right end at the class's probability. The axis
+    is the same in every figure (P_MIN to 1), so that two figures compare."""
     p_clean = [0.998, 1e-3, 1e-5, 1e-7, 1e-9, 1e-13, 0.0, 0.0, 0.0, 0.0]
     p_adv = [2e-6, 0.999, 1e-6, 1e-8, 1e-4, 0.0, 0.0, 0.0, 0.0, 0.0]
     fig = widgets.explorer_figure(_result(p_clean, p_adv), [str(i) for i in range(10)])
     ax = next(a for a in fig.axes if a.get_title() == "top-5 classes")
     assert ax.get_xscale() == "log"
-    low = 10.0 ** (math.floor(math.log10(1e-9)) - 1)           # a decade below the smallest probability shown
-    assert ax.get_xlim() == pytest.approx((low, 1.0))
+    assert ax.get_xlim() == pytest.approx((widgets.P_MIN, 1.0))
     top5 = [1, 0, 4, 2, 3]                                        # by p_clean + p_adv
     assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "0 (label)", "4", "2", "3"]
     bars = ax.patches
     assert len(bars) == 10
     for bar, p in zip(bars, [p_clean[i] for i in top5] + [p_adv[i] for i in top5]):
-        assert bar.get_x() == pytest.approx(low) and bar.get_x() + bar.get_width() == pytest.approx(p)
-        assert math.log10(bar.get_x() + bar.get_width()) - math.log10(low) >= 1 - 1e-9, "at least a decade long"
-    # a probability under P_MIN (here 1e-13, class 5, not in the top 5 anyway; and the floor itself) stays drawable
+        assert bar.get_x() == pytest.approx(widgets.P_MIN) and bar.get_x() + bar.get_width() == pytest.approx(p)
+        assert math.log10(bar.get_x() + bar.get_width()) - math.log10(widgets.P_MIN) >= 1, "at least a decade long"
+    assert not ax.texts, "nothing below the axis"
+    # a probability under P_MIN (1e-13, and exact zeros) gets no bar and a mark that says so; the axis stays put
     r = _result([0.5, 0.5 - 1e-13, 1e-13, 0, 0, 0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0, 0, 0, 0, 0])
     ax = next(a for a in widgets.explorer_figure(r, list("abcdefghij")).axes if a.get_title() == "top-5 classes")
-    assert ax.get_xlim()[0] == pytest.approx(widgets.P_MIN) and min(b.get_width() for b in ax.patches) >= 0
+    assert ax.get_xlim() == pytest.approx((widgets.P_MIN, 1.0)) and min(b.get_width() for b in ax.patches) >= 0
+    assert [t.get_text() for t in ax.texts] == ["<1e-12"] * 6        # classes 2, 3, 4: clean and adversarial
     plt.close("all")
 
 
