@@ -361,6 +361,7 @@ def test_notebook_trains_from_scratch(tmp_path, name):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy       # 3-4 min each without native bf16 (cifar_airnet trained live in fp32): `make test-all`
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_cifar_notebook_trains_from_scratch(tmp_path, name):
     """DATASET = "cifar10", PRETRAINED = False: cifar_airnet models trained here on a subset (CI sizes)."""
