@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import math
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Sequence
 
@@ -433,6 +432,7 @@ def noise_rates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Se
     every eps in turn, so the curve is reproducible. Shapes: x (N, C, H, W) in [0, 1], y (N,)."""
     for e in eps_list:
         check_number("eps_list[...]", e, low=0.0, high=1.0)
+    check_number("seed", seed, low=0, integer=True)
     ok = predict(model, x) == y.cpu()
     xs, ys, g = x.cpu()[ok], y.cpu()[ok], torch.Generator().manual_seed(seed)
     rates = [100.0 * float((predict(model, random_noise(xs, e, kind, generator=g)) != ys).float().mean())

@@ -164,6 +164,10 @@ def test_success_rates_count_the_correct_images_and_use_the_attack_model(trained
     assert list(noise.rates) == by_hand
     with pytest.raises(ValueError, match="eps_list"):
         widgets.noise_rates(trained_mnist, x, y, [-0.1])
+    with pytest.raises(ValueError, match="seed"):
+        widgets.noise_rates(trained_mnist, x, y, [0.1], seed="a")
+    with pytest.raises(ValueError, match="kind"):
+        widgets.noise_rates(trained_mnist, x, y, [0.1], kind="uniform")
 
 
 def test_feature_noise_explorer_static_and_widget(trained_mnist, mnist_small):
