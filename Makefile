@@ -35,7 +35,7 @@ notebooks: data
 test: data
 	$(PY) -m pytest -ra --durations=15 -m "not heavy"
 
-## every test, the heavy ones too (the four CIFAR-10 notebooks trained from scratch: 14 min more on 2 cores without
+## every test, the heavy ones too (the four CIFAR-10 notebooks trained from scratch: about 13 min more on 2 cores without
 ## native bf16, measured with ONEDNN_MAX_CPU_ISA=AVX2 FEATLAB_CPU_BF16=0)
 test-all: data
 	$(PY) -m pytest -ra --durations=15
