@@ -151,6 +151,7 @@ def test_smoke_runs_every_stage_and_returns_what_it_promises(tmp_path):
         ("plan autoattack", "afd"), ("plan autoattack", "pgd_at")]
     by = {(r["check"], r.get("method")): r for r in lines}
     assert by[("train", "pgd_at")]["epochs"] == by[("train", "afd")]["epochs"] == 1
+    assert by[("probe", "afd")]["attack"] == by[("probe", "pgd_at")]["attack"] == "pgd2", "the smoke's short attack"
     assert by[("probe", "pgd_at")]["train_budget_s"] == by[("train", "afd")]["wall_s"]     # same time as AFD
     assert "d_acc_epoch_mean" in by[("train", "afd")]["last"]                              # it played the game
     for m in ("afd", "pgd_at"):
