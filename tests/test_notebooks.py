@@ -13,7 +13,7 @@ CI_PARAMETERS = {
     "03_afd.ipynb": dict(N_TRAIN=6000, EPOCHS=2, ATTACK_STEPS=3, N_EVAL=200, EVAL_STEPS=10, N_PLOT=100, N_PROBE=256,
                          PROBE_STEPS=100),
     "04_attack_explorer.ipynb": dict(TRAIN_LIMIT=2000, EPOCHS=1, AT_EPOCHS=1, AT_STEPS=2, DENOISER_EPOCHS=1,
-                                     N_CURVE=60, CURVE_EPS=[0.0, 0.1, 0.3], STATIC_EPS=[0.2]),
+                                     N_CURVE=60, CURVE_EPS=[0.0, 0.1, 0.3], STATIC_EPS=[0.2], N_ATTRIBUTION=10),
     "05_honest_evaluation.ipynb": dict(N_EVAL=60, EPS_LIST=[0.1, 0.3], ATTACKS=["fgsm", "pgd5", "pgd10"],
                                        AUTOATTACK="fast", AA_N=30, SQUARE_QUERIES=100,
                                        CLASSIFIERS=["mnist_resnet_standard", "mnist_resnet_afd"]),
@@ -29,7 +29,8 @@ CIFAR_CI_PARAMETERS = {
     "03_afd.ipynb": dict(DATASET="cifar10", N_TRAIN=1500, EPOCHS=2, BATCH_SIZE=50, ATTACK_STEPS=2, N_EVAL=100,
                          EVAL_STEPS=5, N_PLOT=60, N_PROBE=256, PROBE_STEPS=100),
     "04_attack_explorer.ipynb": dict(DATASET="cifar10", TRAIN_LIMIT=2000, EPOCHS=3, AT_EPOCHS=3, DENOISER_EPOCHS=1,
-                                     N_CURVE=60, CURVE_EPS=[0.0, 2 / 255, 8 / 255], STATIC_EPS=[8 / 255]),
+                                     N_CURVE=60, CURVE_EPS=[0.0, 2 / 255, 8 / 255], STATIC_EPS=[8 / 255],
+                                     N_ATTRIBUTION=10),
     "05_honest_evaluation.ipynb": dict(DATASET="cifar10", N_EVAL=60, ATTACKS=["fgsm", "pgd5", "pgd10"],
                                        AUTOATTACK="fast", AA_N=30, SQUARE_QUERIES=100),
 }
