@@ -332,6 +332,8 @@ def test_distortion_curves_get_their_own_markers():
     ax = viz.plot_distortion({"a": Distortion(same, same), "b": Distortion(same, same)})
     a, b = ax.get_lines()[:2]
     assert (a.get_marker(), b.get_marker()) == ("o", "s") and a.get_markersize() > b.get_markersize()
+    # the legend says what the bands are: a spread over images, not a confidence interval
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "band: 25th-75th percentile of the images"]
     styled = viz.plot_distortion({"a": Distortion(same, same)}, styles={"a": {"marker": "x"}}).get_lines()[0]
     assert styled.get_marker() == "x", "a style given by the caller wins"
     # a model that leaves most images still (a dead gradient): its band reaches 1e-5, its mean 0.1; the axis keeps
