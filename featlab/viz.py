@@ -185,7 +185,8 @@ class LiveLoss:
             seen = [x for v in self.values.values() for x in v if math.isfinite(x)]
             ax.set_ylim(min([self.ylim[0], *seen]), max([self.ylim[1], *seen]))
         ax.set_xlabel("step"), ax.set_ylabel(self.ylabel), ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))      # beside the curves, never on them
+        n = len(ax.get_legend_handles_labels()[1])          # under the axes, never on the curves; the plot keeps its width
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=max(1, min(3, n)))
         ax.set_title(self.title)
         return fig
 
