@@ -102,6 +102,7 @@ def check_01(m, pretrained=True):
 
 
 def check_02(m, pretrained=True):
+    assert m["taught/threat_model_max_diff"] < 1e-6, "the cell's three attackers are featlab's (PGD on Defended, BPDA)"
     if m["dataset"] == "cifar10":
         return check_02_cifar(m, pretrained)
     assert m["classifier/clean_acc"] > 85
