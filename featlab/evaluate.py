@@ -53,6 +53,19 @@ def _attack_key(attack: Any) -> str:
 THREAT_MODELS = ("none", "oblivious", "end-to-end", "bpda")
 
 
+def threat_model_attack(threat_model: str, preprocess: nn.Module, classifier: nn.Module, eps: float, steps: int,
+                        step_size: float | None = None) -> Attack:
+    """The attack a threat model of :func:`preprocessing_defense` runs at ``eps``: PGD on the bare classifier
+    ("none", "oblivious"), PGD through preprocess + classifier ("end-to-end"), or :class:`BPDA` ("bpda", the
+    preprocessing treated as the identity on the backward pass). ``step_size`` None: :func:`step_size_for`."""
+    check_choice("threat_model", threat_model, THREAT_MODELS)
+    a = step_size if step_size is not None else step_size_for(eps, steps)
+    if threat_model == "bpda":
+        return BPDA(preprocess, classifier, eps=eps, steps=steps, step_size=a)
+    target = Defended(preprocess, classifier) if threat_model == "end-to-end" else classifier
+    return PGD(target, eps=eps, steps=steps, step_size=a)
+
+
 def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor,
                           eps_list: list[float], steps: int = 40, step_size: float | None = None,
                           batch_size: int = 500, progress: bool = True, pipeline_attacks: Sequence[str] = (),
@@ -99,15 +112,9 @@ def preprocessing_defense(preprocess: nn.Module, classifier: nn.Module, x: torch
     rows = []
     for eps in eps_list:
         check_number("eps", eps, low=0.0, high=1.0)
-        a = step_size if step_size is not None else step_size_for(eps, steps)
-        pgd = lambda m: PGD(m, eps=eps, steps=steps, step_size=a)  # noqa: E731
-        runs = {"none": (classifier, pgd(classifier), clean_cls),
-                "oblivious": (defended, pgd(classifier), clean_def),
-                "end-to-end": (defended, pgd(defended), clean_def),
-                "bpda": (defended, BPDA(preprocess, classifier, eps=eps, steps=steps, step_size=a), clean_def)}
-        for tm, (model, attack, clean) in runs.items():
-            if tm not in threat_models:
-                continue
+        for tm in (t for t in THREAT_MODELS if t in threat_models):
+            model, clean = (classifier, clean_cls) if tm == "none" else (defended, clean_def)
+            attack = threat_model_attack(tm, preprocess, classifier, eps, steps, step_size)
             acc = robust_accuracy(model, x, y, attack, batch_size, progress, seed=seed,
                                   resume=store(f"{tm}_{pgd_name}_eps{eps:g}", threat_model=tm, eps=float(eps),
                                                attack=_attack_key(attack)))

@@ -84,3 +84,15 @@ def test_unknown_threat_model_is_refused(cell):
     d, classifier, _, _ = _setup("bits4")
     with pytest.raises(ValueError, match="threat_model.*bpda"):
         cell["attacked_model"]("eot", d, classifier)
+
+
+def test_threat_model_attack_is_what_preprocessing_defense_runs_and_names_a_bad_threat_model(cell):
+    from featlab.evaluate import threat_model_attack
+    d, classifier, x, y = _setup("denoiser")
+    for tm in ("oblivious", "end-to-end", "bpda"):
+        torch.manual_seed(7)
+        mine = PGD(cell["attacked_model"](tm, d, classifier), eps=0.3, steps=5)(x, y)
+        torch.manual_seed(7)
+        torch.testing.assert_close(mine, threat_model_attack(tm, d, classifier, 0.3, 5)(x, y), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="threat_model"):
+        threat_model_attack("white-box", d, classifier, 0.3, 5)
