@@ -574,7 +574,7 @@ def audit_live(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
         aa = autoattack(model, eps=eps, version=autoattack_version, seed=seed)
         acc = robust_accuracy(model, xa, ya, aa, progress=False)
         rows.append({"attack": aa.name, "eps": eps, "norm": "linf",    # autoattack()'s default norm: the checks
-                     "robust_acc": acc, "clean_acc": rows[0]["clean_acc"]})   # compare it with Square (Linf) too
+                     "robust_acc": acc, "clean_acc": rows[0]["clean_acc"], "n": len(xa)})   # compare it with Square too
         pgd = strongest_pgd(list(attacks)) or list(attacks)[-1]
         pgd_same = sweep(model, xa, ya, [pgd], [eps], seed=seed, progress=False)     # PGD on AutoAttack's images
         # Square reads only the outputs: if it beats PGD on the same images, the gradients mislead PGD
@@ -583,7 +583,7 @@ def audit_live(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_list: Seq
                    if c["id"] in ("ensemble-vs-pgd", "pgd-vs-ensemble-gap", "gradient-free")]
         measured += [Measurement(aa.name, acc, len(xa)), Measurement(sq[0]["attack"], sq[0]["robust_acc"], len(xa)),
                      Measurement(pgd, pgd_same[0]["robust_acc"], len(xa))]     # every attack on the same aa_n images
-        rows.append({k: v for k, v in sq[0].items() if k != "correct"})
+        rows.append({**{k: v for k, v in sq[0].items() if k != "correct"}, "n": len(xa)})     # n: its Wilson bar
         recorded.update({f"{pgd}_on_aa_images": pgd_same[0]["robust_acc"], "square": sq[0]["robust_acc"]})
     clean = rows[0]["clean_acc"]
     recorded.update({"clean": clean, **{r["attack"]: r["robust_acc"] for r in rows if r["eps"] == eps},

@@ -415,5 +415,15 @@ def describe_change(ci: tuple[float, float, float], words: Mapping[Change, str] 
         raise ValueError(f"words: keys must be featlab.probe.Change members {[c.name for c in Change]}, "
                          f"got {unknown!r}")
     text = {**CHANGE_WORDS, **{Change(k): v for k, v in words.items()}}[change(ci, small)]
+    return f"{text} ({format_ratio(ci, level)})"
+
+
+def format_ratio(ci: tuple[float, float, float], level: float | None = 0.95) -> str:
+    """A ratio and its interval for a table cell: "1.94x, 95% interval 1.90-1.98" (``level=None``: "1.94x
+    (1.90-1.98)"). The interval gets a third digit when two would not show on which side of 1 it ends."""
+    value, low, high = _check_ratio_ci(ci)
     d = 3 if min(abs(low - 1), abs(high - 1)) < 0.005 else 2
-    return f"{text} ({value:.2f}x, {100 * level:g}% interval {low:.{d}f}-{high:.{d}f})"
+    if level is None:
+        return f"{value:.2f}x ({low:.{d}f}-{high:.{d}f})"
+    check_number("level", level, low=0.0, high=1.0, low_open=True)
+    return f"{value:.2f}x, {100 * level:g}% interval {low:.{d}f}-{high:.{d}f}"

@@ -258,26 +258,33 @@ class Verdict:
         return "".join(parts) + "."
 
 
-def words(robust_floor: float = 10.0, robust_share: float = 0.75) -> str:
+def words(robust_floor: float = 10.0, robust_share: float = 0.75, used: Iterable[Verdict] | None = None) -> str:
     """What each verdict word means, with :func:`judge`'s thresholds (its defaults unless given): the lines a
-    notebook prints before its first verdict, so the words are defined where they are used."""
-    return "\n".join([
+    notebook prints before its first verdict, so the words are defined where they are used. ``used``: only the
+    words these verdicts print (and the tie, which every ranking uses)."""
+    vs = None if used is None else list(used)
+    show = lambda status: vs is None or any(v.status is status for v in vs)
+    upper = vs is None or any(v.status in (Status.ROBUST, Status.PARTLY) and (v.gradient_only or v.weak_square)
+                              for v in vs)
+    lines = [
         "How to read a verdict (featlab.verdicts.judge; 'worst case': the lowest accuracy over the attacks that see "
-        "the whole model, each with its 95% Wilson interval):",
-        f"  {Status.ROBUST.value}: the whole interval of the worst case lies above {100 * robust_share:.0f}% of the "
-        "clean accuracy;",
-        f"  {Status.PARTLY.value}: the whole interval lies above {robust_floor:g}% (about chance for ten classes), "
-        f"but not above {100 * robust_share:.0f}% of clean;",
-        f"  {Status.NOT_ROBUST.value}: the interval reaches below {robust_floor:g}%;",
-        f"  {Status.OBLIVIOUS_ONLY.value}: the attacker who ignores the defense leaves it above {robust_floor:g}%, "
-        "the one who sees it does not;",
-        f"  {Status.SUSPECT.value.upper()}: a check of the evaluation failed (a sign that gradients mislead the "
-        f"attacks) and no attack that goes around gradients (Square with at least {SQUARE_MIN_QUERIES:,} queries, "
-        "AutoAttack, BPDA) ran: the worst case is an upper bound;",
-        "  '(gradient attacks only)' after a word: no such attack ran, so the number is an upper bound even though "
-        "every check passed;",
-        "  a tie: two numbers whose gap lies within the binomial noise of their n (the 95% interval of the "
-        "difference holds 0), or is one image; in a ranking a place holds its best model and every model tied with it."])
+        "the whole model, each with its 95% Wilson interval):"]
+    lines += [f"  {Status.ROBUST.value}: the whole interval of the worst case lies above {100 * robust_share:.0f}% of "
+              "the clean accuracy;"] * show(Status.ROBUST)
+    lines += [f"  {Status.PARTLY.value}: the whole interval lies above {robust_floor:g}% (about chance for ten "
+              f"classes), but not above {100 * robust_share:.0f}% of clean;"] * show(Status.PARTLY)
+    lines += [f"  {Status.NOT_ROBUST.value}: the interval reaches below {robust_floor:g}%;"] * show(Status.NOT_ROBUST)
+    lines += [f"  {Status.OBLIVIOUS_ONLY.value}: the attacker who ignores the defense leaves it above "
+              f"{robust_floor:g}%, the one who sees it does not;"] * show(Status.OBLIVIOUS_ONLY)
+    lines += [f"  {Status.SUSPECT.value.upper()}: a check of the evaluation failed (a sign that gradients mislead the "
+              f"attacks) and no attack that goes around gradients (Square with at least {SQUARE_MIN_QUERIES:,} "
+              "queries, AutoAttack, BPDA) ran: the worst case is an upper bound;"] * show(Status.SUSPECT)
+    lines += ["  '(gradient attacks only)' or '(upper bound: ...)' after a word: no attack that goes around gradients "
+              "ran at a full budget, so the number is an upper bound even though every check passed;"] * upper
+    lines += ["  a tie: two numbers whose gap lies within the binomial noise of their n (the 95% interval of the "
+              "difference holds 0), or is one image; in a ranking a place holds its best model and every model tied "
+              "with it."]
+    return "\n".join(lines)
 
 
 def judge(name: str, clean: Measurement, measurements: Iterable[Measurement], checks: Sequence[Mapping[str, Any]] = (),
@@ -368,20 +375,32 @@ def report(judged: Iterable[Verdict], checks: Mapping[str, Sequence[Mapping[str,
     failed = [v for v in vs if v.failed_checks]
     if checks is None and not failed:          # no checklist ran: say nothing about checks
         return "\n".join(lines)
-    lines.append("\nFailed checks only:" if failed else "\nEvery check passed.")
+    if not failed:
+        return "\n".join(lines + ["\nEvery check passed."])
+    # the failed checks, grouped by what they change; defenses with the same failed checks share a line
+    groups: dict[str, dict[tuple[str, ...], list[str]]] = {}
     for v in failed:
         by, worst = v.settled_by, v.worst
-        how = ("changes no verdict: the worst case is below the robustness floor already, a stronger attack only "
-               "lowers it" if v.status in (Status.NOT_ROBUST, Status.OBLIVIOUS_ONLY) else
-               "not settled: the worst case is an upper bound" if by is None else
-               f"{by.attack} {by}, which goes around the gradient, ran" + (
-                   "" if by.attack == worst.attack else f"; the worst case, {worst.attack} {worst}, is lower still")
-               + ("; that Square is short, so the worst case is itself an upper bound" if v.weak_square is not None
-                  else ""))
-        lines.append(f"  {v.name}: FAIL " + "; FAIL ".join(f"'{c}'" for c in v.failed_checks) + f" ({how})")
+        if v.status in (Status.NOT_ROBUST, Status.OBLIVIOUS_ONLY):
+            what = "change no verdict (the worst case is below the robustness floor already; a stronger attack only lowers it)"
+        elif by is None:
+            what = "not settled: the worst case is an upper bound"
+        else:
+            what = (f"settled for {v.name}: {by.attack} {by}, which goes around the gradient, ran"
+                    + ("" if by.attack == worst.attack else f"; the worst case, {worst.attack} {worst}, is lower still")
+                    + ("; that Square is short, so the worst case is itself an upper bound" if v.weak_square is not None
+                       else ""))
+        groups.setdefault(what, {}).setdefault(tuple(v.failed_checks), []).append(v.name)
+    lines.append("\nFailed checks only, by what they change:")
+    for what, by_checks in groups.items():
+        lines.append(f"  {what}:")
+        lines += [f"    {', '.join(names)}: " + ", ".join(f"'{c}'" for c in failed_checks)
+                  for failed_checks, names in by_checks.items()]
     ids = dict.fromkeys(c["id"] for v in failed for c in (checks or {}).get(v.name, ())
                         if not c["passed"] and c.get("id") in REGISTRY_OF_CHECKS)
-    lines += [f"  why '{cid}' points at masking: {REGISTRY_OF_CHECKS[cid].why}" for cid in ids]
+    if ids:
+        lines.append("  why each points at masking:")
+        lines += [f"    {cid}: {REGISTRY_OF_CHECKS[cid].why}" for cid in ids]
     return "\n".join(lines)
 
 

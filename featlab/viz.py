@@ -259,11 +259,12 @@ LEGEND_NAMES = {"apgd": "apgd (AutoAttack fast: APGD-CE + APGD-T)"}
 
 
 def _plotted(rows: Sequence[Mapping], by: str = "attack") -> dict[str, list]:
-    """{row[by]: [(eps, robust_acc)]} of the rows :func:`plot_robustness` draws (Linf rows above eps 0.5 left out)."""
+    """{row[by]: [(eps, robust_acc, n)]} of the rows :func:`plot_robustness` draws (Linf rows above eps 0.5 left
+    out); n is the row's "n" (or "n_eval"), None where it has neither."""
     groups: dict[str, list] = {}
     for r in rows:
         if r.get("norm", "linf") != "linf" or r["eps"] <= 0.5:
-            groups.setdefault(str(r[by]), []).append((r["eps"], r["robust_acc"]))
+            groups.setdefault(str(r[by]), []).append((r["eps"], r["robust_acc"], r.get("n", r.get("n_eval"))))
     return groups
 
 
@@ -290,13 +291,14 @@ def shared_zoom(panels: Iterable[Sequence[Mapping]], by: str = "attack", above: 
     """The one y-axis bottom for panels drawn side by side with :func:`plot_robustness` (its ``zoom``): the
     lowest point of the panels whose points all lie above ``above`` percent, minus ``margin``; 0.0 when no
     panel qualifies (every panel keeps 0-100). So two robust models are compared on one scale."""
-    lows = [min(acc for pts in g.values() for _, acc in pts) for g in (_plotted(rows, by) for rows in panels) if g]
+    lows = [min(acc for pts in g.values() for _, acc, _n in pts) for g in (_plotted(rows, by) for rows in panels) if g]
     zoomed = [low for low in lows if low > above]
     return max(0.0, min(zoomed) - margin) if zoomed else 0.0
 
 
 #: markers of the lines of :func:`plot_robustness`, largest first, so a point drawn over another leaves it visible
 MARKERS = (("o", 9), ("s", 7.5), ("^", 6.5), ("D", 5), ("v", 4.5), ("P", 4), ("x", 4))
+LINESTYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))     # one per series, in MARKERS' order
 
 
 def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title: str = "", label_prefix: str = "",
@@ -310,16 +312,22 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
     only the points (at least 10 points wide, up to 100) and the axis label says so; otherwise 0-100. A number
     instead of True is the bottom of the zoomed axis, so that panels side by side share one scale
     (:func:`shared_zoom`). Each line has its own marker, the first the largest, so points that coincide stay
-    visible; a series of one point is drawn hollow, on top, shifted right by a step per such point and labelled
-    with its value. ``chance``: a dotted line at that accuracy (e.g. 10 for ten classes), labelled.
+    visible, and its own line style (solid, dashed, dash-dot, ...), each thinner than the one before, so a line
+    drawn over another (oblivious over BPDA at the same numbers) leaves both visible; a series of one point is
+    drawn hollow, on top, shifted right by a step per such point and labelled with its value, and where its row
+    carries "n" (or "n_eval"), with its 95% Wilson interval as an error bar (a point on 40 images is uncertain by
+    about 10 points; the lines' n is in the caller's title). ``chance``: a dotted line at that accuracy (e.g. 10 for
+    ten classes), labelled.
     """
+    from .verdicts import wilson
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.5))
     groups = _plotted(rows, by)
     xs = [p[0] for pts in groups.values() for p in pts]
     shift, k = 0.025 * ((max(xs) - min(xs)) if xs else 0.0), 0
-    for (name, pts), (marker, size) in zip(groups.items(), MARKERS * (1 + len(groups) // len(MARKERS))):
-        pts.sort()
+    styles = MARKERS * (1 + len(groups) // len(MARKERS))
+    for i, ((name, pts), (marker, size)) in enumerate(zip(groups.items(), styles)):
+        pts.sort(key=lambda p: p[:2])
         # a single point (an attack run at one eps only) is drawn hollow, larger, on top, a little to the right (one
         # step per such point) and labelled with its value: a line's marker at the same place (e.g. "none" at 0%)
         # would otherwise hide it
@@ -327,7 +335,12 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
         k += bool(single)
         x = [p[0] + k * shift * bool(single) for p in pts]
         line, = ax.plot(x, [p[1] for p in pts], marker=marker, markersize=size + 3 * bool(single), alpha=0.85,
+                        linestyle=LINESTYLES[i % len(LINESTYLES)], linewidth=max(0.9, 2.2 - 0.35 * i),
                         label=label_prefix + LEGEND_NAMES.get(name, name), **single)
+        if single and pts[0][2]:          # its 95% Wilson interval
+            lo, hi = wilson(pts[0][1], int(pts[0][2]))
+            ax.errorbar(x, [pts[0][1]], yerr=[[pts[0][1] - lo], [hi - pts[0][1]]], fmt="none", ecolor=line.get_color(),
+                        elinewidth=1.2, capsize=3, alpha=0.85, zorder=4)
         if single:
             # 97.5 stays 97.5, 100.0 is 100; every other label below its point, so that two single points at
             # one value (AutoAttack and Square both at 97.5) do not write their labels over each other

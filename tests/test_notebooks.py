@@ -215,6 +215,7 @@ def check_03_verdicts(m):
 def check_03(m, pretrained=True):
     # section 1's AFD step written in PyTorch and featlab.train.AFD.step: the same state after one step
     assert m["taught/max_state_diff"] < 1e-6, m["taught/max_state_diff"]
+    assert m["taught/discriminator_max_diff"] < 1e-6, "the written-out D is featlab's ProjectionDiscriminator"
     # section 10 shows the committed CIFAR-10 ablation: each row's worst case as results/ holds it
     from pathlib import Path
     from featlab import results

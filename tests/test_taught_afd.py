@@ -55,8 +55,8 @@ def test_the_taught_cells_define_the_step_and_nothing_else(cells):
     for name, value in cells.items():
         if name.startswith("__"):
             continue
-        assert isinstance(value, (types.FunctionType, types.ModuleType)), f"{name}: {type(value).__name__}"
-        if isinstance(value, types.FunctionType):
+        assert isinstance(value, (types.FunctionType, types.ModuleType, type)), f"{name}: {type(value).__name__}"
+        if isinstance(value, (types.FunctionType, type)):
             assert value.__module__ == cells["__name__"], f"{name} comes from {value.__module__}, not from a cell"
 
 

@@ -280,10 +280,12 @@ def test_the_report_ranks_by_the_worst_case_and_explains_only_failed_checks():
     order = [line.split()[1] for line in text.splitlines()[1:4]]
     assert order == ["masked", "settled", "den"]                   # 95, 60, 1: by the worst case
     assert "90.0% (n=100)" in text and "1.0% (n=100)" in text      # oblivious and worst, each with its n
-    assert "masked: FAIL 'the first check' (not settled: the worst case is an upper bound)" in text
-    assert "square1000 60.0% (n=100), which goes around the gradient, ran" in text and "den: FAIL" not in text
+    tail = text.split("Failed checks only")[1]
+    assert "  not settled: the worst case is an upper bound:\n    masked: 'the first check'" in tail
+    assert "settled for settled: square1000 60.0% (n=100), which goes around the gradient, ran" in tail
+    assert "den" not in tail
     assert "robust" not in report(vs, statuses=False).split("Failed")[0].replace("defense", "")
-    assert text.count(f"why '{cid}'") == 1                          # each failed id explained once
+    assert text.count(f"    {cid}: ") == 1                           # each failed id explained once
     assert "Every check passed." in report(vs[:1], {}) and "check" not in report(vs[:1])    # none ran: no word
 
 
@@ -291,3 +293,24 @@ def test_a_tied_worst_case_is_credited_to_the_stronger_attack_not_fgsm():
     v = judge("trades", M("clean", 99.0, 100), [M("fgsm", 97.0, 100), M("pgd10", 97.0, 100), M("pgd20", 97.0, 100)])
     assert v.worst.attack == "pgd10"
     assert judge("t", M("clean", 99.0, 100), [M("fgsm", 96.0, 100), M("pgd10", 97.0, 100)]).worst.attack == "fgsm"
+
+
+def test_the_report_groups_defenses_with_the_same_failed_checks():
+    from featlab.verdicts import report
+    bad = [{"id": "x", "check": "the first check", "passed": False}]
+    low = [judge(n, M("clean", 99.0, 100), [M("oblivious", 90.0, 100), M("end-to-end", 1.0, 100)], bad)
+           for n in ("a", "b")]
+    text = report(low, {"a": bad, "b": bad})
+    assert "    a, b: 'the first check'" in text and text.count("the first check") == 1
+    assert "change no verdict" in text
+
+
+def test_words_defines_only_the_words_used():
+    from featlab.verdicts import words
+    low = judge("a", M("clean", 99.0, 100), [M("pgd10", 1.0, 100)])
+    text = words(used=[low])
+    assert Status.NOT_ROBUST.value + ":" in text and "a tie" in text
+    assert "\n  " + Status.ROBUST.value + ":" not in text and "SUSPECT" not in text and "(gradient attacks only)" not in text
+    only_pgd = judge("b", M("clean", 99.0, 100), [M("pgd10", 95.0, 100)])
+    assert "(gradient attacks only)" in words(used=[only_pgd]) and Status.ROBUST.value + ":" in words(used=[only_pgd])
+    assert words() == words(used=None) and all(s.value in words() for s in Status if s is not Status.SUSPECT)

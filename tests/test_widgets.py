@@ -297,6 +297,26 @@ def test_robustness_plot_zooms_only_where_every_point_is_high_and_names_the_fast
     plt.close("all")
 
 
+def test_robustness_lines_that_coincide_stay_apart_and_single_points_carry_their_wilson_bar():
+    import matplotlib.pyplot as plt
+    from featlab import viz
+    from featlab.verdicts import wilson
+    rows = [{"threat_model": tm, "eps": e, "robust_acc": 99.0, "n": 100} for tm in ("oblivious", "bpda")
+            for e in (0.1, 0.3)]                                          # two lines on the same numbers
+    ax = viz.plot_robustness(rows + [{"threat_model": "apgd-ce (n=40)", "eps": 0.3, "robust_acc": 15.0, "n": 40}],
+                             by="threat_model")
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 2]
+    assert lines[0].get_linestyle() != lines[1].get_linestyle() and lines[0].get_linewidth() > lines[1].get_linewidth()
+    bars = [c for c in ax.containers if hasattr(c, "has_yerr") and c.has_yerr]
+    assert len(bars) == 1, "one bar: the single point with an n; the lines get none"
+    segment = bars[0].lines[2][0].get_segments()[0]
+    lo, hi = wilson(15.0, 40)
+    assert segment[:, 1] == pytest.approx([lo, hi], abs=1e-6)
+    no_n = viz.plot_robustness([{"attack": "apgd", "eps": 0.3, "robust_acc": 15.0}])
+    assert not [c for c in no_n.containers if getattr(c, "has_yerr", False)], "no n, no bar"
+    plt.close("all")
+
+
 def test_a_live_log_plot_labels_more_than_one_tick_within_a_decade():
     import matplotlib.pyplot as plt
     from featlab import viz
