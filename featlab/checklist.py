@@ -315,6 +315,9 @@ def _gradients_exist(r: Rows):
 CHECK_IDS: dict[str, tuple[str, str, str]] = {c.id: (c.symptom, c.why, c.next) for c in REGISTRY_OF_CHECKS.values()}
 
 
+GAP_TOL = 10.0     # points: how far PGD may sit above an ensemble (pgd-vs-ensemble-gap, pipeline-pgd-vs-ensemble-gap)
+
+
 def slack(n: int | None, tol: float = 1.0) -> float:
     """The slack, in points, a check with tolerance ``tol`` allows on ``n`` images: ``tol``, but never less than one
     image's worth (100 / ``n``), so one flipped image is not a failure. ``n`` None or 0: ``tol``."""
@@ -325,7 +328,7 @@ def slack(n: int | None, tol: float = 1.0) -> float:
 
 def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | None = None,
               large_eps: float | None = None, tol: float = 1.0, zero_tol: float = 5.0,
-              dead_tol: float = 1.0, n: int | None = None, gap_tol: float = 10.0,
+              dead_tol: float = 1.0, n: int | None = None, gap_tol: float = GAP_TOL,
               dataset: str | None = None) -> list[dict[str, Any]]:
     """Sanity checks after Carlini et al. 2019 ("On Evaluating Adversarial Robustness", arXiv 1902.06705): every
     check of :data:`REGISTRY_OF_CHECKS`, in its order, on rows of :func:`featlab.evaluate.sweep` (``attack``,
@@ -353,7 +356,7 @@ def checklist(rows: list[dict[str, Any]], gradient_stats: dict[str, float] | Non
 
 
 def thresholds(n: int | None = None, tol: float = 1.0, zero_tol: float = 5.0, dead_tol: float = 1.0,
-               gap_tol: float = 10.0) -> str:
+               gap_tol: float = GAP_TOL) -> str:
     """The slack :func:`checklist` allows with these arguments on ``n`` images, as one sentence: why a gap of 10
     points passes where one of 15 fails, and why one image of 80 (1.25%) is inside the 1% rules."""
     tol, dead_tol = slack(n, tol), slack(n, dead_tol)

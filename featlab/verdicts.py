@@ -209,12 +209,14 @@ class Verdict:
 
     @property
     def status_text(self) -> str:
-        """The status as printed: "robust (gradient attacks only)" when a (partly) robust verdict rests on gradient
-        attacks alone, "(upper bound: Square at 200 queries only)" when the only gradient-free attack was short."""
+        """The status as printed: "robust under gradient attacks only (an upper bound)" when a (partly) robust
+        verdict rests on gradient attacks alone, "(upper bound: Square at 200 queries only)" when the only
+        gradient-free attack was short."""
         text = self.status.value.upper() if self.status is Status.SUSPECT else self.status.value
         weak = self.weak_square
         if self.status in (Status.ROBUST, Status.PARTLY) and (self.gradient_only or weak):
-            text += f" (upper bound: Square at {weak.queries} queries only)" if weak else " (gradient attacks only)"
+            text += (f" (upper bound: Square at {weak.queries} queries only)" if weak else
+                     " under gradient attacks only (an upper bound)")
         return text
 
     def __str__(self) -> str:
@@ -279,8 +281,8 @@ def words(robust_floor: float = 10.0, robust_share: float = 0.75, used: Iterable
     lines += [f"  {Status.SUSPECT.value.upper()}: a check of the evaluation failed (a sign that gradients mislead the "
               f"attacks) and no attack that goes around gradients (Square with at least {SQUARE_MIN_QUERIES:,} "
               "queries, AutoAttack, BPDA) ran: the worst case is an upper bound;"] * show(Status.SUSPECT)
-    lines += ["  '(gradient attacks only)' or '(upper bound: ...)' after a word: no attack that goes around gradients "
-              "ran at a full budget, so the number is an upper bound even though every check passed;"] * upper
+    lines += ["  'under gradient attacks only (an upper bound)' or '(upper bound: ...)' after a word: no attack that goes "
+              "around gradients ran at a full budget, so the number is an upper bound even though every check passed;"] * upper
     lines += ["  a tie: two numbers whose gap lies within the binomial noise of their n (the 95% interval of the "
               "difference holds 0), or is one image; in a ranking a place holds its best model and every model tied "
               "with it."]

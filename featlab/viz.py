@@ -268,6 +268,13 @@ def _plotted(rows: Sequence[Mapping], by: str = "attack") -> dict[str, list]:
     return groups
 
 
+def _lowest(groups: Mapping[str, list]) -> float:
+    """The lowest value a robustness panel draws: a point, or the bottom of a single point's Wilson bar."""
+    from .verdicts import wilson
+    return min((wilson(acc, int(n))[0] if n and len(pts) == 1 else acc for pts in groups.values()
+                for _, acc, n in pts), default=0.0)
+
+
 def legend_below(fig, axes, ncol: int = 4, fontsize: float = 9) -> float:
     """One legend under panels side by side, in place of theirs: each label of ``axes`` once, in the order first
     seen (a panel's own legend covers half of a zoomed axis). Returns the share of the figure's height the legend
@@ -291,7 +298,7 @@ def shared_zoom(panels: Iterable[Sequence[Mapping]], by: str = "attack", above: 
     """The one y-axis bottom for panels drawn side by side with :func:`plot_robustness` (its ``zoom``): the
     lowest point of the panels whose points all lie above ``above`` percent, minus ``margin``; 0.0 when no
     panel qualifies (every panel keeps 0-100). So two robust models are compared on one scale."""
-    lows = [min(acc for pts in g.values() for _, acc, _n in pts) for g in (_plotted(rows, by) for rows in panels) if g]
+    lows = [_lowest(g) for g in (_plotted(rows, by) for rows in panels) if g]
     zoomed = [low for low in lows if low > above]
     return max(0.0, min(zoomed) - margin) if zoomed else 0.0
 
@@ -358,7 +365,7 @@ def plot_robustness(rows: Sequence[Mapping], by: str = "attack", ax=None, title:
     ax.set_ylabel("accuracy under attack (%)")
     room = 0.07 if k else 0.0    # headroom (share of the span) for a value label above a point at 100%, inside the frame
     ax.set_ylim(-2, 102 + room * 104)
-    low = min((p[1] for pts in groups.values() for p in pts), default=0.0)
+    low = _lowest(groups)          # a zoomed axis holds the single points' Wilson bars too
     if zoom is not False and zoom is not None and low > 40:
         bottom = max(0.0, min(low - 3.0, 90.0)) if zoom is True else min(float(zoom), low)
         ax.set_ylim(bottom, 101 + room * (101 - bottom))

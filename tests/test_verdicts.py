@@ -107,7 +107,7 @@ def test_a_status_is_read_from_the_interval_so_tied_numbers_near_a_line_share_it
 def test_a_verdict_from_gradient_attacks_alone_says_so():
     live = judge("AFD", M("clean", 99.0, 200), [M("pgd20", 90.0, 200), M("fgsm", 95.0, 200)])
     assert live.status is Status.ROBUST and live.gradient_only
-    assert live.status_text == "robust (gradient attacks only)" and "upper bound" in str(live)
+    assert live.status_text == "robust under gradient attacks only (an upper bound)" and "upper bound" in str(live)
     full = judge("AFD", M("clean", 99.0, 200), [M("pgd20", 90.0, 200), M("autoattack", 89.0, 200)])
     assert not full.gradient_only and full.status_text == "robust" and "upper bound" not in str(full)
 
@@ -310,7 +310,7 @@ def test_words_defines_only_the_words_used():
     low = judge("a", M("clean", 99.0, 100), [M("pgd10", 1.0, 100)])
     text = words(used=[low])
     assert Status.NOT_ROBUST.value + ":" in text and "a tie" in text
-    assert "\n  " + Status.ROBUST.value + ":" not in text and "SUSPECT" not in text and "(gradient attacks only)" not in text
+    assert "\n  " + Status.ROBUST.value + ":" not in text and "SUSPECT" not in text and "under gradient attacks only" not in text
     only_pgd = judge("b", M("clean", 99.0, 100), [M("pgd10", 95.0, 100)])
-    assert "(gradient attacks only)" in words(used=[only_pgd]) and Status.ROBUST.value + ":" in words(used=[only_pgd])
+    assert "under gradient attacks only" in words(used=[only_pgd]) and Status.ROBUST.value + ":" in words(used=[only_pgd])
     assert words() == words(used=None) and all(s.value in words() for s in Status if s is not Status.SUSPECT)

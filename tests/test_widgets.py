@@ -312,6 +312,11 @@ def test_robustness_lines_that_coincide_stay_apart_and_single_points_carry_their
     segment = bars[0].lines[2][0].get_segments()[0]
     lo, hi = wilson(15.0, 40)
     assert segment[:, 1] == pytest.approx([lo, hi], abs=1e-6)
+    high = [{"attack": "pgd20", "eps": e, "robust_acc": 98.0} for e in (0.1, 0.3)]
+    point = {"attack": "apgd", "eps": 0.3, "robust_acc": 92.5, "n": 40}
+    zoomed = viz.plot_robustness(high + [point], zoom=True)
+    assert zoomed.get_ylim()[0] <= wilson(92.5, 40)[0] < 90, "a zoomed axis holds the single point's whole bar"
+    assert viz.shared_zoom([high + [point]]) <= wilson(92.5, 40)[0]
     no_n = viz.plot_robustness([{"attack": "apgd", "eps": 0.3, "robust_acc": 15.0}])
     assert not [c for c in no_n.containers if getattr(c, "has_yerr", False)], "no n, no bar"
     plt.close("all")
