@@ -368,36 +368,39 @@ def report(judged: Iterable[Verdict], checks: Mapping[str, Sequence[Mapping[str,
     from .checklist import REGISTRY_OF_CHECKS
     vs = list(judged)
     w = max(len(v.name) for v in vs)
-    lines = [(f"{'':4s}{'defense':{w}s} {'clean':>14s} {'oblivious':>14s} {'worst case':>14s}  {'by':21s}"
-              + (" verdict" if statuses else "")).rstrip()]
+    obl = any(v.oblivious is not None for v in vs)          # an oblivious column only where an attacker ignored a defense
+    lines = [(f"{'':4s}{'defense':{w}s} {'clean':>14s} " + (f"{'oblivious':>14s} " if obl else "")
+              + f"{'worst case':>14s}  {'by':21s}" + (" verdict" if statuses else "")).rstrip()]
     for place, group in enumerate(rank(vs), 1):
         for v in group:
-            lines.append((f"{place:2d}. {v.name:{w}s} {str(v.clean):>14s} {str(v.oblivious or '-'):>14s} "
-                          f"{str(v.worst):>14s}  {v.worst.attack:21s}" + (f" {v.status_text}" if statuses else "")).rstrip())
+            lines.append((f"{place:2d}. {v.name:{w}s} {str(v.clean):>14s} " + (f"{str(v.oblivious or '-'):>14s} " if obl
+                                                                             else "")
+                          + f"{str(v.worst):>14s}  {v.worst.attack:21s}" + (f" {v.status_text}" if statuses else "")).rstrip())
     failed = [v for v in vs if v.failed_checks]
     if checks is None and not failed:          # no checklist ran: say nothing about checks
         return "\n".join(lines)
     if not failed:
         return "\n".join(lines + ["\nEvery check passed."])
     # the failed checks, grouped by what they change; defenses with the same failed checks share a line
-    groups: dict[str, dict[tuple[str, ...], list[str]]] = {}
+    groups: dict[str, dict[tuple[tuple[str, ...], str], list[str]]] = {}
     for v in failed:
-        by, worst = v.settled_by, v.worst
+        by, worst, detail = v.settled_by, v.worst, ""
         if v.status in (Status.NOT_ROBUST, Status.OBLIVIOUS_ONLY):
             what = "change no verdict (the worst case is below the robustness floor already; a stronger attack only lowers it)"
         elif by is None:
             what = "not settled: the worst case is an upper bound"
         else:
-            what = (f"settled for {v.name}: {by.attack} {by}, which goes around the gradient, ran"
-                    + ("" if by.attack == worst.attack else f"; the worst case, {worst.attack} {worst}, is lower still")
-                    + ("; that Square is short, so the worst case is itself an upper bound" if v.weak_square is not None
-                       else ""))
-        groups.setdefault(what, {}).setdefault(tuple(v.failed_checks), []).append(v.name)
+            what = "settled by an attack that goes around the gradient"
+            detail = (f" -> {by.attack} {by} ran" + ("" if by.attack == worst.attack else
+                                                     f"; the worst case, {worst.attack} {worst}, is lower still")
+                      + ("; that Square is short, so the worst case is itself an upper bound" if v.weak_square is not None
+                         else ""))
+        groups.setdefault(what, {}).setdefault((tuple(v.failed_checks), detail), []).append(v.name)
     lines.append("\nFailed checks only, by what they change:")
     for what, by_checks in groups.items():
         lines.append(f"  {what}:")
-        lines += [f"    {', '.join(names)}: " + ", ".join(f"'{c}'" for c in failed_checks)
-                  for failed_checks, names in by_checks.items()]
+        lines += [f"    {', '.join(names)}: " + ", ".join(f"'{c}'" for c in failed_checks) + detail
+                  for (failed_checks, detail), names in by_checks.items()]
     ids = dict.fromkeys(c["id"] for v in failed for c in (checks or {}).get(v.name, ())
                         if not c["passed"] and c.get("id") in REGISTRY_OF_CHECKS)
     if ids:

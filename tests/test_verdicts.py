@@ -282,7 +282,7 @@ def test_the_report_ranks_by_the_worst_case_and_explains_only_failed_checks():
     assert "90.0% (n=100)" in text and "1.0% (n=100)" in text      # oblivious and worst, each with its n
     tail = text.split("Failed checks only")[1]
     assert "  not settled: the worst case is an upper bound:\n    masked: 'the first check'" in tail
-    assert "settled for settled: square1000 60.0% (n=100), which goes around the gradient, ran" in tail
+    assert "settled by an attack that goes around the gradient:\n    settled: 'the first check' -> square1000 60.0% (n=100) ran" in tail
     assert "den" not in tail
     assert "robust" not in report(vs, statuses=False).split("Failed")[0].replace("defense", "")
     assert text.count(f"    {cid}: ") == 1                           # each failed id explained once
@@ -302,6 +302,8 @@ def test_the_report_groups_defenses_with_the_same_failed_checks():
            for n in ("a", "b")]
     text = report(low, {"a": bad, "b": bad})
     assert "    a, b: 'the first check'" in text and text.count("the first check") == 1
+    assert "oblivious" in text.splitlines()[0]
+    assert "oblivious" not in report([judge("c", M("clean", 99.0, 100), [M("pgd10", 1.0, 100)])]).splitlines()[0]
     assert "change no verdict" in text
 
 
