@@ -284,13 +284,13 @@ def committed_verdicts(results_dir: str | os.PathLike | None = None, dataset: st
 
 
 def attack_text(name: str) -> str:
-    """An attack's key as a reader reads it: "pgd40@0.01" (PGD-40 with a fixed step of 0.01) -> "pgd40, step 0.01";
+    """An attack's key as a reader reads it: "pgd40@0.01" (PGD-40 with a fixed step of 0.01) -> "pgd40 (step 0.01)";
     "worst-case" (the per-image worst over the attacks of one ``featlab eval`` call, :func:`featlab.evaluate.per_example_worst_case`)
     -> "per-image worst of one eval's attacks", so that it does not read as the name of an attack."""
     if name == "worst-case":
         return "per-image worst of one eval's attacks"
     head, _, step = str(name).partition("@")
-    return f"{head}, step {step}" if step else str(name)
+    return f"{head} (step {step})" if step else str(name)
 
 
 def headline_table(records: list[dict[str, Any]], dataset: str | None = None) -> str:
