@@ -497,11 +497,11 @@ def ablation_findings(records: list[dict[str, Any]], dataset: str = "cifar10", e
                                                                      measured(at[1])) + (
             (": no cost of AFD's network and optimiser to PGD-AT's robustness is measurable at these n (a tie is not "
              "proof of none)" + (
-                f"; on them PGD-AT is ahead of AFD, at clean {at[1]['clean']:.1f} against AFD's {ref['clean']:.1f}: on "
-                "this evidence the objective is what separates the two here, a trade of clean accuracy for robustness"
-                + (" (by a margin just beyond the noise, from one seed of each at 6 epochs: a few images could "
-                   "reverse it)." if just else ".") if above else ".")) if same else ": the network and optimiser matter "
-                "too.")
+                f"; on them PGD-AT is ahead of AFD, at clean {at[1]['clean']:.1f} against AFD's {ref['clean']:.1f}"
+                + (": a margin at the noise's edge, from one seed of each at 6 epochs, so it only suggests that the "
+                   "objective is what separates the two (a few images could reverse it)." if just else
+                   ": on this evidence the objective is what separates the two here, a trade of clean accuracy for "
+                   "robustness.") if above else ".")) if same else ": the network and optimiser matter too.")
     return out
 
 

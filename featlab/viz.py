@@ -275,6 +275,35 @@ def _lowest(groups: Mapping[str, list]) -> float:
                 for _, acc, n in pts), default=0.0)
 
 
+def plot_measurements(measurements: Sequence[Any], ax=None, title: str = "", chance: float | None = None,
+                      colors: Sequence[str] | None = None):
+    """One bar per :class:`featlab.verdicts.Measurement` (an accuracy on n images), with its 95% Wilson interval as
+    an error bar and its value and n above it: what each attack says about one model, side by side (e.g. PGD's
+    98.8% next to BPDA's 0.0% on a defense that hides its gradient). ``chance``: a dotted line, labelled."""
+    if not measurements:
+        raise ValueError("measurements: give at least one featlab.verdicts.Measurement")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.3 * len(measurements) + 2.5, 3.4))
+    accs = [m.acc for m in measurements]
+    lo = [m.acc - m.interval[0] for m in measurements]
+    hi = [m.interval[1] - m.acc for m in measurements]
+    xs = range(len(measurements))
+    ax.bar(xs, accs, yerr=[lo, hi], capsize=4, color=list(colors) if colors else [f"C{i}" for i in xs], alpha=0.85)
+    for x, m in zip(xs, measurements):
+        ax.annotate(f"{m.acc:.1f}%\n(n={m.n})", (x, m.interval[1]), textcoords="offset points", xytext=(0, 3),
+                    ha="center", fontsize=8)
+    ax.set_xticks(list(xs), [m.attack for m in measurements], rotation=15)
+    ax.set_ylim(0, 118)
+    ax.set_ylabel("accuracy (%)")
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label=f"chance ({chance:g}%)")
+        ax.legend(fontsize=8, loc="upper right")
+    ax.grid(alpha=0.3, axis="y")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
 def legend_below(fig, axes, ncol: int = 4, fontsize: float = 9) -> float:
     """One legend under panels side by side, in place of theirs: each label of ``axes`` once, in the order first
     seen (a panel's own legend covers half of a zoomed axis). Returns the share of the figure's height the legend

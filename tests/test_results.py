@@ -201,7 +201,12 @@ def test_the_ablation_findings_sort_each_change_by_its_numbers():
     more = results.ablation_findings(recs + [_ablation_record(runs[7], "autoattack", 40.0, 78.0)], "cifar10")
     assert more["gains"] == [short(7)] and "raised it beyond the noise" in more["summary"]
     assert any("not evaluated" in line for line in f["lines"])       # the row without a record (runs[4])
-    assert "the objective is what separates the two here" in f["summary"] and "just beyond the noise" in f["summary"]
+    # 35.0 against 29.2 on 500: beyond the noise by a hair, so the objective is only suggested
+    assert "only suggests that the objective is what separates the two" in f["summary"]
+    clear = results.ablation_findings([r if r["run"] != runs[6] else _ablation_record(runs[6], "autoattack", 45.0, 61.6)
+                                       for r in recs if r["run"] != runs[5]] + [_ablation_record(runs[5], "autoattack",
+                                                                                                 45.0, 68.2)], "cifar10")
+    assert "on this evidence the objective is what separates the two here" in clear["summary"]
     assert "no cost of AFD's network and optimiser to PGD-AT's robustness is measurable" in f["summary"]   # a tie, not proof
     assert f"{short(2)} costs the reference AFD" in f["summary"]
     assert results.ablation_findings(recs, "mnist")["summary"] == ""  # no ablation on MNIST

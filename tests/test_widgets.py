@@ -322,6 +322,22 @@ def test_robustness_lines_that_coincide_stay_apart_and_single_points_carry_their
     plt.close("all")
 
 
+def test_measurements_plot_draws_each_accuracy_with_its_wilson_bar_and_n():
+    import matplotlib.pyplot as plt
+    from featlab import viz
+    from featlab.verdicts import Measurement, wilson
+    ms = [Measurement("pgd20", 98.75, 80), Measurement("bpda pgd20", 0.0, 80), Measurement("square200", 3.75, 80)]
+    ax = viz.plot_measurements(ms, chance=10.0)
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == pytest.approx([98.75, 0.0, 3.75])
+    segments = [seg for c in ax.containers if getattr(c, "has_yerr", False) for seg in c.lines[2][0].get_segments()]
+    assert [tuple(s[:, 1]) for s in segments] == [pytest.approx(wilson(m.acc, m.n)) for m in ms]
+    assert "0.0%\n(n=80)" in [t.get_text() for t in ax.texts] and ax.get_xticklabels()[1].get_text() == "bpda pgd20"
+    with pytest.raises(ValueError, match="measurements"):
+        viz.plot_measurements([])
+    plt.close("all")
+
+
 def test_a_live_log_plot_labels_more_than_one_tick_within_a_decade():
     import matplotlib.pyplot as plt
     from featlab import viz
