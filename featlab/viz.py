@@ -67,7 +67,7 @@ def plot_distortion(curves: Mapping[str, Distortion], norm: str = "l2", ax=None,
     ax.grid(alpha=0.3)
     from matplotlib.patches import Patch        # the bands are a spread over images, not a confidence interval
     handles, labels = ax.get_legend_handles_labels()
-    band = "band: 25th-75th percentile of the images"
+    band = "band, in its curve's colour: 25th-75th percentile of the images"
     if band not in labels:
         handles, labels = handles + [Patch(color="grey", alpha=0.25)], labels + [band]
     ax.legend(handles, labels, fontsize=8)

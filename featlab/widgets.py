@@ -502,7 +502,7 @@ def explorer_figure(res: Mapping, classes: Sequence[str], title: str | None = No
     c = classes
     for ax, t, lab in ((axes[0], res["x"], f"clean: {c[res['pred_clean']]}"),
                        (axes[1], res["x_adv"], f"adversarial: {c[res['pred_adv']]}"),
-                       (axes[2], (delta / (2 * amp) + 0.5).clamp(0, 1), f"perturbation x{0.5 / amp:.1f} (grey = 0, white +)")):
+                       (axes[2], (delta / (2 * amp) + 0.5).clamp(0, 1), f"x_adv - x: black -{amp:.2g}, grey 0, white +{amp:.2g}")):
         ax.imshow(_image(t), cmap="gray", vmin=0, vmax=1)
         ax.set_title(lab, fontsize=9), ax.set_xticks([]), ax.set_yticks([])
     _top5_panel(axes[3], res, c)

@@ -374,7 +374,7 @@ def test_distortion_curves_get_their_own_markers():
     a, b = ax.get_lines()[:2]
     assert (a.get_marker(), b.get_marker()) == ("o", "s") and a.get_markersize() > b.get_markersize()
     # the legend says what the bands are: a spread over images, not a confidence interval
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "band: 25th-75th percentile of the images"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "band, in its curve's colour: 25th-75th percentile of the images"]
     styled = viz.plot_distortion({"a": Distortion(same, same)}, styles={"a": {"marker": "x"}}).get_lines()[0]
     assert styled.get_marker() == "x", "a style given by the caller wins"
     # a model that leaves most images still (a dead gradient): its band reaches 1e-5, its mean 0.1; the axis keeps
@@ -455,10 +455,10 @@ def test_explorer_figures_at_several_eps_share_one_perturbation_scale(explorer):
     titles = []
     for eps in (0.05, 0.2):
         fig = explorer.figure(explorer.compute("standard", "PGD Linf", eps, 5, 0))
-        titles.append(next(a.get_title() for a in fig.axes if a.get_title().startswith("perturbation")))
+        titles.append(next(a.get_title() for a in fig.axes if a.get_title().startswith("x_adv - x")))
         dist = next(a for a in fig.axes if a.get_title() == "feature distortion")
         assert dist.get_ylim()[0] <= 0.01 and dist.get_ylim()[1] >= 3.0
-    assert titles[0] == titles[1] == f"perturbation x{0.5 / explorer.eps_default:.1f} (grey = 0, white +)"
+    assert titles[0] == titles[1] == f"x_adv - x: black -{explorer.eps_default:.2g}, grey 0, white +{explorer.eps_default:.2g}"
     plt.close("all")
 
 
