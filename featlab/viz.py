@@ -276,10 +276,11 @@ def _lowest(groups: Mapping[str, list]) -> float:
 
 
 def plot_measurements(measurements: Sequence[Any], ax=None, title: str = "", chance: float | None = None,
-                      colors: Sequence[str] | None = None):
+                      colors: Sequence[str] | None = None, labels: Sequence[str] | None = None):
     """One bar per :class:`featlab.verdicts.Measurement` (an accuracy on n images), with its 95% Wilson interval as
     an error bar and its value and n above it: what each attack says about one model, side by side (e.g. PGD's
-    98.8% next to BPDA's 0.0% on a defense that hides its gradient). ``chance``: a dotted line, labelled."""
+    98.8% next to BPDA's 0.0% on a defense that hides its gradient), or one measurement of several models.
+    ``labels``: the bars' names (default: each measurement's attack). ``chance``: a dotted line, labelled."""
     if not measurements:
         raise ValueError("measurements: give at least one featlab.verdicts.Measurement")
     if ax is None:
@@ -292,7 +293,7 @@ def plot_measurements(measurements: Sequence[Any], ax=None, title: str = "", cha
     for x, m in zip(xs, measurements):
         ax.annotate(f"{m.acc:.1f}%\n(n={m.n})", (x, m.interval[1]), textcoords="offset points", xytext=(0, 3),
                     ha="center", fontsize=8)
-    ax.set_xticks(list(xs), [m.attack for m in measurements], rotation=15)
+    ax.set_xticks(list(xs), list(labels) if labels is not None else [m.attack for m in measurements], rotation=15)
     ax.set_ylim(0, 118)
     ax.set_ylabel("accuracy (%)")
     if chance is not None:

@@ -333,6 +333,8 @@ def test_measurements_plot_draws_each_accuracy_with_its_wilson_bar_and_n():
     segments = [seg for c in ax.containers if getattr(c, "has_yerr", False) for seg in c.lines[2][0].get_segments()]
     assert [tuple(s[:, 1]) for s in segments] == [pytest.approx(wilson(m.acc, m.n)) for m in ms]
     assert "0.0%\n(n=80)" in [t.get_text() for t in ax.texts] and ax.get_xticklabels()[1].get_text() == "bpda pgd20"
+    named = viz.plot_measurements(ms, labels=["a", "b", "c"])
+    assert [t.get_text() for t in named.get_xticklabels()] == ["a", "b", "c"]
     with pytest.raises(ValueError, match="measurements"):
         viz.plot_measurements([])
     plt.close("all")
